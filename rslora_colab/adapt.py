@@ -1,0 +1,141 @@
+"""Step 2 — adapt: put an rsLoRA adapter on the model (PEFT, or Unsloth's fast path)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .load import RUNTIME_ATTR, is_quantized, model_device, runtime_of
+from .presets import check_rank
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+"""All attention and MLP projections, as in Unsloth's and QLoRA's recipes."""
+
+
+def is_peft_model(model: Any) -> bool:
+    """True when ``model`` already carries a PEFT adapter."""
+    return hasattr(model, "peft_config") and hasattr(model, "base_model")
+
+
+def adapter_scales(model: Any, adapter: str = "default") -> dict[str, float]:
+    """The scale PEFT applies on every adapted layer, by module name."""
+    return {
+        name: float(module.scaling[adapter])
+        for name, module in model.named_modules()
+        if isinstance(getattr(module, "scaling", None), dict) and adapter in module.scaling
+    }
+
+
+def _present_targets(model: Any, targets: Sequence[str]) -> list[str]:
+    """The requested target names that exist in the model; error if none do."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    present = [t for t in targets if t in leaves]
+    if not present:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if hasattr(m, "in_features")})
+        raise ValueError(f"target_modules={list(targets)} match no layer of this model; its linear layers are {linear}.")
+    missing = [t for t in targets if t not in present]
+    if missing:
+        print(f"rslora-colab: this model has no {missing}; adapting {present}", flush=True)
+    return present
+
+
+def _same_adapter(model: Any, r: int, alpha: float, targets: Sequence[str], dropout: float, use_rslora: bool) -> bool:
+    config = model.peft_config.get("default")
+    return (
+        config is not None
+        and (config.r, float(config.lora_alpha), config.use_rslora, float(config.lora_dropout))
+        == (r, float(alpha), use_rslora, float(dropout))
+        and set(config.target_modules or ()) == set(targets)
+    )
+
+
+def keep_cpu_4bit_trainable(model: Any) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference, and undo any repacking.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit`` weight for a faster CPU kernel
+    the first time it runs in eval mode without gradients (a generation, say).
+    That kernel has no autograd support: gradients through the repacked
+    layers come out wrong (grad norm ~3x too small in our test), so training
+    after a "before" sample silently learns less. Training needs the plain
+    layout; CPU inference just runs a little slower.
+    """
+    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+    from bitsandbytes.nn import Linear4bit
+
+    for module in model.modules():
+        if isinstance(module, Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
+                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
+                    module.weight.data, module.weight.quant_state)
+
+
+def _add_with_peft(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed):
+    import torch
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    gc_kwargs = {"use_reentrant": False}
+    if is_quantized(model) and model_device(model).type == "cpu":
+        keep_cpu_4bit_trainable(model)
+    if is_quantized(model):
+        model = prepare_model_for_kbit_training(model, gradient_checkpointing, gc_kwargs)
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+        model.enable_input_require_grads()
+    config = LoraConfig(
+        r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
+        bias="none", task_type="CAUSAL_LM", use_rslora=use_rslora,
+    )
+    torch.manual_seed(seed)  # the same seed gives the same adapter init, as Unsloth's random_state does
+    return get_peft_model(model, config)
+
+
+def _add_with_unsloth(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed):
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.get_peft_model(
+        model, r=r, target_modules=list(targets), lora_alpha=alpha, lora_dropout=dropout, bias="none",
+        use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
+        random_state=seed, use_rslora=use_rslora, loftq_config=None,
+    )
+
+
+def add_rslora(
+    model: Any,
+    r: int = 64,
+    alpha: float | None = None,
+    target_modules: Sequence[str] = DEFAULT_TARGETS,
+    dropout: float = 0.0,
+    use_rslora: bool = True,
+    gradient_checkpointing: bool = True,
+    seed: int = 3407,
+):
+    """Add a rank-``r`` rsLoRA adapter (scale alpha/sqrt(r); ``alpha=None`` means alpha = r).
+
+    On the Unsloth backend this is ``FastLanguageModel.get_peft_model`` with
+    ``use_gradient_checkpointing="unsloth"``; on transformers it is PEFT's
+    ``prepare_model_for_kbit_training`` then ``LoraConfig(use_rslora=True)``.
+
+    Safe to call twice: a model that already has this very adapter is returned
+    as it is, and one with a different adapter has it removed first, so
+    adapters never stack. ``use_rslora=False`` gives classic LoRA (alpha/r).
+    """
+    check_rank(r)
+    if dropout < 0 or dropout >= 1:
+        raise ValueError(f"dropout={dropout!r}: pass a probability in [0, 1), e.g. 0.0.")
+    alpha = float(r if alpha is None else alpha)
+    runtime = runtime_of(model)
+    targets = _present_targets(model, target_modules)
+    if is_peft_model(model):
+        if _same_adapter(model, r, alpha, targets, dropout, use_rslora):
+            print("rslora-colab: the model already has this adapter; reusing it", flush=True)
+            return model
+        if runtime.backend == "unsloth":
+            raise ValueError("This Unsloth model already has a different adapter: reload it with load_model() first.")
+        print("rslora-colab: replacing the model's previous adapter", flush=True)
+        model = model.unload()
+    if runtime.backend == "unsloth":
+        model = _add_with_unsloth(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed)
+    else:
+        model = _add_with_peft(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed)
+    setattr(model, RUNTIME_ATTR, runtime)
+    return model

@@ -1,0 +1,33 @@
+"""``python -m rslora_colab <command>``: the kit from a terminal.
+
+    python -m rslora_colab train --help
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .commands import COMMANDS
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rslora_colab",
+                                     description="Fine-tune open LLMs with rsLoRA on a free Colab T4, or a CPU demo.")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:  # our errors name the field and the fix: no traceback needed
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

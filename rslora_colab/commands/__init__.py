@@ -1,0 +1,5 @@
+"""Sub-commands of ``python -m rslora_colab``; each module has ``register(subparsers)``."""
+
+from . import train
+
+COMMANDS = [train]

@@ -1,0 +1,118 @@
+"""Settings for one fine-tuning run, validated all at once."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .adapt import DEFAULT_TARGETS
+from .presets import MAX_RANK, MIN_RANK
+from .runtime import BACKENDS
+
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything ``quick_finetune`` needs besides the model and the data.
+
+    Fields left as ``None`` are filled from :func:`~rslora_colab.preset_for_rank`
+    (alpha, lr, warm-up, schedule) when training starts. Building one checks
+    every field and raises a single ``ValueError`` listing all problems.
+    """
+
+    r: int = 64
+    """LoRA rank, 1 to 1024."""
+    alpha: float | None = None
+    """LoRA alpha; None means alpha = r (rsLoRA scale sqrt(r))."""
+    use_rslora: bool = True
+    """Scale the adapter by alpha/sqrt(r) (rsLoRA) instead of alpha/r (LoRA)."""
+    lr: float | None = None
+    """Peak learning rate; None takes ``lr_for_rank(r)``."""
+    max_steps: int | None = None
+    """Optimizer steps to run; None trains for ``epochs`` passes over the data."""
+    epochs: float = 1.0
+    """Passes over the data when ``max_steps`` is None."""
+    batch_size: int = 2
+    """Micro-batch per step (sequences per forward pass)."""
+    grad_accum: int = 4
+    """Micro-batches accumulated per optimizer step (effective batch = batch_size * grad_accum)."""
+    max_seq_length: int = 2048
+    """Longest sequence in tokens; longer rows are truncated."""
+    output_dir: str = "outputs/rslora"
+    """Folder for the adapter, metrics.json and loss.png."""
+    seed: int = 3407
+    """Seed for adapter init and data order."""
+    warmup_ratio: float | None = None
+    """Fraction of steps for learning-rate warm-up; None takes the rank preset."""
+    lr_scheduler: str | None = None
+    """Learning-rate schedule after warm-up; None takes the rank preset (cosine)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm."""
+    dropout: float = 0.0
+    """LoRA dropout probability."""
+    target_modules: tuple[str, ...] = field(default=DEFAULT_TARGETS)
+    """Names of the linear layers that get adapters."""
+    load_in_4bit: bool = True
+    """Load the base model in 4-bit NF4 (QLoRA)."""
+    backend: str = "auto"
+    """'auto', 'unsloth' or 'transformers'."""
+    gradient_checkpointing: bool = True
+    """Recompute activations in the backward pass to save memory ('unsloth' mode on GPU)."""
+    logging_steps: int = 1
+    """Record loss, lr and grad norm every this many steps."""
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        problems = self.problems()
+        if problems:
+            raise ValueError("Invalid fine-tuning settings:\n  " + "\n  ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every problem with these settings, one readable line each."""
+        checks = [
+            (_is_int(self.r) and MIN_RANK <= self.r <= MAX_RANK, "r", f"an integer from {MIN_RANK} to {MAX_RANK}"),
+            (self.alpha is None or _is_pos(self.alpha), "alpha", "a positive number, or None for alpha = r"),
+            (self.lr is None or (_is_pos(self.lr) and self.lr < 1), "lr", "a number in (0, 1), e.g. 1e-4"),
+            (self.max_steps is None or (_is_int(self.max_steps) and self.max_steps > 0), "max_steps",
+             "a positive integer, or None to train by epochs"),
+            (_is_pos(self.epochs), "epochs", "a positive number"),
+            (_is_int(self.batch_size) and self.batch_size > 0, "batch_size", "a positive integer"),
+            (_is_int(self.grad_accum) and self.grad_accum > 0, "grad_accum", "a positive integer"),
+            (_is_int(self.max_seq_length) and self.max_seq_length >= 16, "max_seq_length", "an integer >= 16"),
+            (isinstance(self.output_dir, str) and self.output_dir != "", "output_dir", "a folder path"),
+            (_is_int(self.seed), "seed", "an integer"),
+            (self.warmup_ratio is None or (isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1),
+             "warmup_ratio", "a fraction in [0, 1)"),
+            (self.lr_scheduler is None or self.lr_scheduler in SCHEDULERS, "lr_scheduler", f"one of {SCHEDULERS}"),
+            (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (_is_pos(self.max_grad_norm), "max_grad_norm", "a positive number"),
+            (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"),
+            (len(self.target_modules) > 0 and all(isinstance(t, str) for t in self.target_modules),
+             "target_modules", "a non-empty list of layer names such as 'q_proj'"),
+            (self.backend in BACKENDS, "backend", f"one of {BACKENDS}"),
+            (_is_int(self.logging_steps) and self.logging_steps > 0, "logging_steps", "a positive integer"),
+        ]
+        return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
+
+    @classmethod
+    def from_overrides(cls, **overrides: Any) -> "FinetuneConfig":
+        """Build from keyword overrides; unknown keywords get a 'did you mean' error."""
+        known = [f.name for f in fields(cls)]
+        unknown = [k for k in overrides if k not in known]
+        if unknown:
+            hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
+                     for k in unknown]
+            raise ValueError(f"Unknown setting(s) {', '.join(hints)}. Known settings: {', '.join(known)}.")
+        return cls(**overrides)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pos(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,97 @@
+"""Step 1 — load: a base model in 4-bit, through Unsloth on a GPU or transformers elsewhere."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .demo import resolve_model_name
+from .runtime import Runtime, detect_runtime
+
+RUNTIME_ATTR = "rslora_colab_runtime"
+"""Attribute on a loaded model recording the :class:`Runtime` it was loaded with."""
+
+
+def runtime_of(model: Any) -> Runtime:
+    """The runtime a model was loaded with; models loaded elsewhere count as transformers."""
+    runtime = getattr(model, RUNTIME_ATTR, None)
+    return runtime if runtime is not None else detect_runtime("transformers")
+
+
+def _load_unsloth(name: str, max_seq_length: int, load_in_4bit: bool, runtime: Runtime):
+    from unsloth import FastLanguageModel
+
+    return FastLanguageModel.from_pretrained(
+        model_name=name,
+        max_seq_length=max_seq_length,
+        dtype=runtime.torch_dtype,
+        load_in_4bit=load_in_4bit,
+    )
+
+
+def _load_transformers(name: str, load_in_4bit: bool, runtime: Runtime):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quant = None
+    if load_in_4bit:
+        quant = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=runtime.torch_dtype,
+        )
+    model = AutoModelForCausalLM.from_pretrained(
+        name,
+        quantization_config=quant,
+        dtype=runtime.torch_dtype,
+        device_map={"": 0} if runtime.on_gpu else "cpu",
+    )
+    tokenizer = AutoTokenizer.from_pretrained(name)
+    return model, tokenizer
+
+
+def load_model(
+    model_name: str,
+    max_seq_length: int = 2048,
+    load_in_4bit: bool = True,
+    backend: str = "auto",
+):
+    """Load ``model_name`` (hub id, local folder, or ``"demo"``) and its tokenizer.
+
+    * ``backend="unsloth"``: ``unsloth.FastLanguageModel.from_pretrained``.
+    * ``backend="transformers"``: ``AutoModelForCausalLM`` with an NF4,
+      double-quantised ``BitsAndBytesConfig`` (4-bit also works on CPU).
+    * ``backend="auto"``: Unsloth when a CUDA GPU is present and unsloth is
+      installed, else transformers. One line says which and why.
+
+    Precision is automatic: bf16 where the GPU supports it, fp16 on older GPUs
+    (T4), fp32 on CPU. Returns ``(model, tokenizer)``.
+
+    >>> model, tokenizer = load_model("demo")  # doctest: +SKIP
+    """
+    if not isinstance(max_seq_length, int) or max_seq_length < 16:
+        raise ValueError(f"max_seq_length={max_seq_length!r}: pass an integer >= 16, e.g. 2048.")
+    runtime = detect_runtime(backend)
+    name = resolve_model_name(model_name)
+    quant = "4-bit NF4" if load_in_4bit else "16-bit" if runtime.on_gpu else "full precision"
+    print(f"rslora-colab: loading {model_name} with {runtime.backend} ({runtime.reason}); "
+          f"{runtime.precision} on {runtime.device}, {quant}", flush=True)
+    if runtime.backend == "unsloth":
+        model, tokenizer = _load_unsloth(name, max_seq_length, load_in_4bit, runtime)
+    else:
+        model, tokenizer = _load_transformers(name, load_in_4bit, runtime)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    setattr(model, RUNTIME_ATTR, runtime)
+    return model, tokenizer
+
+
+def is_quantized(model: Any) -> bool:
+    """True when the model holds bitsandbytes 4-bit (or 8-bit) layers."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def model_device(model: Any) -> torch.device:
+    """The device of the model's first parameter."""
+    return next(model.parameters()).device

@@ -1,0 +1,190 @@
+"""Step 4 — train: ``quick_finetune`` and the TRL trainer behind it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapt import add_rslora
+from .config import FinetuneConfig
+from .data import load_and_validate, to_trainer_dataset
+from .load import load_model, runtime_of
+from .presets import preset_for_rank
+from .runtime import Runtime
+from .save import ADAPTER_DIR, LOSS_PLOT_FILE, METRICS_FILE, plot_loss, save_adapter, write_json
+from .watch import HistoryCallback, mean_loss, quiet_progress
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced and measured."""
+
+    model: Any
+    """The trained model (base + rsLoRA adapter), ready for generation."""
+    tokenizer: Any
+    """Its tokenizer."""
+    adapter_path: Path
+    """Folder holding the saved adapter (``adapter_config.json`` keeps ``use_rslora``)."""
+    settings: dict
+    """Settings actually used: backend, precision, r, alpha, scale, lr, batch, steps, ..."""
+    history: list[dict] = field(default_factory=list)
+    """One record per logged step: step, loss, lr, grad_norm, num_tokens."""
+    wall_time_s: float = 0.0
+    """Seconds spent in ``trainer.train()``."""
+    tokens_per_s: float = 0.0
+    """Training tokens processed per second."""
+    peak_gpu_memory_gib: float | None = None
+    """Peak reserved CUDA memory in GiB; None on CPU."""
+
+    @property
+    def first_loss(self) -> float:
+        """Mean loss of the first 5 logged steps."""
+        return mean_loss(self.history, first=True)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean loss of the last 5 logged steps."""
+        return mean_loss(self.history, first=False)
+
+    def summary(self) -> dict:
+        """The JSON-ready part of the result (everything but model and tokenizer)."""
+        return {"adapter_path": str(self.adapter_path), "settings": self.settings, "history": self.history,
+                "wall_time_s": self.wall_time_s, "tokens_per_s": self.tokens_per_s,
+                "peak_gpu_memory_gib": self.peak_gpu_memory_gib,
+                "first_loss": self.first_loss, "final_loss": self.final_loss}
+
+    def plot(self, path: str | Path | None = None):
+        """The loss curve as a matplotlib figure."""
+        return plot_loss(self.history, path, title=f"rsLoRA r={self.settings['r']}, lr={self.settings['lr']:.2g}")
+
+
+def resolve_settings(config: FinetuneConfig, runtime: Runtime) -> dict:
+    """Fill the config's open fields from the rank preset and the machine."""
+    preset = preset_for_rank(config.r, config.alpha, config.use_rslora)
+    return {
+        "backend": runtime.backend, "precision": runtime.precision, "device": runtime.device,
+        "r": config.r, "alpha": preset.alpha, "use_rslora": config.use_rslora, "scale": preset.scale,
+        "lr": config.lr if config.lr is not None else preset.lr,
+        "warmup_ratio": config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
+        "lr_scheduler": config.lr_scheduler or preset.lr_scheduler,
+        "optimizer": "adamw_8bit" if runtime.on_gpu else "adamw_torch",
+        "batch_size": config.batch_size, "grad_accum": config.grad_accum,
+        "max_seq_length": config.max_seq_length, "max_steps": config.max_steps, "epochs": config.epochs,
+        "seed": config.seed, "target_modules": list(config.target_modules), "load_in_4bit": config.load_in_4bit,
+    }
+
+
+def sft_config(config: FinetuneConfig, settings: dict, **extra: Any):
+    """TRL's ``SFTConfig`` for these settings (``extra`` adds e.g. ``assistant_only_loss``)."""
+    from trl import SFTConfig
+
+    precision = settings["precision"]
+    return SFTConfig(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=settings["lr"],
+        lr_scheduler_type=settings["lr_scheduler"],
+        warmup_steps=settings["warmup_ratio"],  # a float < 1 is a ratio of the total steps
+        max_steps=config.max_steps or -1,
+        num_train_epochs=config.epochs,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=settings["optimizer"],
+        max_length=config.max_seq_length,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=precision == "fp32" and not torch.cuda.is_available(),
+        gradient_checkpointing=False,  # add_rslora already set it up ("unsloth" mode on GPU)
+        logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must show in the history, not be averaged away
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        **extra,
+    )
+
+
+def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig, settings: dict,
+                  callbacks: list | None = None):
+    """TRL's ``SFTTrainer`` over an adapted model and a validated dataset of format ``fmt``."""
+    from trl import SFTTrainer
+
+    train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
+    return SFTTrainer(model=model, args=sft_config(config, settings, **extra), train_dataset=train_dataset,
+                      processing_class=tokenizer, callbacks=callbacks or [])
+
+
+def _load_pair(model: Any, config: FinetuneConfig):
+    if isinstance(model, (str, Path)):
+        return load_model(str(model), config.max_seq_length, config.load_in_4bit, config.backend)
+    if isinstance(model, tuple) and len(model) == 2:
+        return model
+    raise ValueError(f"model: got a {type(model).__name__}; pass a hub id, a local folder, 'demo', "
+                     "or a (model, tokenizer) pair from load_model().")
+
+
+def _tokens_seen(trainer: Any, history: list[dict]) -> float:
+    counted = [h["num_tokens"] for h in history if "num_tokens" in h]
+    return counted[-1] if counted else float(trainer.state.num_input_tokens_seen or 0)
+
+
+def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None = None,
+                   **overrides: Any) -> FinetuneResult:
+    """Fine-tune ``model`` on ``dataset`` with a rank-``r`` rsLoRA adapter, in one call.
+
+    ``model``: a hub id, a local folder, ``"demo"``, or a ``(model, tokenizer)``
+    pair. ``dataset``: a ``datasets.Dataset``, a list of dicts, a
+    ``.jsonl/.json/.csv/.parquet`` file, or a hub id. The data is checked
+    before any model is loaded. Keyword overrides are the fields of
+    :class:`FinetuneConfig` (lr, alpha, max_steps, epochs, batch_size,
+    grad_accum, max_seq_length, output_dir, seed, ...); open ones come from
+    ``preset_for_rank(r)``. The adapter, ``metrics.json`` and ``loss.png`` are
+    written to ``output_dir``.
+
+    >>> result = quick_finetune("demo", demo_dataset(), r=16, max_steps=20)  # doctest: +SKIP
+    """
+    config = FinetuneConfig.from_overrides(r=r, **overrides)
+    dataset, fmt = load_and_validate(dataset)
+    model, tokenizer = _load_pair(model, config)
+    runtime = runtime_of(model)
+    settings = resolve_settings(config, runtime)
+    model = add_rslora(model, config.r, settings["alpha"], config.target_modules, config.dropout,
+                       config.use_rslora, config.gradient_checkpointing, config.seed)
+    recorder = HistoryCallback()
+    trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings, [recorder, *(callbacks or [])])
+    quiet_progress(trainer)
+    print(f"rslora-colab: training r={config.r} alpha={settings['alpha']:g} (scale {settings['scale']:.3g}) "
+          f"lr={settings['lr']:.3g} on {len(dataset)} {fmt} rows, {settings['precision']} on {runtime.device}",
+          flush=True)
+    if runtime.on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    trainer.train()
+    wall = time.perf_counter() - start
+    out = Path(config.output_dir)
+    result = FinetuneResult(
+        model=trainer.model, tokenizer=tokenizer, adapter_path=out / ADAPTER_DIR, settings=settings,
+        history=recorder.history, wall_time_s=wall, tokens_per_s=_tokens_seen(trainer, recorder.history) / wall,
+        peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if runtime.on_gpu else None,
+    )
+    save_adapter(result.model, tokenizer, result.adapter_path)
+    write_json(result.summary(), out / METRICS_FILE)
+    result.plot(out / LOSS_PLOT_FILE)
+    return result
+
+
+def masked_preview(trainer: Any, index: int = 0) -> tuple[str, str]:
+    """Row ``index`` as the model sees it, and only the tokens the loss is computed on.
+
+    Returns ``(full_text, trained_text)``: decode of ``input_ids`` and of the
+    positions whose label is not -100, after TRL's collator.
+    """
+    batch = trainer.data_collator([trainer.train_dataset[index]])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    decode = trainer.processing_class.decode
+    return decode(ids), decode(ids[labels != -100])

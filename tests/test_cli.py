@@ -1,0 +1,36 @@
+import json
+import subprocess
+import sys
+
+from rslora_colab.cli import main
+
+
+def test_cli_demo_runs_end_to_end(tmp_path, demo_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rslora_colab", "train", "--max-steps", "30", "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "offline demo" in proc.stdout
+    assert "Before training" in proc.stdout and "After training" in proc.stdout
+    assert "%|" in proc.stderr  # the progress bar
+    assert (out / "adapter" / "adapter_config.json").exists()
+    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 30
+    assert (out / "loss.png").exists()
+
+
+def test_help_lists_the_options(capsys):
+    try:
+        main(["train", "--help"])
+    except SystemExit as stop:
+        assert stop.code == 0
+    assert "--rank" in capsys.readouterr().out
+
+
+def test_bad_data_exits_2_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text('{"instruction": "hi", "output": "yo"}\n{"instruction": "hi"}\n')
+    assert main(["train", "--model", "demo", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "rows.jsonl line 2: field 'output' must be a non-empty string" in err

@@ -1,0 +1,116 @@
+import json
+
+import pytest
+
+from rslora_colab import FinetuneConfig, add_rslora, demo_dataset, detect_format, load_and_validate, quick_finetune
+from rslora_colab.train import build_trainer, masked_preview, resolve_settings
+from rslora_colab.load import runtime_of
+
+
+@pytest.mark.parametrize("fmt, expected", [("alpaca", "alpaca"), ("chat", "chat"), ("sharegpt", "sharegpt"),
+                                           ("text", "text")])
+def test_demo_formats_are_detected(fmt, expected):
+    assert detect_format(demo_dataset(fmt).column_names) == expected
+
+
+def _preview(demo_pair, rows, index=0):
+    model, tokenizer = demo_pair
+    model = add_rslora(model, r=8)
+    dataset, fmt = load_and_validate(rows)
+    config = FinetuneConfig(r=8, max_seq_length=256, output_dir="unused")
+    trainer = build_trainer(model, tokenizer, dataset, fmt, config, resolve_settings(config, runtime_of(model)))
+    return masked_preview(trainer, index)
+
+
+ANSWER = 'The "assert" statement'
+
+
+@pytest.mark.parametrize("rows", [
+    [{"instruction": "Give the heading of topic 'assert'.", "input": "", "output": ANSWER}],
+    [{"instruction": "Give the heading of this topic.", "input": "assert", "output": ANSWER}],
+    [{"messages": [{"role": "user", "content": "Heading of 'assert'?"}, {"role": "assistant", "content": ANSWER}]}],
+    [{"conversations": [{"from": "human", "value": "Heading of 'assert'?"}, {"from": "gpt", "value": ANSWER}]}],
+    [{"prompt": "Heading of 'assert'? ", "completion": ANSWER}],
+], ids=["alpaca", "alpaca-input", "chat", "sharegpt", "prompt-completion"])
+def test_only_the_response_is_trained(demo_pair, rows):
+    full, trained = _preview(demo_pair, rows)
+    assert "assert" in full.split(ANSWER)[0]  # the prompt is in the input ...
+    assert trained.replace("<|im_end|>", "").strip() == ANSWER  # ... but only the answer is learned
+
+
+def test_multi_turn_chat_trains_every_assistant_turn(demo_pair):
+    rows = [{"messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "First?"},
+        {"role": "assistant", "content": "One."}, {"role": "user", "content": "Second?"},
+        {"role": "assistant", "content": "Two."}]}]
+    full, trained = _preview(demo_pair, rows)
+    assert "Be brief." in full and "Second?" in full
+    assert trained.replace("<|im_end|>", "|") == "One.|Two.|"
+
+
+def test_plain_text_trains_every_token(demo_pair):
+    full, trained = _preview(demo_pair, [{"text": "Assert statements insert debugging assertions."}])
+    assert trained == full
+
+
+def _write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_bad_rows_are_named_by_file_line_and_field(tmp_path):
+    path = _write_jsonl(tmp_path / "data.jsonl", [
+        {"instruction": "ok", "output": "fine"},
+        {"instruction": "no answer", "output": ""},
+        {"instruction": 3, "output": "x"},
+    ])
+    with pytest.raises(ValueError) as err:
+        load_and_validate(str(path))
+    message = str(err.value)
+    assert "data.jsonl line 2: field 'output' must be a non-empty string" in message
+    assert "data.jsonl line 3: field 'instruction'" in message
+    assert "2 problem(s)" in message
+
+
+def test_invalid_json_line_is_named(tmp_path):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": oops}\n')
+    with pytest.raises(ValueError, match=r"broken.jsonl line 2: not valid JSON"):
+        load_and_validate(str(path))
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([{"question": "q", "answer": "a"}], r"columns \['answer', 'question'\] match no known format"),
+    ([{"messages": [{"role": "robot", "content": "hi"}]}], r"row 0: messages\[0\].role='robot'"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], "row 0: field 'messages' has no assistant turn"),
+    ([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}], r"conversations\[1\].value"),
+    ([{"prompt": "p", "chosen": "a", "rejected": "b"}], "preference data for DPO"),
+    ([{"text": ""}], "row 0: field 'text' must be a non-empty string"),
+])
+def test_malformed_rows_raise_named_errors(rows, match):
+    with pytest.raises(ValueError, match=match):
+        load_and_validate(rows)
+
+
+def test_missing_and_unsupported_files(tmp_path):
+    with pytest.raises(ValueError, match="nope.jsonl: no such file"):
+        load_and_validate(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "data.txt").write_text("hello")
+    with pytest.raises(ValueError, match="data.txt: unsupported file type"):
+        load_and_validate(str(tmp_path / "data.txt"))
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
+def test_other_file_types_load(tmp_path, suffix):
+    path = tmp_path / f"data{suffix}"
+    rows = demo_dataset("alpaca", n=4)
+    {".csv": rows.to_csv, ".parquet": rows.to_parquet, ".json": rows.to_json}[suffix](str(path))
+    dataset, fmt = load_and_validate(str(path))
+    assert fmt == "alpaca" and len(dataset) == 4
+
+
+def test_bad_data_fails_before_the_model_loads(tmp_path):
+    # the model id does not exist and there is no network: reaching the loader would fail differently
+    path = _write_jsonl(tmp_path / "bad.jsonl", [{"text": ""}])
+    with pytest.raises(ValueError, match="bad.jsonl line 1"):
+        quick_finetune("no-such-org/no-such-model", str(path), r=16)

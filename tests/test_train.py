@@ -1,0 +1,54 @@
+import json
+import math
+
+import pytest
+import torch
+
+from rslora_colab import FinetuneConfig, adapter_scales, demo_dataset, quick_finetune
+
+
+def test_quick_finetune_lowers_the_loss_and_saves_everything(demo_path, tmp_path):
+    result = quick_finetune(demo_path, demo_dataset(), r=64, max_steps=80, batch_size=8, grad_accum=1,
+                            max_seq_length=256, output_dir=str(tmp_path))
+    assert len(result.history) == 80
+    assert all(math.isfinite(h["loss"]) and "grad_norm" in h and "lr" in h for h in result.history)
+    assert result.final_loss < result.first_loss - 0.15
+    s = result.settings
+    assert (s["backend"], s["precision"], s["alpha"], s["lr"]) == ("transformers", "fp32", 64.0, 1e-4)
+    assert s["scale"] == 8.0 and all(v == 8.0 for v in adapter_scales(result.model).values())
+    assert result.tokens_per_s > 0 and result.peak_gpu_memory_gib is None
+    config = json.loads((result.adapter_path / "adapter_config.json").read_text())
+    assert config["use_rslora"] is True and config["r"] == 64
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(metrics["history"]) == 80 and metrics["settings"]["scale"] == 8.0
+    assert (tmp_path / "loss.png").stat().st_size > 5000
+
+
+def test_training_moves_the_adapter_and_not_the_base(demo_pair, tmp_path):
+    model, tokenizer = demo_pair
+    from rslora_colab import add_rslora
+
+    model = add_rslora(model, r=8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = quick_finetune((model, tokenizer), demo_dataset(n=16), r=8, max_steps=4, batch_size=4, grad_accum=1,
+                            max_seq_length=128, output_dir=str(tmp_path))
+    after = dict(result.model.named_parameters())
+    lora = [n for n in before if "lora_" in n]
+    base = [n for n in before if "lora_" not in n]
+    assert lora and base
+    assert all(not torch.equal(before[n], after[n]) for n in lora if "lora_B" in n)
+    assert all(torch.equal(before[n], after[n]) for n in base)
+    assert all(not after[n].requires_grad for n in base)
+
+
+def test_settings_problems_are_collected_into_one_error():
+    with pytest.raises(ValueError) as err:
+        FinetuneConfig(r=0, lr=5, batch_size=0, lr_scheduler="zigzag")
+    message = str(err.value)
+    for field in ("r=0", "lr=5", "batch_size=0", "lr_scheduler='zigzag'"):
+        assert field in message
+
+
+def test_unknown_override_suggests_the_right_name():
+    with pytest.raises(ValueError, match="'learning_rate'.*did you mean 'lr'|'max_step' \\(did you mean 'max_steps'"):
+        quick_finetune("demo", demo_dataset(n=4), r=16, max_step=3)
