@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from .catalog import CATALOG, ModelSpec, resolve_spec
-from .vram import VramEstimate, _check_int, check_rank, estimate_vram
+from .presets import check_rank
+from .vram import VramEstimate, _check_int, estimate_vram
 
 T4_GIB = 14.74
 """Memory a Colab T4 exposes to PyTorch (``total_memory``), GiB."""

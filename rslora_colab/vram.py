@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable, Union
 
 from .catalog import STANDARD_MODULES, ModelSpec, resolve_spec
-from .presets import MAX_RANK, MIN_RANK
+from .presets import check_rank
 
 GIB = 2**30
 """Bytes in a GiB (all ``*_gib`` fields use binary gigabytes)."""
@@ -210,11 +210,6 @@ def _check_int(field_name: str, value: Any, low: int, high: int | None, example:
         return
     span = f"from {low} to {high}" if high is not None else f">= {low}"
     raise ValueError(f"{field_name}={value!r} is not valid: pass an integer {span}, e.g. {example}.")
-
-
-def check_rank(r: Any) -> None:
-    """Raise ``ValueError`` unless ``r`` is a usable LoRA rank (1..1024)."""
-    _check_int("r", r, MIN_RANK, MAX_RANK, "16, 64 or 256")
 
 
 def _normalize_targets(target_modules: Any) -> tuple[str, ...]:
