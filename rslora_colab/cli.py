@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 
 from .commands import COMMANDS
 
@@ -22,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not for CLI users
     try:
         return args.func(args)
     except ValueError as err:  # our errors name the field and the fix: no traceback needed
