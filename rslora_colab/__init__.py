@@ -23,13 +23,22 @@ Data
 Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
     lists every setting it takes.
+Memory
+    :func:`estimate_vram` → :class:`VramEstimate` — peak GPU memory of a run,
+    term by term, from ``config.json`` alone (catalog ids need no network);
+    :func:`plan_for_gpu` → :class:`TrainPlan` — the micro-batch, grad_accum
+    and sequence length that fit a GPU ("T4", "auto" or GiB), or "does not fit"
+    with the nearest setting that does. ``quick_finetune`` plans on a GPU
+    before loading, and :func:`train_with_oom_recovery` (which it uses) halves
+    the micro-batch after a CUDA out-of-memory error and carries on from the
+    same step. Not yet calibrated on a GPU: see ``docs/memory.md``.
 Use
     :func:`chat` — generate through the chat template, streamed.
 Demo
     :func:`demo_model`, :func:`demo_dataset` — a tiny Llama and 158
     instruction rows built offline from Python's own manual, the CPU fallback.
 
-Command line: ``python -m rslora_colab train --help``.
+Command line: ``python -m rslora_colab train --help``, ``python -m rslora_colab plan --gpu T4``.
 """
 
 import logging
@@ -46,9 +55,12 @@ from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
 from .demo import DEMO_NAME, demo_dataset, demo_model  # noqa: E402
 from .load import load_model  # noqa: E402
+from .oom import train_with_oom_recovery  # noqa: E402
+from .plan import TrainPlan, plan_for_gpu  # noqa: E402
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
 from .runtime import Runtime, detect_runtime  # noqa: E402
 from .train import FinetuneResult, quick_finetune  # noqa: E402
+from .vram import VramEstimate, estimate_vram  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -56,4 +68,5 @@ __all__ = [
     "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime",
     "adapter_scale", "adapter_scales", "add_rslora", "chat", "demo_dataset", "demo_model", "detect_format",
     "detect_runtime", "load_and_validate", "load_model", "lr_for_rank", "preset_for_rank", "quick_finetune",
+    "TrainPlan", "VramEstimate", "estimate_vram", "plan_for_gpu", "train_with_oom_recovery",
 ]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .adapt import DEFAULT_TARGETS
+from .plan import GPU_BUDGETS
 from .presets import MAX_RANK, MIN_RANK
 from .runtime import BACKENDS
 
@@ -64,6 +65,11 @@ class FinetuneConfig:
     """Recompute activations in the backward pass to save memory ('unsloth' mode on GPU)."""
     logging_steps: int = 1
     """Record loss, lr and grad norm every this many steps."""
+    plan: bool = True
+    """Before loading, fit micro-batch, grad_accum and max_seq_length to the GPU (``plan_for_gpu``);
+    raise if nothing fits. Skipped on a machine without a CUDA GPU unless ``gpu`` is a size."""
+    gpu: str | float = "auto"
+    """GPU memory to plan for: "auto" (this machine's CUDA GPU), "T4", or usable GiB such as 14.74."""
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
@@ -95,6 +101,9 @@ class FinetuneConfig:
              "target_modules", "a non-empty list of layer names such as 'q_proj'"),
             (self.backend in BACKENDS, "backend", f"one of {BACKENDS}"),
             (_is_int(self.logging_steps) and self.logging_steps > 0, "logging_steps", "a positive integer"),
+            (isinstance(self.plan, bool), "plan", "True or False"),
+            (_is_pos(self.gpu) or (isinstance(self.gpu, str) and self.gpu.strip().lower() in ("auto", *GPU_BUDGETS)),
+             "gpu", '"auto", "T4" or the usable GPU memory in GiB, e.g. 14.74'),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
 

@@ -12,7 +12,9 @@ import torch
 from .adapt import add_rslora
 from .config import FinetuneConfig
 from .data import load_and_validate, to_trainer_dataset
+from .fit import fit_to_gpu
 from .load import load_model, runtime_of
+from .oom import train_with_oom_recovery
 from .presets import preset_for_rank
 from .runtime import Runtime
 from .save import ADAPTER_DIR, LOSS_PLOT_FILE, METRICS_FILE, plot_loss, save_adapter, write_json
@@ -32,7 +34,8 @@ class FinetuneResult:
     settings: dict
     """Settings actually used: backend, precision, r, alpha, scale, lr, batch, steps, ..."""
     history: list[dict] = field(default_factory=list)
-    """One record per logged step: step, loss, lr, grad_norm, num_tokens."""
+    """One record per logged step: step, loss, lr, grad_norm, num_tokens; plus one
+    ``{"step", "event": "oom", "micro_batch", "grad_accum"}`` per out-of-memory recovery."""
     wall_time_s: float = 0.0
     """Seconds spent in ``trainer.train()``."""
     tokens_per_s: float = 0.0
@@ -143,16 +146,20 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     before any model is loaded. Keyword overrides are the fields of
     :class:`FinetuneConfig` (lr, alpha, max_steps, epochs, batch_size,
     grad_accum, max_seq_length, output_dir, seed, ...); open ones come from
-    ``preset_for_rank(r)``. The adapter, ``metrics.json`` and ``loss.png`` are
-    written to ``output_dir``.
+    ``preset_for_rank(r)``. On a GPU the batch and sequence length are first
+    fitted to its memory (``plan``, ``gpu``), and a CUDA out-of-memory error
+    during training halves the micro-batch and carries on (see
+    :mod:`rslora_colab.oom`). The adapter, ``metrics.json`` and ``loss.png``
+    are written to ``output_dir``.
 
     >>> result = quick_finetune("demo", demo_dataset(), r=16, max_steps=20)  # doctest: +SKIP
     """
     config = FinetuneConfig.from_overrides(r=r, **overrides)
     dataset, fmt = load_and_validate(dataset)
+    config, plan = fit_to_gpu(model, config)  # before any weights load; raises if nothing fits
     model, tokenizer = _load_pair(model, config)
     runtime = runtime_of(model)
-    settings = resolve_settings(config, runtime)
+    settings = {**resolve_settings(config, runtime), "gpu_plan": plan.message if plan else None}
     model = add_rslora(model, config.r, settings["alpha"], config.target_modules, config.dropout,
                        config.use_rslora, config.gradient_checkpointing, config.seed)
     recorder = HistoryCallback()
@@ -164,7 +171,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     if runtime.on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.train()
+    train_with_oom_recovery(trainer, recorder.history, settings)
     wall = time.perf_counter() - start
     out = Path(config.output_dir)
     result = FinetuneResult(

@@ -62,6 +62,7 @@ def run(args) -> int:
     from ..chat import chat
     from ..config import FinetuneConfig
     from ..data import load_and_validate
+    from ..fit import fit_to_gpu
     from ..load import load_model
     from ..train import quick_finetune
 
@@ -70,6 +71,9 @@ def run(args) -> int:
                 **overrides}
     config = FinetuneConfig.from_overrides(**settings)  # bad settings fail here, before anything loads
     dataset, _ = load_and_validate(data)  # and so does bad data
+    config, _ = fit_to_gpu(model_name, config)  # and, on a GPU, a run that cannot fit
+    settings.update(batch_size=config.batch_size, grad_accum=config.grad_accum,
+                    max_seq_length=config.max_seq_length, plan=False)  # planned once
     model, tokenizer = load_model(model_name, config.max_seq_length, config.load_in_4bit, config.backend)
     if args.sample:
         print(f"\nBefore training, {args.sample!r} ->", flush=True)
