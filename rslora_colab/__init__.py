@@ -32,6 +32,13 @@ Memory
     before loading, and :func:`train_with_oom_recovery` (which it uses) halves
     the micro-batch after a CUDA out-of-memory error and carries on from the
     same step. Not yet calibrated on a GPU: see ``docs/memory.md``.
+Survive
+    :class:`DivergenceGuard` — rolls back NaN / exploding steps and halves the
+    lr (on by default; :class:`DivergenceError` when it cannot recover);
+    checkpoints every few minutes, written atomically
+    (:func:`make_checkpoints_atomic`, :class:`CheckpointTimer`,
+    :func:`latest_valid_checkpoint`); ``quick_finetune(..., resume=True)``
+    continues after a disconnect; :func:`mount_drive` keeps runs on Google Drive.
 Use
     :func:`chat` — generate through the chat template, streamed.
 Demo
@@ -51,9 +58,12 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .adapt import DEFAULT_TARGETS, adapter_scales, add_rslora  # noqa: E402
 from .chat import chat  # noqa: E402
+from .checkpoints import CheckpointTimer, latest_valid_checkpoint, make_checkpoints_atomic  # noqa: E402
+from .colab import default_output_dir, mount_drive  # noqa: E402
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
 from .demo import DEMO_NAME, demo_dataset, demo_model  # noqa: E402
+from .guard import DivergenceError, DivergenceGuard  # noqa: E402
 from .load import load_model  # noqa: E402
 from .oom import train_with_oom_recovery  # noqa: E402
 from .plan import TrainPlan, plan_for_gpu  # noqa: E402
@@ -69,4 +79,6 @@ __all__ = [
     "adapter_scale", "adapter_scales", "add_rslora", "chat", "demo_dataset", "demo_model", "detect_format",
     "detect_runtime", "load_and_validate", "load_model", "lr_for_rank", "preset_for_rank", "quick_finetune",
     "TrainPlan", "VramEstimate", "estimate_vram", "plan_for_gpu", "train_with_oom_recovery",
+    "CheckpointTimer", "DivergenceError", "DivergenceGuard", "default_output_dir", "latest_valid_checkpoint",
+    "make_checkpoints_atomic", "mount_drive",
 ]

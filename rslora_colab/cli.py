@@ -10,6 +10,7 @@ import sys
 import warnings
 
 from .commands import COMMANDS
+from .guard import DivergenceError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # our errors name the field and the fix: no traceback needed
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except DivergenceError as err:  # the guard's message names the step, the lr and what to try
+        print(f"error: {err}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -121,7 +121,7 @@ def _give_up(trainer: Any, step: int, folder: Path) -> torch.OutOfMemoryError:
 
 
 def train_with_oom_recovery(trainer: Any, history: list[dict] | None = None,
-                            settings: dict | None = None) -> Any:
+                            settings: dict | None = None, resume_from: str | None = None) -> Any:
     """``trainer.train()``, halving the micro-batch after each out-of-memory error.
 
     Each recovery prints one line, appends ``{"step", "event": "oom",
@@ -130,10 +130,10 @@ def train_with_oom_recovery(trainer: Any, history: list[dict] | None = None,
     Raises ``torch.OutOfMemoryError`` with a clear message once the
     micro-batch is already 1. Other errors pass through unchanged. Returns
     what the last ``trainer.train()`` returned. The resume point is removed
-    after a successful run.
+    after a successful run. ``resume_from`` is a checkpoint to start from.
     """
     folder = Path(trainer.args.output_dir) / RESUME_DIR
-    resume: str | None = None
+    resume: str | None = resume_from
     while True:
         try:
             output = trainer.train(resume_from_checkpoint=resume)
@@ -161,6 +161,6 @@ def train_with_oom_recovery(trainer: Any, history: list[dict] | None = None,
             history.append({"step": step, "event": "oom", "micro_batch": smaller[0], "grad_accum": smaller[1]})
         if settings is not None:
             settings.update(batch_size=smaller[0], grad_accum=smaller[1])
-    if resume is not None:
+    if resume != resume_from:
         shutil.rmtree(folder, ignore_errors=True)
     return output

@@ -1,0 +1,61 @@
+"""Colab: keep outputs on Google Drive, where a disconnect cannot take them.
+
+A Colab runtime's disk is wiped when the runtime disconnects. When Drive is
+mounted, :func:`default_output_dir` puts runs there; :func:`mount_drive` is
+the one-line way to mount it:
+
+>>> from rslora_colab import mount_drive       # doctest: +SKIP
+>>> mount_drive()                               # doctest: +SKIP
+'/content/drive/MyDrive/rslora-colab/outputs/rslora'
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+COLAB_ROOT = Path("/content")
+"""Colab's working folder (wiped when the runtime goes away)."""
+DRIVE_MOUNT = COLAB_ROOT / "drive"
+"""Where :func:`mount_drive` mounts Google Drive."""
+DRIVE_HOME = DRIVE_MOUNT / "MyDrive"
+"""The user's Drive folder once Drive is mounted."""
+LOCAL_OUTPUT_DIR = "outputs/rslora"
+"""Default output folder off Colab, or on Colab without Drive (then under ``DRIVE_HOME/rslora-colab/``)."""
+
+
+def on_colab() -> bool:
+    """True inside a Colab runtime: ``google.colab`` is importable or a ``/content`` folder exists."""
+    try:
+        colab = importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:  # no ``google`` package at all
+        colab = False
+    return colab or COLAB_ROOT.is_dir()
+
+
+def drive_mounted() -> bool:
+    """True when Google Drive is mounted at ``/content/drive/MyDrive``."""
+    return DRIVE_HOME.is_dir()
+
+
+def default_output_dir() -> str:
+    """Drive (``MyDrive/rslora-colab/outputs/rslora``) when mounted, else ``outputs/rslora``."""
+    return str(DRIVE_HOME / "rslora-colab" / LOCAL_OUTPUT_DIR) if drive_mounted() else LOCAL_OUTPUT_DIR
+
+
+def mount_drive() -> str:
+    """Mount Google Drive at ``/content/drive`` (Colab asks for permission); returns the folder runs now default to."""
+    from google.colab import drive  # only exists on Colab
+
+    drive.mount(str(DRIVE_MOUNT))
+    return default_output_dir()
+
+
+def warn_if_volatile(output_dir: str | Path) -> bool:
+    """On Colab, print a warning when ``output_dir`` is not on Drive; returns True if it warned."""
+    if not on_colab() or Path(output_dir).resolve().is_relative_to(DRIVE_MOUNT):
+        return False
+    print(f"rslora-colab: WARNING: {output_dir} is on the Colab runtime's disk; a disconnect will lose it and its "
+          "checkpoints. Run `from rslora_colab import mount_drive; mount_drive()` first to keep runs on Google Drive.",
+          flush=True)
+    return True
