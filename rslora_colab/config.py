@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .adapt import DEFAULT_TARGETS
-from .presets import MAX_RANK, MIN_RANK
+from .presets import MAX_RANK, METHODS, MIN_RANK
 from .runtime import BACKENDS
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -18,7 +18,7 @@ class FinetuneConfig:
     """Everything ``quick_finetune`` needs besides the model and the data.
 
     Fields left as ``None`` are filled from :func:`~rslora_colab.preset_for_rank`
-    (alpha, lr, warm-up, schedule) when training starts. Building one checks
+    (alpha, lr, warm-up, schedule; the lr depends on ``method``) when training starts. Building one checks
     every field and raises a single ``ValueError`` listing all problems.
     """
 
@@ -64,6 +64,10 @@ class FinetuneConfig:
     """Recompute activations in the backward pass to save memory ('unsloth' mode on GPU)."""
     logging_steps: int = 1
     """Record loss, lr and grad norm every this many steps."""
+    method: str = "sft"
+    """'sft' (learn the responses) or 'dpo' (preference tuning on chosen/rejected pairs, TRL's DPOTrainer)."""
+    beta: float = 0.1
+    """DPO only: how far the policy may move from the reference (TRL's default; smaller lets it move further)."""
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
@@ -95,6 +99,8 @@ class FinetuneConfig:
              "target_modules", "a non-empty list of layer names such as 'q_proj'"),
             (self.backend in BACKENDS, "backend", f"one of {BACKENDS}"),
             (_is_int(self.logging_steps) and self.logging_steps > 0, "logging_steps", "a positive integer"),
+            (self.method in METHODS, "method", f"one of {METHODS}"),
+            (_is_pos(self.beta), "beta", "a positive number, e.g. 0.1"),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
 
