@@ -1,7 +1,7 @@
 """rslora-colab: fine-tune 1–8B open LLMs on a free Colab T4 with rsLoRA.
 
 The public API follows the path a user walks — load → adapt → data → train →
-watch → save:
+watch → save → chat → export:
 
 >>> from rslora_colab import quick_finetune, demo_dataset
 >>> result = quick_finetune("demo", demo_dataset(), r=64)        # doctest: +SKIP
@@ -15,14 +15,17 @@ Adapt
     default; :func:`adapter_scales` reads the scale back from every layer.
 Presets
     :func:`lr_for_rank`, :func:`preset_for_rank`, :func:`adapter_scale` — the
-    rank-dependent learning rate (16 → 2e-4, 32 → 1.5e-4, 64 → 1e-4) and the
-    one place alpha/sqrt(r) is computed.
+    rank-dependent learning rate (16 → 2e-4, 32 → 1.5e-4, 64 → 1e-4; DPO a
+    40th of that: 5e-6, 3.75e-6, 2.5e-6) and the one place alpha/sqrt(r) is
+    computed.
 Data
     :func:`load_and_validate` — read and check text / Alpaca / prompt-completion
-    / chat / ShareGPT data before any model loads.
+    / chat / ShareGPT data, or with ``method="dpo"`` prompt/chosen/rejected
+    preference data (strings, messages, UltraFeedback), before any model loads.
 Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
-    lists every setting it takes.
+    lists every setting it takes. ``method="dpo"`` tunes on preference pairs
+    with TRL's DPOTrainer, the base (adapter disabled) as the reference.
 Memory
     :func:`estimate_vram` → :class:`VramEstimate` — peak GPU memory of a run,
     term by term, from ``config.json`` alone (catalog ids need no network);
@@ -40,12 +43,18 @@ Survive
     :func:`latest_valid_checkpoint`); ``quick_finetune(..., resume=True)``
     continues after a disconnect; :func:`mount_drive` keeps runs on Google Drive.
 Use
-    :func:`chat` — generate through the chat template, streamed.
+    :func:`chat` — generate through the chat template, streamed;
+    :func:`load_adapter` — a saved adapter on its base model.
+Export
+    :func:`save` — ``how="adapter"`` / ``"merged_16bit"`` / ``"gguf"``;
+    :func:`push_to_hub` — the same to the Hugging Face Hub (token from
+    ``$HF_TOKEN`` or Colab secrets, never printed).
 Demo
-    :func:`demo_model`, :func:`demo_dataset` — a tiny Llama and 158
-    instruction rows built offline from Python's own manual, the CPU fallback.
+    :func:`demo_model`, :func:`demo_dataset`, :func:`demo_preferences` — a tiny
+    Llama, 158 instruction rows and 158 preference pairs built offline from
+    Python's own manual, the CPU fallback.
 
-Command line: ``python -m rslora_colab train --help``, ``python -m rslora_colab plan --gpu T4``.
+Command line: ``python -m rslora_colab {train,plan,chat,export} --help``.
 """
 
 import logging
@@ -62,9 +71,10 @@ from .checkpoints import CheckpointTimer, latest_valid_checkpoint, make_checkpoi
 from .colab import default_output_dir, mount_drive  # noqa: E402
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
-from .demo import DEMO_NAME, demo_dataset, demo_model  # noqa: E402
+from .demo import DEMO_NAME, demo_dataset, demo_model, demo_preferences  # noqa: E402
+from .export import push_to_hub, save  # noqa: E402  (the function shadows the rslora_colab.save module's name)
 from .guard import DivergenceError, DivergenceGuard  # noqa: E402
-from .load import load_model  # noqa: E402
+from .load import load_adapter, load_model  # noqa: E402
 from .oom import train_with_oom_recovery  # noqa: E402
 from .plan import TrainPlan, plan_for_gpu  # noqa: E402
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
@@ -76,8 +86,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime",
-    "adapter_scale", "adapter_scales", "add_rslora", "chat", "demo_dataset", "demo_model", "detect_format",
-    "detect_runtime", "load_and_validate", "load_model", "lr_for_rank", "preset_for_rank", "quick_finetune",
+    "adapter_scale", "adapter_scales", "add_rslora", "chat", "demo_dataset", "demo_model", "demo_preferences",
+    "detect_format", "detect_runtime", "load_adapter", "load_and_validate", "load_model", "lr_for_rank",
+    "preset_for_rank", "push_to_hub", "quick_finetune", "save",
     "TrainPlan", "VramEstimate", "estimate_vram", "plan_for_gpu", "train_with_oom_recovery",
     "CheckpointTimer", "DivergenceError", "DivergenceGuard", "default_output_dir", "latest_valid_checkpoint",
     "make_checkpoints_atomic", "mount_drive",

@@ -69,6 +69,22 @@ def keep_cpu_4bit_trainable(model: Any) -> None:
                     module.weight.data, module.weight.quant_state)
 
 
+def keep_adapter_fp32(model: Any) -> None:
+    """Keep trainable (adapter) weights in fp32, the master copy mixed precision expects.
+
+    TRL casts QLoRA adapters to bf16 when it builds a trainer. Adam's updates
+    at rsLoRA's learning rates (1e-4 and below) are then often smaller than
+    half a bf16 step of the weight they update, and are lost: on the demo
+    model most ``lora_A`` entries never moved. Forward passes still run in the
+    compute precision (autocast on a GPU), so only the master copy changes.
+    """
+    import torch
+
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
 def _add_with_peft(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training

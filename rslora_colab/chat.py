@@ -6,32 +6,53 @@ from typing import Any
 
 import torch
 
+from .data import ROLES, _turn_problems, check_chat_template
 from .load import runtime_of
 
 
 def _messages(prompt_or_messages: str | list[dict]) -> list[dict]:
+    """The conversation to continue; a ``ValueError`` names what is wrong with it."""
     if isinstance(prompt_or_messages, str):
+        if not prompt_or_messages.strip():
+            raise ValueError("prompt_or_messages: the prompt is empty; pass some text or a list of messages.")
         return [{"role": "user", "content": prompt_or_messages}]
+    problems = _turn_problems(prompt_or_messages, "prompt_or_messages", "role", "content", ROLES, need_assistant=False)
+    if problems:
+        raise ValueError("; ".join(problems) + " (e.g. [{'role': 'user', 'content': 'Hi'}])")
     return list(prompt_or_messages)
 
 
-def chat(model: Any, tokenizer: Any, prompt_or_messages: str | list[dict], max_new_tokens: int = 128,
+def chat(result_or_model: Any, tokenizer: Any, prompt_or_messages: str | list[dict], max_new_tokens: int = 128,
          stream: bool = True, temperature: float = 0.0) -> str:
     """Generate the assistant's reply to a prompt (or a message list) and return it.
 
-    ``model`` may also be a :class:`~rslora_colab.FinetuneResult`. With
-    ``stream=True`` the words are printed as they come (terminal or
-    notebook). ``temperature=0`` decodes greedily, so replies are repeatable.
+    ``result_or_model`` is a :class:`~rslora_colab.FinetuneResult` (then
+    ``tokenizer`` may be None) or a model from :func:`load_model`,
+    :func:`add_rslora` or :func:`load_adapter`. The prompt goes through the
+    tokenizer's chat template; on Unsloth the model is switched to
+    ``for_inference`` and back. With ``stream=True`` the words are printed as
+    they come, in a terminal or a notebook (transformers' ``TextStreamer``).
+    ``temperature=0`` decodes greedily, so replies are repeatable.
+
+    >>> chat(result, None, "Give the heading of the Python docs topic 'assert'.")  # doctest: +SKIP
     """
+    model = result_or_model
     if hasattr(model, "adapter_path") and hasattr(model, "model"):  # a FinetuneResult
         model, tokenizer = model.model, tokenizer or model.tokenizer
+    if tokenizer is None:
+        raise ValueError("tokenizer: pass the model's tokenizer (or pass a FinetuneResult, which carries it).")
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}: pass a positive integer, e.g. 128.")
+    messages = _messages(prompt_or_messages)
+    check_chat_template(tokenizer, "chat")
+    was_training = model.training
     fast = None
     if runtime_of(model).backend == "unsloth":
         from unsloth import FastLanguageModel as fast
 
         fast.for_inference(model)
-    inputs = tokenizer.apply_chat_template(_messages(prompt_or_messages), add_generation_prompt=True,
-                                           return_tensors="pt", return_dict=True)
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
     inputs = {k: v.to(next(model.parameters()).device) for k, v in inputs.items()}
     streamer = None
     if stream:
@@ -39,13 +60,14 @@ def chat(model: Any, tokenizer: Any, prompt_or_messages: str | list[dict], max_n
 
         streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    was_training = model.training
     model.eval()
-    with torch.no_grad():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
-                                pad_token_id=tokenizer.pad_token_id, **sampling)
-    if was_training:
-        model.train()
-    if fast is not None:
-        fast.for_training(model)  # back to Unsloth's training mode
+    try:
+        with torch.no_grad():
+            output = model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer,
+                                    pad_token_id=tokenizer.pad_token_id, **sampling)
+    finally:  # leave the model as it was, also after an error or Ctrl-C
+        if was_training and fast is not None:
+            fast.for_training(model)  # back to Unsloth's training mode
+        elif was_training:
+            model.train()
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -14,8 +14,6 @@ but cannot be loaded. This module adds the missing pieces:
   time, so a disconnect loses minutes, whatever a step costs.
 * :func:`latest_valid_checkpoint` — the newest checkpoint that is complete,
   skipping (and naming) any that is not.
-* :func:`keep_dtypes_on_resume` — a resumed run trains its adapter in the
-  same precision as the run it continues.
 """
 
 from __future__ import annotations
@@ -94,29 +92,6 @@ def make_checkpoints_atomic(trainer: Any) -> Any:
             rotate_checkpoints(str(run_dir), trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
 
     trainer._save_checkpoint = save_atomically
-    return trainer
-
-
-def keep_dtypes_on_resume(trainer: Any) -> Any:
-    """Make ``trainer`` keep each trainable parameter's dtype when it loads a checkpoint. Returns ``trainer``.
-
-    TRL keeps QLoRA adapters in bf16, but transformers loads a checkpoint's
-    adapter through PEFT's ``load_adapter``, which upcasts it to fp32: a
-    resumed run would train in another precision, with twice the adapter
-    memory, than the run it continues. This puts the dtypes back right after
-    the load, before the optimizer state is loaded onto the parameters.
-    """
-    load = trainer._load_from_checkpoint
-
-    def load_keeping_dtypes(resume_from_checkpoint, model=None):
-        target = model if model is not None else trainer.model
-        dtypes = {n: p.dtype for n, p in target.named_parameters() if p.requires_grad}
-        load(resume_from_checkpoint, model)
-        for name, param in target.named_parameters():
-            if name in dtypes and param.dtype != dtypes[name]:
-                param.data = param.data.to(dtypes[name])
-
-    trainer._load_from_checkpoint = load_keeping_dtypes
     return trainer
 
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .adapt import DEFAULT_TARGETS
-from .plan import GPU_BUDGETS
 from .colab import default_output_dir
-from .presets import MAX_RANK, MIN_RANK
+from .plan import GPU_BUDGETS
+from .presets import MAX_RANK, METHODS, MIN_RANK
 from .runtime import BACKENDS
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -20,7 +20,7 @@ class FinetuneConfig:
     """Everything ``quick_finetune`` needs besides the model and the data.
 
     Fields left as ``None`` are filled from :func:`~rslora_colab.preset_for_rank`
-    (alpha, lr, warm-up, schedule) when training starts. Building one checks
+    (alpha, lr, warm-up, schedule; the lr depends on ``method``) when training starts. Building one checks
     every field and raises a single ``ValueError`` listing all problems.
     """
 
@@ -66,13 +66,12 @@ class FinetuneConfig:
     gradient_checkpointing: bool = True
     """Recompute activations in the backward pass to save memory ('unsloth' mode on GPU)."""
     logging_steps: int = 1
-    """Record loss, lr and grad norm every this many steps."""
+    """Record loss, lr and grad norm every this many steps (the divergence guard judges each record)."""
     plan: bool = True
     """Before loading, fit micro-batch, grad_accum and max_seq_length to the GPU (``plan_for_gpu``);
     raise if nothing fits. Skipped on a machine without a CUDA GPU unless ``gpu`` is a size."""
     gpu: str | float = "auto"
     """GPU memory to plan for: "auto" (this machine's CUDA GPU), "T4", or usable GiB such as 14.74."""
-    """Record loss, lr and grad norm every this many steps (the divergence guard judges each record)."""
     guard: bool = True
     """Watch for divergence (NaN/inf, loss spikes): roll back to the last good adapter and halve the lr."""
     max_rollbacks: int = 3
@@ -83,6 +82,10 @@ class FinetuneConfig:
     """Also save a checkpoint every this many steps; None: only the timer and the end of training save."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep in output_dir."""
+    method: str = "sft"
+    """'sft' (learn the responses) or 'dpo' (preference tuning on chosen/rejected pairs, TRL's DPOTrainer)."""
+    beta: float = 0.1
+    """DPO only: how far the policy may move from the reference (TRL's default; smaller lets it move further)."""
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
@@ -126,6 +129,8 @@ class FinetuneConfig:
             (self.checkpoint_every is None or (_is_int(self.checkpoint_every) and self.checkpoint_every > 0),
              "checkpoint_every", "a positive number of steps, or None"),
             (_is_int(self.keep_checkpoints) and self.keep_checkpoints > 0, "keep_checkpoints", "an integer >= 1"),
+            (self.method in METHODS, "method", f"one of {METHODS}"),
+            (_is_pos(self.beta), "beta", "a positive number, e.g. 0.1"),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
 

@@ -20,6 +20,10 @@ cannot mark falls back to prompt/completion on the last assistant turn.
 
 Every row is checked before any model is loaded; problems raise one
 ``ValueError`` naming the source, the row, the field and what was expected.
+
+Preference data (``chosen`` / ``rejected``, for ``method="dpo"``) has its own
+formats, checks and shaping in :mod:`rslora_colab.prefer`; ``validate`` and
+``load_and_validate`` take ``method`` and hand such data over.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any, Iterable
+
+from .presets import check_method
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ROLES = {"system", "user", "assistant", "tool"}
@@ -84,10 +90,11 @@ def _check_jsonl(path: Path) -> None:
 
 
 def detect_format(columns: Iterable[str], source: str = "dataset") -> str:
-    """The dataset's format from its column names (see the module docstring)."""
+    """The format of SFT data from its column names (see the module docstring)."""
     cols = set(columns)
-    if {"prompt", "chosen", "rejected"} <= cols:
-        raise ValueError(f"{source}: has prompt/chosen/rejected columns, which are preference data for DPO, not SFT.")
+    if {"chosen", "rejected"} <= cols:
+        raise ValueError(f"{source}: has chosen/rejected columns, which are preference data for DPO, not SFT: pass "
+                         "method='dpo' (command line: --method dpo), or keep only SFT columns such as 'messages'.")
     for fmt, needed in (("chat", {"messages"}), ("sharegpt", {"conversations"}), ("alpaca", {"instruction", "output"}),
                         ("completion", {"prompt", "completion"}), ("text", {"text"})):
         if needed <= cols:
@@ -102,7 +109,8 @@ def _is_text(value: Any) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def _turn_problems(turns: Any, field: str, role_key: str, text_key: str, roles: Iterable[str]) -> list[str]:
+def _turn_problems(turns: Any, field: str, role_key: str, text_key: str, roles: Iterable[str],
+                   need_assistant: bool = True) -> list[str]:
     if not isinstance(turns, list) or not turns:
         return [f"field '{field}' must be a non-empty list of turns"]
     problems = []
@@ -114,7 +122,7 @@ def _turn_problems(turns: Any, field: str, role_key: str, text_key: str, roles: 
         elif not isinstance(turn.get(text_key), str):
             problems.append(f"{field}[{j}].{text_key} must be a string")
     assistant = {"assistant", "gpt"}
-    if not problems and not any(turn[role_key] in assistant for turn in turns):
+    if need_assistant and not problems and not any(turn[role_key] in assistant for turn in turns):
         problems.append(f"field '{field}' has no assistant turn to learn from")
     return problems
 
@@ -136,14 +144,23 @@ def row_problems(row: dict, fmt: str) -> list[str]:
     return _turn_problems(row.get("conversations"), "conversations", "from", "value", SHAREGPT_ROLES)
 
 
-def validate(dataset, source: str = "dataset") -> str:
-    """Check every row; return the format or raise one ``ValueError`` listing the problems."""
+def validate(dataset, source: str = "dataset", method: str = "sft") -> str:
+    """Check every row; return the format or raise one ``ValueError`` listing the problems.
+
+    ``method="dpo"`` expects preference data (see :mod:`rslora_colab.prefer`).
+    """
+    check_method(method)
     if len(dataset) == 0:
         raise ValueError(f"{source}: is empty; it needs at least one row.")
-    fmt = detect_format(dataset.column_names, source)
+    if method == "dpo":
+        from .prefer import detect_preference_format, preference_row_problems
+
+        fmt, check = detect_preference_format(dataset.column_names, dataset[0], source), preference_row_problems
+    else:
+        fmt, check = detect_format(dataset.column_names, source), row_problems
     where = "line" if source.endswith(".jsonl") else "row"
     offset = 1 if where == "line" else 0
-    problems = [f"{source} {where} {i + offset}: {p}" for i, row in enumerate(dataset) for p in row_problems(row, fmt)]
+    problems = [f"{source} {where} {i + offset}: {p}" for i, row in enumerate(dataset) for p in check(row, fmt)]
     if problems:
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
         raise ValueError(f"{source} ({fmt} format) has {len(problems)} problem(s):\n  "
@@ -156,10 +173,10 @@ def source_name(source: Any) -> str:
     return str(source) if isinstance(source, (str, Path)) else "dataset"
 
 
-def load_and_validate(source: Any):
-    """Load ``source`` and check every row; returns ``(dataset, format)``."""
+def load_and_validate(source: Any, method: str = "sft"):
+    """Load ``source`` and check every row for ``method`` ('sft' or 'dpo'); returns ``(dataset, format)``."""
     dataset = load_any(source)
-    return dataset, validate(dataset, source_name(source))
+    return dataset, validate(dataset, source_name(source), method)
 
 
 # ---------------------------------------------------------------- shaping for TRL
@@ -197,12 +214,17 @@ def can_mask_assistant_turns(tokenizer) -> bool:
         return False
 
 
-def to_trainer_dataset(dataset, fmt: str, tokenizer):
-    """Shape a validated dataset for TRL's ``SFTTrainer``; returns ``(dataset, sft_config_kwargs)``."""
-    conversational = fmt in ("alpaca", "chat", "sharegpt")
-    if conversational and not getattr(tokenizer, "chat_template", None):
+def check_chat_template(tokenizer, fmt: str) -> None:
+    """Raise a clear ``ValueError`` when ``fmt`` data needs a chat template and the tokenizer has none."""
+    if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"This tokenizer has no chat template, which {fmt} data needs: use an -Instruct/-it model, "
                          "or set tokenizer.chat_template.")
+
+
+def to_trainer_dataset(dataset, fmt: str, tokenizer):
+    """Shape a validated dataset for TRL's ``SFTTrainer``; returns ``(dataset, sft_config_kwargs)``."""
+    if fmt in ("alpaca", "chat", "sharegpt"):
+        check_chat_template(tokenizer, fmt)
     columns = dataset.column_names
     if fmt in ("text", "completion"):
         return dataset.select_columns(["text"] if fmt == "text" else ["prompt", "completion"]), {}

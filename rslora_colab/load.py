@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -97,3 +99,45 @@ def is_quantized(model: Any) -> bool:
 def model_device(model: Any) -> torch.device:
     """The device of the model's first parameter."""
     return next(model.parameters()).device
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def adapter_base(path: str | Path) -> str:
+    """The base model a saved adapter belongs to: ``base_model_name_or_path`` in its ``adapter_config.json``."""
+    config_file = Path(path) / ADAPTER_CONFIG
+    if not config_file.is_file():
+        raise ValueError(f"{path}: no {ADAPTER_CONFIG} here; pass the adapter folder a run saved, "
+                         "e.g. outputs/rslora/adapter.")
+    base = json.loads(config_file.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{config_file}: base_model_name_or_path is empty; set it to the base model's hub id "
+                         "or folder.")
+    return base
+
+
+def load_adapter(path: str | Path, max_seq_length: int = 2048, load_in_4bit: bool = True, backend: str = "auto"):
+    """Load a saved adapter folder onto its base model; returns ``(model, tokenizer)`` ready for :func:`chat`.
+
+    The base comes from the folder's ``adapter_config.json``. On Unsloth,
+    ``FastLanguageModel.from_pretrained`` takes the adapter folder itself; on
+    transformers the base is loaded like :func:`load_model` and PEFT's
+    ``PeftModel.from_pretrained`` adds the adapter, keeping its ``use_rslora``
+    scale. The tokenizer is the one saved with the adapter, else the base's.
+
+    >>> model, tokenizer = load_adapter("outputs/rslora/adapter")  # doctest: +SKIP
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    base = adapter_base(path)
+    runtime = detect_runtime(backend)
+    if runtime.backend == "unsloth":
+        return load_model(str(path), max_seq_length, load_in_4bit, "unsloth")
+    model, tokenizer = load_model(base, max_seq_length, load_in_4bit, backend)
+    model = PeftModel.from_pretrained(model, str(path))
+    setattr(model, RUNTIME_ATTR, runtime)
+    if (Path(path) / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    return model, tokenizer

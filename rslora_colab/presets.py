@@ -39,6 +39,22 @@ curve and its first derivative are continuous everywhere:
 Finally the result is clamped to [LR_FLOOR, LR_CEILING] = [1e-5, 3e-4]:
 r <= 4 gets 3e-4 and r = 1024 gets 1.57e-5. Ranks outside 1..1024 are
 rejected.
+
+Preference tuning (DPO)
+-----------------------
+DPO steps are far smaller than SFT steps: ``lr_for_rank(r, "dpo")`` is the
+SFT curve times ``DPO_LR_FACTOR = 0.025`` (a 40th), so it keeps the same rank
+dependence::
+
+    r = 16  ->  5.0e-6      r = 64  ->  2.5e-6      r = 256  ->  1.0e-6
+
+Source of the factor: the alignment-handbook's Zephyr-7B-beta QLoRA DPO
+recipe (``recipes/zephyr-7b-beta/dpo/config_qlora.yaml``: r = 16, alpha = 16,
+UltraFeedback-binarized) trains at 5e-6, where the kit's SFT preset for the
+same rank (from Unsloth's r = 16 notebooks) is 2e-4: 5e-6 / 2e-4 = 0.025.
+For scale, the same handbook's full-parameter DPO uses 5e-7 and TRL's
+``DPOConfig`` defaults to 1e-6 (both for full fine-tuning, not adapters).
+The factor is taken from those recipes, not tuned by this kit.
 """
 
 from __future__ import annotations
@@ -50,6 +66,12 @@ MIN_RANK = 1
 MAX_RANK = 1024
 LR_CEILING = 3e-4
 LR_FLOOR = 1e-5
+
+DPO_LR_FACTOR = 0.025
+"""DPO learning rate / SFT learning rate at the same rank (see the module docstring)."""
+LR_FACTORS = {"sft": 1.0, "dpo": DPO_LR_FACTOR}
+METHODS = tuple(LR_FACTORS)
+"""Training methods: ``"sft"`` (supervised fine-tuning) and ``"dpo"`` (preference tuning)."""
 
 _Y0 = math.log(1.5e-4)
 _B = (math.log(1e-4) - math.log(2e-4)) / 2
@@ -71,17 +93,28 @@ def adapter_scale(alpha: float, r: int, use_rslora: bool = True) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
-def lr_for_rank(r: int) -> float:
+def check_method(method: str) -> None:
+    """Raise ``ValueError`` unless ``method`` is one of :data:`METHODS`."""
+    if method not in LR_FACTORS:
+        raise ValueError(f"method={method!r} is not known: use one of {METHODS}.")
+
+
+def lr_for_rank(r: int, method: str = "sft") -> float:
     """Learning rate for an rsLoRA adapter of rank ``r`` with alpha = r.
 
-    Hits 2e-4 at r=16, 1.5e-4 at r=32 and 1e-4 at r=64, falls smoothly and
-    monotonically in between and beyond; see the module docstring.
+    For SFT it hits 2e-4 at r=16, 1.5e-4 at r=32 and 1e-4 at r=64, falling
+    smoothly and monotonically in between and beyond; ``method="dpo"`` scales
+    that curve by :data:`DPO_LR_FACTOR`. See the module docstring.
 
     >>> lr_for_rank(16), lr_for_rank(32), lr_for_rank(64)
     (0.0002, 0.00015, 0.0001)
+    >>> lr_for_rank(16, "dpo"), lr_for_rank(64, "dpo")
+    (5e-06, 2.5e-06)
     """
     check_rank(r)
-    return round(min(max(math.exp(log_lr_curve(math.log2(r) - 5)), LR_FLOOR), LR_CEILING), 12)
+    check_method(method)
+    sft = min(max(math.exp(log_lr_curve(math.log2(r) - 5)), LR_FLOOR), LR_CEILING)
+    return round(sft * LR_FACTORS[method], 12)
 
 
 def log_lr_curve(x: float) -> float:
@@ -108,14 +141,16 @@ class RankPreset:
     """Fraction of the steps spent warming the learning rate up from 0."""
     lr_scheduler: str
     """Schedule after warm-up (a transformers ``lr_scheduler_type``)."""
+    method: str = "sft"
+    """The training method the learning rate is for (``"sft"`` or ``"dpo"``)."""
 
     def as_dict(self) -> dict:
         """The preset as a plain dict (for JSON and printing)."""
         return asdict(self)
 
 
-def preset_for_rank(r: int, alpha: float | None = None, use_rslora: bool = True) -> RankPreset:
-    """The kit's settings for rank ``r``; ``alpha=None`` means alpha = r.
+def preset_for_rank(r: int, alpha: float | None = None, use_rslora: bool = True, method: str = "sft") -> RankPreset:
+    """The kit's settings for rank ``r`` and training ``method``; ``alpha=None`` means alpha = r.
 
     >>> preset_for_rank(64).scale
     8.0
@@ -127,9 +162,10 @@ def preset_for_rank(r: int, alpha: float | None = None, use_rslora: bool = True)
         alpha=alpha,
         use_rslora=use_rslora,
         scale=adapter_scale(alpha, r, use_rslora),
-        lr=lr_for_rank(r),
+        lr=lr_for_rank(r, method),
         # Higher ranks take larger first steps (scale grows like sqrt(r)):
         # give them a slightly longer warm-up.
         warmup_ratio=0.03 if r <= 32 else 0.05,
         lr_scheduler="cosine",
+        method=method,
     )

@@ -9,9 +9,8 @@ from typing import Any
 
 import torch
 
-from .adapt import add_rslora
-from .checkpoints import (CheckpointTimer, checkpoint_args, keep_dtypes_on_resume, make_checkpoints_atomic,
-                          resume_training)
+from .adapt import add_rslora, keep_adapter_fp32
+from .checkpoints import CheckpointTimer, checkpoint_args, make_checkpoints_atomic, resume_training
 from .colab import warn_if_volatile
 from .config import FinetuneConfig
 from .data import load_and_validate, to_trainer_dataset
@@ -74,7 +73,7 @@ class FinetuneResult:
 
 def resolve_settings(config: FinetuneConfig, runtime: Runtime) -> dict:
     """Fill the config's open fields from the rank preset and the machine."""
-    preset = preset_for_rank(config.r, config.alpha, config.use_rslora)
+    preset = preset_for_rank(config.r, config.alpha, config.use_rslora, config.method)
     return {
         "backend": runtime.backend, "precision": runtime.precision, "device": runtime.device,
         "r": config.r, "alpha": preset.alpha, "use_rslora": config.use_rslora, "scale": preset.scale,
@@ -85,15 +84,14 @@ def resolve_settings(config: FinetuneConfig, runtime: Runtime) -> dict:
         "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "max_seq_length": config.max_seq_length, "max_steps": config.max_steps, "epochs": config.epochs,
         "seed": config.seed, "target_modules": list(config.target_modules), "load_in_4bit": config.load_in_4bit,
+        "method": config.method, **({"beta": config.beta} if config.method == "dpo" else {}),
     }
 
 
-def sft_config(config: FinetuneConfig, settings: dict, **extra: Any):
-    """TRL's ``SFTConfig`` for these settings (``extra`` adds e.g. ``assistant_only_loss``)."""
-    from trl import SFTConfig
-
+def trainer_args(config: FinetuneConfig, settings: dict) -> dict:
+    """The arguments SFT and DPO share: TRL's ``SFTConfig`` and ``DPOConfig`` both take them."""
     precision = settings["precision"]
-    return SFTConfig(
+    return dict(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
@@ -115,19 +113,32 @@ def sft_config(config: FinetuneConfig, settings: dict, **extra: Any):
         **checkpoint_args(config.checkpoint_every, config.keep_checkpoints),
         report_to="none",
         seed=config.seed,
-        **extra,
     )
+
+
+def sft_config(config: FinetuneConfig, settings: dict, **extra: Any):
+    """TRL's ``SFTConfig`` for these settings (``extra`` adds e.g. ``assistant_only_loss``)."""
+    from trl import SFTConfig
+
+    return SFTConfig(**trainer_args(config, settings), **extra)
 
 
 def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig, settings: dict,
                   callbacks: list | None = None):
-    """TRL's ``SFTTrainer`` over an adapted model and a validated dataset of format ``fmt``."""
-    from trl import SFTTrainer
+    """TRL's ``SFTTrainer`` (``DPOTrainer`` for ``method="dpo"``) over an adapted model and validated data."""
+    if config.method == "dpo":
+        from .prefer import build_dpo_trainer
 
-    train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
-    trainer = SFTTrainer(model=model, args=sft_config(config, settings, **extra), train_dataset=train_dataset,
-                         processing_class=tokenizer, callbacks=callbacks or [])
-    return keep_dtypes_on_resume(make_checkpoints_atomic(trainer))
+        trainer = build_dpo_trainer(model, tokenizer, dataset, fmt, config, settings, callbacks)
+    else:
+        from trl import SFTTrainer
+
+        train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
+        trainer = SFTTrainer(model=model, args=sft_config(config, settings, **extra), train_dataset=train_dataset,
+                             processing_class=tokenizer, callbacks=callbacks or [])
+    if runtime_of(model).backend == "transformers":
+        keep_adapter_fp32(trainer.model)  # undo TRL's bf16 cast of QLoRA adapters
+    return make_checkpoints_atomic(trainer)
 
 
 def _load_pair(model: Any, config: FinetuneConfig):
@@ -153,8 +164,10 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     ``.jsonl/.json/.csv/.parquet`` file, or a hub id. The data is checked
     before any model is loaded. Keyword overrides are the fields of
     :class:`FinetuneConfig` (lr, alpha, max_steps, epochs, batch_size,
-    grad_accum, max_seq_length, output_dir, seed, ...); open ones come from
-    ``preset_for_rank(r)``. On a GPU the batch and sequence length are first
+    grad_accum, max_seq_length, output_dir, seed, method, beta, ...); open
+    ones come from ``preset_for_rank(r, method)``. ``method="dpo"`` tunes on
+    preference pairs with TRL's ``DPOTrainer`` and a far lower learning rate
+    (see :mod:`rslora_colab.prefer`). On a GPU the batch and sequence length are first
     fitted to its memory (``plan``, ``gpu``), and a CUDA out-of-memory error
     during training halves the micro-batch and carries on (see
     :mod:`rslora_colab.oom`). The adapter, ``metrics.json`` and ``loss.png`` are
@@ -166,7 +179,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     >>> result = quick_finetune("demo", demo_dataset(), r=16, max_steps=20)  # doctest: +SKIP
     """
     config = FinetuneConfig.from_overrides(r=r, **overrides)
-    dataset, fmt = load_and_validate(dataset)
+    dataset, fmt = load_and_validate(dataset, config.method)
     config, plan = fit_to_gpu(model, config)  # before any weights load; raises if nothing fits
     model, tokenizer = _load_pair(model, config)
     runtime = runtime_of(model)

@@ -7,11 +7,14 @@ import math
 from transformers import ProgressCallback, TrainerCallback
 
 HISTORY_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm", "num_tokens": "num_tokens",
-                "mean_token_accuracy": "token_accuracy"}
+                "mean_token_accuracy": "token_accuracy",
+                # DPO: beta * (policy - reference) log-prob of the chosen and rejected answers, and their gap
+                "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
+                "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy"}
 
 
 class HistoryCallback(TrainerCallback):
-    """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens.
+    """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens (and DPO's rewards).
 
     A :class:`~rslora_colab.guard.DivergenceGuard` appends its events
     (``{"step", "event", "reason", "lr", ...}``) to the same list.
@@ -38,11 +41,16 @@ def losses(history: list[dict]) -> list[float]:
     return [h["loss"] for h in history if "loss" in h]
 
 
-def mean_loss(history: list[dict], first: bool, n: int = 5) -> float:
-    """Mean of the first (or last) ``n`` finite losses; NaN when there are none."""
-    values = [v for v in losses(history) if math.isfinite(v)]
+def mean_value(history: list[dict], key: str, first: bool, n: int = 5) -> float:
+    """Mean of the first (or last) ``n`` finite values of ``key`` (e.g. ``"reward_margin"``); NaN when none."""
+    values = [h[key] for h in history if key in h and math.isfinite(h[key])]
     window = values[:n] if first else values[-n:]
     return sum(window) / len(window) if window else math.nan
+
+
+def mean_loss(history: list[dict], first: bool, n: int = 5) -> float:
+    """Mean of the first (or last) ``n`` finite losses; NaN when there are none."""
+    return mean_value(history, "loss", first, n)
 
 
 class LossInBarCallback(ProgressCallback):

@@ -34,3 +34,19 @@ def test_bad_data_exits_2_naming_the_file(tmp_path, capsys):
     assert main(["train", "--model", "demo", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "rows.jsonl line 2: field 'output' must be a non-empty string" in err
+
+
+def test_cli_dpo_then_chat_then_export(tmp_path, capsys, demo_path):
+    out = tmp_path / "dpo"
+    assert main(["train", "--method", "dpo", "--max-steps", "3", "--batch-size", "4", "--seq", "128", "--sample", "",
+                 "--out", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "158 preference pairs" in shown and "reward margin (chosen - rejected)" in shown
+    settings = json.loads((out / "metrics.json").read_text())["settings"]
+    assert (settings["method"], settings["beta"]) == ("dpo", 0.1)
+    adapter = str(out / "adapter")
+    assert main(["chat", "--adapter", adapter, "--prompt", "Give the heading of the topic 'assert'.",
+                 "--max-new-tokens", "4"]) == 0
+    assert main(["export", "--adapter", adapter, "--how", "merged_16bit", "--out", str(tmp_path / "merged")]) == 0
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    assert "saved merged_16bit" in capsys.readouterr().out

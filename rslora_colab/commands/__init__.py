@@ -1,5 +1,5 @@
 """Sub-commands of ``python -m rslora_colab``; each module has ``register(subparsers)``."""
 
-from . import plan, train
+from . import chat, export, plan, train
 
-COMMANDS = [train, plan]
+COMMANDS = [train, plan, chat, export]

@@ -1,12 +1,15 @@
 """Fine-tune with rsLoRA and save the adapter, metrics.json and loss.png.
 
 With no --model on a machine without a GPU this runs the offline demo: a
-tiny Llama built locally, fine-tuned on rows made from Python's manual.
+tiny Llama built locally, fine-tuned on rows made from Python's manual
+(with --method dpo: on pairs of a right and a wrong answer to each question).
 
 examples:
   python -m rslora_colab train
+  python -m rslora_colab train --method dpo
   python -m rslora_colab train --model unsloth/Llama-3.2-1B-Instruct-bnb-4bit --data data.jsonl --rank 64
   python -m rslora_colab train --resume          # continue the newest checkpoint after a disconnect
+  python -m rslora_colab train --method dpo --model MODEL --data HuggingFaceH4/ultrafeedback_binarized --rank 256
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import argparse
 
 import torch
 
-from ..demo import DEMO_NAME, DEMO_TRAINING, demo_dataset
+from ..demo import DEMO_DPO_TRAINING, DEMO_NAME, DEMO_TRAINING, demo_dataset, demo_preferences
+from ..presets import METHODS
 from ..runtime import BACKENDS
 
 GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
@@ -28,9 +32,12 @@ def register(subparsers) -> None:
     p.add_argument("--model", help=f"hub id, local folder or 'demo' (default: the demo on CPU, "
                                    f"{GPU_DEFAULT_MODEL} on a GPU)")
     p.add_argument("--data", help="a .jsonl/.json/.csv/.parquet file or a hub dataset id (default: the demo rows)")
+    p.add_argument("--method", choices=METHODS, default="sft",
+                   help="sft, or dpo: preference tuning on prompt/chosen/rejected rows (default sft)")
+    p.add_argument("--beta", type=float, help="DPO beta (default 0.1)")
     p.add_argument("--rank", type=int, default=64, help="LoRA rank (default 64)")
     p.add_argument("--alpha", type=float, help="LoRA alpha (default: alpha = rank)")
-    p.add_argument("--lr", type=float, help="learning rate (default: lr_for_rank(rank))")
+    p.add_argument("--lr", type=float, help="learning rate (default: lr_for_rank(rank, method))")
     p.add_argument("--max-steps", type=int, help="optimizer steps (default: one epoch; the demo runs 150)")
     p.add_argument("--epochs", type=float, help="passes over the data when --max-steps is not given")
     p.add_argument("--batch-size", type=int, help="micro-batch size")
@@ -54,17 +61,18 @@ def register(subparsers) -> None:
 def _job(args) -> tuple[str, object, dict]:
     """Model, data and setting overrides for this invocation; prints the demo notice."""
     keys = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr", "output_dir",
-            "checkpoint_every", "checkpoint_minutes")
+            "checkpoint_every", "checkpoint_minutes", "beta")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     model = args.model or (GPU_DEFAULT_MODEL if torch.cuda.is_available() else DEMO_NAME)
     if model == DEMO_NAME:
         print("rslora-colab: no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) "
-              "built here and fine-tuned on 158 rows from Python's manual. Pass --model and --data for a real run.",
+              f"built here and fine-tuned on 158 {'preference pairs' if args.method == 'dpo' else 'rows'} from "
+              "Python's manual. Pass --model and --data for a real run.",
               flush=True)
-        overrides = {**DEMO_TRAINING, **overrides}
+        overrides = {**(DEMO_DPO_TRAINING if args.method == "dpo" else DEMO_TRAINING), **overrides}
     if args.data is None and model != DEMO_NAME and args.model is not None:
         raise ValueError("--data is required with --model: pass a .jsonl/.json/.csv/.parquet file or a hub dataset id.")
-    return model, (args.data or demo_dataset()), overrides
+    return model, (args.data or (demo_preferences() if args.method == "dpo" else demo_dataset())), overrides
 
 
 def run(args) -> int:
@@ -74,11 +82,13 @@ def run(args) -> int:
     from ..fit import fit_to_gpu
     from ..load import load_model
     from ..train import quick_finetune
+    from ..watch import mean_value
 
     model_name, data, overrides = _job(args)
-    settings = {"r": args.rank, "use_rslora": not args.lora, "backend": args.backend, "guard": args.guard, **overrides}
+    settings = {"r": args.rank, "use_rslora": not args.lora, "backend": args.backend, "guard": args.guard,
+                "method": args.method, **overrides}
     config = FinetuneConfig.from_overrides(**settings)  # bad settings fail here, before anything loads
-    dataset, _ = load_and_validate(data)  # and so does bad data
+    dataset, _ = load_and_validate(data, args.method)  # and so does bad data
     config, _ = fit_to_gpu(model_name, config)  # and, on a GPU, a run that cannot fit
     settings.update(batch_size=config.batch_size, grad_accum=config.grad_accum,
                     max_seq_length=config.max_seq_length, plan=False)  # planned once
@@ -92,5 +102,8 @@ def run(args) -> int:
         chat(result, None, args.sample, max_new_tokens=40)
     print(f"\nloss {result.first_loss:.3f} -> {result.final_loss:.3f} (mean of first/last 5 steps) in "
           f"{result.wall_time_s:.1f} s, {result.tokens_per_s:,.0f} tokens/s")
+    if args.method == "dpo":
+        print(f"reward margin (chosen - rejected) {mean_value(result.history, 'reward_margin', True):.3f} -> "
+              f"{mean_value(result.history, 'reward_margin', False):.3f} (mean of first/last 5 steps)")
     print(f"saved: {result.adapter_path}/, {config.output_dir}/metrics.json, {config.output_dir}/loss.png")
     return 0
