@@ -119,6 +119,12 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
                       processing_class=tokenizer, callbacks=callbacks or [])
 
 
+def attach_adapter(model: Any, config: FinetuneConfig, settings: dict):
+    """The rsLoRA adapter ``quick_finetune`` puts on ``model`` for these settings (reused if already there)."""
+    return add_rslora(model, config.r, settings["alpha"], config.target_modules, config.dropout,
+                      config.use_rslora, config.gradient_checkpointing, config.seed)
+
+
 def _load_pair(model: Any, config: FinetuneConfig):
     if isinstance(model, (str, Path)):
         return load_model(str(model), config.max_seq_length, config.load_in_4bit, config.backend)
@@ -153,8 +159,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     model, tokenizer = _load_pair(model, config)
     runtime = runtime_of(model)
     settings = resolve_settings(config, runtime)
-    model = add_rslora(model, config.r, settings["alpha"], config.target_modules, config.dropout,
-                       config.use_rslora, config.gradient_checkpointing, config.seed)
+    model = attach_adapter(model, config, settings)
     recorder = HistoryCallback()
     trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings, [recorder, *(callbacks or [])])
     quiet_progress(trainer)
