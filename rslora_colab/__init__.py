@@ -23,8 +23,20 @@ Data
 Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
     lists every setting it takes.
+Watch
+    :class:`LivePlotCallback` — progress bar and loss curve redrawn in the
+    notebook during training (``quick_finetune(..., callbacks=[LivePlotCallback()])``);
+    :class:`StopCallback` ends a run after the current step.
 Use
     :func:`chat` — generate through the chat template, streamed.
+Notebook
+    :func:`control_panel` → :class:`ControlPanel` — ipywidgets panel: model,
+    rank, learning rate, data (hub id or upload), VRAM gauge, Train / Stop,
+    live plot; ``panel.settings`` are ``quick_finetune`` keywords.
+    :func:`check_fit` — the gauge's verdict as a :class:`FitCheck`.
+    :func:`check_runtime` — GPU, memory, bf16/fp16, or the CPU demo notice.
+    :func:`preview_data` — one row formatted and masked as the trainer sees it.
+    :func:`save_outputs` — adapter, merged 16-bit or GGUF, chosen by a list.
 Demo
     :func:`demo_model`, :func:`demo_dataset` — a tiny Llama and 158
     instruction rows built offline from Python's own manual, the CPU fallback.
@@ -42,13 +54,18 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .adapt import DEFAULT_TARGETS, adapter_scales, add_rslora  # noqa: E402
 from .chat import chat  # noqa: E402
+from .colab import RuntimeCheck, check_runtime, save_outputs  # noqa: E402
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
 from .demo import DEMO_NAME, demo_dataset, demo_model  # noqa: E402
+from .gauge import FitCheck, check_fit  # noqa: E402
 from .load import load_model  # noqa: E402
+from .panel import ControlPanel, control_panel  # noqa: E402
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
+from .preview import DataPreview, preview_data  # noqa: E402
 from .runtime import Runtime, detect_runtime  # noqa: E402
 from .train import FinetuneResult, quick_finetune  # noqa: E402
+from .watch import HistoryCallback, LivePlotCallback, StopCallback  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -56,4 +73,6 @@ __all__ = [
     "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime",
     "adapter_scale", "adapter_scales", "add_rslora", "chat", "demo_dataset", "demo_model", "detect_format",
     "detect_runtime", "load_and_validate", "load_model", "lr_for_rank", "preset_for_rank", "quick_finetune",
+    "ControlPanel", "DataPreview", "FitCheck", "HistoryCallback", "LivePlotCallback", "RuntimeCheck", "StopCallback",
+    "check_fit", "check_runtime", "control_panel", "preview_data", "save_outputs",
 ]

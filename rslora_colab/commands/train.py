@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
+from ..colab import GPU_DEFAULT_MODEL, default_model
 from ..demo import DEMO_NAME, DEMO_TRAINING, demo_dataset
 from ..runtime import BACKENDS
 
-GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
 SAMPLE_PROMPT = "Give the heading of the Python docs topic 'assert'."
 
 
@@ -47,7 +45,7 @@ def _job(args) -> tuple[str, object, dict]:
     """Model, data and setting overrides for this invocation; prints the demo notice."""
     keys = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    model = args.model or (GPU_DEFAULT_MODEL if torch.cuda.is_available() else DEMO_NAME)
+    model = args.model or default_model()
     if model == DEMO_NAME:
         print("rslora-colab: no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) "
               "built here and fine-tuned on 158 rows from Python's manual. Pass --model and --data for a real run.",
