@@ -23,6 +23,22 @@ Data
 Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
     lists every setting it takes.
+Memory
+    :func:`estimate_vram` → :class:`VramEstimate` — peak GPU memory of a run,
+    term by term, from ``config.json`` alone (catalog ids need no network);
+    :func:`plan_for_gpu` → :class:`TrainPlan` — the micro-batch, grad_accum
+    and sequence length that fit a GPU ("T4", "auto" or GiB), or "does not fit"
+    with the nearest setting that does. ``quick_finetune`` plans on a GPU
+    before loading, and :func:`train_with_oom_recovery` (which it uses) halves
+    the micro-batch after a CUDA out-of-memory error and carries on from the
+    same step. Not yet calibrated on a GPU: see ``docs/memory.md``.
+Survive
+    :class:`DivergenceGuard` — rolls back NaN / exploding steps and halves the
+    lr (on by default; :class:`DivergenceError` when it cannot recover);
+    checkpoints every few minutes, written atomically
+    (:func:`make_checkpoints_atomic`, :class:`CheckpointTimer`,
+    :func:`latest_valid_checkpoint`); ``quick_finetune(..., resume=True)``
+    continues after a disconnect; :func:`mount_drive` keeps runs on Google Drive.
 Watch
     :class:`LivePlotCallback` — progress bar and loss curve redrawn in the
     notebook during training (``quick_finetune(..., callbacks=[LivePlotCallback()])``);
@@ -41,7 +57,7 @@ Demo
     :func:`demo_model`, :func:`demo_dataset` — a tiny Llama and 158
     instruction rows built offline from Python's own manual, the CPU fallback.
 
-Command line: ``python -m rslora_colab train --help``.
+Command line: ``python -m rslora_colab train --help``, ``python -m rslora_colab plan --gpu T4``.
 """
 
 import logging
@@ -54,17 +70,23 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .adapt import DEFAULT_TARGETS, adapter_scales, add_rslora  # noqa: E402
 from .chat import chat  # noqa: E402
-from .colab import RuntimeCheck, check_runtime, save_outputs  # noqa: E402
+from .checkpoints import CheckpointTimer, latest_valid_checkpoint, make_checkpoints_atomic  # noqa: E402
+from .colab import default_output_dir, mount_drive  # noqa: E402
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
 from .demo import DEMO_NAME, demo_dataset, demo_model  # noqa: E402
 from .gauge import FitCheck, check_fit  # noqa: E402
+from .guard import DivergenceError, DivergenceGuard  # noqa: E402
 from .load import load_model  # noqa: E402
+from .notebook import RuntimeCheck, check_runtime, save_outputs  # noqa: E402
+from .oom import train_with_oom_recovery  # noqa: E402
 from .panel import ControlPanel, control_panel  # noqa: E402
+from .plan import TrainPlan, plan_for_gpu  # noqa: E402
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
 from .preview import DataPreview, preview_data  # noqa: E402
 from .runtime import Runtime, detect_runtime  # noqa: E402
 from .train import FinetuneResult, quick_finetune  # noqa: E402
+from .vram import VramEstimate, estimate_vram  # noqa: E402
 from .watch import HistoryCallback, LivePlotCallback, StopCallback  # noqa: E402
 
 __version__ = "0.1.0"
@@ -73,6 +95,9 @@ __all__ = [
     "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime",
     "adapter_scale", "adapter_scales", "add_rslora", "chat", "demo_dataset", "demo_model", "detect_format",
     "detect_runtime", "load_and_validate", "load_model", "lr_for_rank", "preset_for_rank", "quick_finetune",
+    "TrainPlan", "VramEstimate", "estimate_vram", "plan_for_gpu", "train_with_oom_recovery",
+    "CheckpointTimer", "DivergenceError", "DivergenceGuard", "default_output_dir", "latest_valid_checkpoint",
+    "make_checkpoints_atomic", "mount_drive",
     "ControlPanel", "DataPreview", "FitCheck", "HistoryCallback", "LivePlotCallback", "RuntimeCheck", "StopCallback",
     "check_fit", "check_runtime", "control_panel", "preview_data", "save_outputs",
 ]

@@ -1,144 +1,72 @@
-"""Notebook helpers: what this runtime can do, sensible defaults for it, and the save step.
+"""Colab: keep outputs on Google Drive, where a disconnect cannot take them.
 
-Used by ``notebooks/01_quickstart_t4.ipynb``; each works the same in Colab,
-JupyterLab and a plain script:
+A Colab runtime's disk is wiped when the runtime disconnects. When Drive is
+mounted, :func:`default_output_dir` puts runs there; :func:`mount_drive` is
+the one-line way to mount it:
 
-* :func:`check_runtime` — GPU name, memory, bf16 or fp16, backend; on CPU a
-  clear notice that the notebook falls back to the offline demo.
-* :func:`default_model` / :func:`default_dataset` — what ``"auto"`` means here.
-* :func:`save_outputs` — the Save step, chosen by a list (``["adapter"]``,
-  ``"merged_16bit"``, ``"gguf"``) instead of ``if False:`` blocks.
+>>> from rslora_colab import mount_drive       # doctest: +SKIP
+>>> mount_drive()                               # doctest: +SKIP
+'/content/drive/MyDrive/rslora-colab/outputs/rslora'
 """
 
 from __future__ import annotations
 
-import sys
-from dataclasses import dataclass
+import importlib.util
 from pathlib import Path
-from typing import Any, Sequence
 
-import torch
-
-from .demo import DEMO_NAME
-from .runtime import detect_runtime
-
-GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
-"""The model ``"auto"`` picks on a GPU: small, instruction-tuned, pre-quantized to 4-bit."""
-GPU_DEFAULT_DATASET = "yahma/alpaca-cleaned"
-"""The dataset ``"auto"`` picks on a GPU (Alpaca format, the one Unsloth's T4 notebooks use)."""
-SAVE_CHOICES = ("adapter", "merged_16bit", "gguf")
-"""What :func:`save_outputs` can write."""
-CPU_NOTICE = ("NOTICE: no GPU found, so this runs the offline demo on CPU: a tiny Llama (2 layers) built here "
-              "and fine-tuned on rows from Python's manual, in fp32. It shows every step, not real quality. "
-              "On Colab pick Runtime -> Change runtime type -> T4 GPU, then run all again.")
+COLAB_ROOT = Path("/content")
+"""Colab's working folder (wiped when the runtime goes away)."""
+DRIVE_MOUNT = COLAB_ROOT / "drive"
+"""Where :func:`mount_drive` mounts Google Drive."""
+DRIVE_HOME = DRIVE_MOUNT / "MyDrive"
+"""The user's Drive folder once Drive is mounted."""
+LOCAL_OUTPUT_DIR = "outputs/rslora"
+"""Default output folder off Colab, or on Colab without Drive (then under ``DRIVE_HOME/rslora-colab/``)."""
 
 
-def in_colab() -> bool:
-    """True inside a Google Colab kernel."""
-    return "google.colab" in sys.modules
+def on_colab() -> bool:
+    """True inside a Colab runtime: ``google.colab`` is importable or a ``/content`` folder exists."""
+    try:
+        colab = importlib.util.find_spec("google.colab") is not None
+    except ModuleNotFoundError:  # no ``google`` package at all
+        colab = False
+    return colab or COLAB_ROOT.is_dir()
+
+
+def drive_mounted() -> bool:
+    """True when Google Drive is mounted at ``/content/drive/MyDrive``."""
+    return DRIVE_HOME.is_dir()
+
+
+def default_output_dir() -> str:
+    """Drive (``MyDrive/rslora-colab/outputs/rslora``) when mounted, else ``outputs/rslora``."""
+    return str(DRIVE_HOME / "rslora-colab" / LOCAL_OUTPUT_DIR) if drive_mounted() else LOCAL_OUTPUT_DIR
+
+
+def mount_drive() -> str:
+    """Mount Google Drive at ``/content/drive`` (Colab asks for permission); returns the folder runs now default to."""
+    from google.colab import drive  # only exists on Colab
+
+    drive.mount(str(DRIVE_MOUNT))
+    return default_output_dir()
+
+
+def warn_if_volatile(output_dir: str | Path) -> bool:
+    """On Colab, print a warning when ``output_dir`` is not on Drive; returns True if it warned."""
+    if not on_colab() or Path(output_dir).resolve().is_relative_to(DRIVE_MOUNT):
+        return False
+    print(f"rslora-colab: WARNING: {output_dir} is on the Colab runtime's disk; a disconnect will lose it and its "
+          "checkpoints. Run `from rslora_colab import mount_drive; mount_drive()` first to keep runs on Google Drive.",
+          flush=True)
+    return True
 
 
 def enable_colab_widgets() -> None:
     """Let Colab render ipywidgets 8 (its custom widget manager); does nothing elsewhere."""
-    if in_colab():
+    if not on_colab():
+        return
+    try:
         from google.colab import output  # type: ignore[import-not-found]
-
-        output.enable_custom_widget_manager()
-
-
-def default_model() -> str:
-    """``GPU_DEFAULT_MODEL`` when a CUDA GPU is present, else ``"demo"``."""
-    return GPU_DEFAULT_MODEL if torch.cuda.is_available() else DEMO_NAME
-
-
-def default_dataset(model: str) -> str:
-    """``"demo"`` for the demo model, else ``GPU_DEFAULT_DATASET``."""
-    return DEMO_NAME if model == DEMO_NAME else GPU_DEFAULT_DATASET
-
-
-def resolve_choices(model: str = "auto", dataset: str = "auto") -> tuple[str, str]:
-    """Replace ``"auto"`` in a model / dataset choice by this machine's default."""
-    model = default_model() if model == "auto" else model
-    return model, default_dataset(model) if dataset == "auto" else dataset
-
-
-@dataclass(frozen=True)
-class RuntimeCheck:
-    """What :func:`check_runtime` found."""
-
-    gpu: str | None
-    """CUDA device name, or None on CPU."""
-    vram_gib: float | None
-    """Total memory of that GPU in GiB."""
-    compute_capability: str | None
-    """e.g. ``"7.5"`` for a T4."""
-    precision: str
-    """``"bf16"``, ``"fp16"`` (GPUs before Ampere, like the T4) or ``"fp32"`` (CPU)."""
-    backend: str
-    """``"unsloth"`` or ``"transformers"``, and why: see :attr:`reason`."""
-    reason: str
-    """Why that backend."""
-    notice: str
-    """The CPU fallback notice; empty on a GPU."""
-
-    def lines(self) -> list[str]:
-        """The report, one fact per line."""
-        if self.gpu is None:
-            head = ["GPU: none (CPU only)"]
-        else:
-            head = [f"GPU: {self.gpu}, {self.vram_gib:.2f} GiB, compute capability {self.compute_capability}"]
-        why_precision = {"bf16": "this GPU supports bf16", "fp16": "no bf16 on this GPU (compute capability < 8)",
-                         "fp32": "CPU"}[self.precision]
-        lines = head + [f"precision: {self.precision} ({why_precision})", f"backend: {self.backend} ({self.reason})"]
-        return lines + ([self.notice] if self.notice else [])
-
-
-def check_runtime() -> RuntimeCheck:
-    """Print and return what this runtime offers: GPU, memory, bf16/fp16, backend; on CPU, the demo notice."""
-    runtime = detect_runtime()
-    gpu = vram = capability = None
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        gpu, vram, capability = props.name, props.total_memory / 2**30, f"{props.major}.{props.minor}"
-    check = RuntimeCheck(gpu, vram, capability, runtime.precision, runtime.backend, runtime.reason,
-                         "" if gpu else CPU_NOTICE)
-    print("rslora-colab runtime check\n  " + "\n  ".join(check.lines()), flush=True)
-    return check
-
-
-def save_outputs(result: Any, how: Sequence[str] = ("adapter",), out_dir: str | Path | None = None,
-                 gguf_quantization: str = "q4_k_m") -> dict[str, Path]:
-    """Write the trained model in each form listed in ``how``; returns ``{form: path}``.
-
-    * ``"adapter"`` — the rsLoRA adapter ``quick_finetune`` already saved
-      (``adapter_config.json`` keeps ``use_rslora``); nothing is rewritten.
-    * ``"merged_16bit"`` — base + adapter merged into 16-bit weights, through
-      Unsloth's ``save_pretrained_merged`` (GPU + Unsloth only).
-    * ``"gguf"`` — a llama.cpp GGUF file (``gguf_quantization``, e.g.
-      ``"q4_k_m"``) through Unsloth's ``save_pretrained_gguf`` (GPU + Unsloth only).
-
-    ``out_dir`` defaults to the folder above the adapter. A thin forwarder to
-    Unsloth's exporters; every choice is checked before anything is written.
-    """
-    unknown = [h for h in how if h not in SAVE_CHOICES]
-    if unknown:
-        raise ValueError(f"how={list(how)!r}: {unknown} not known; choose from {list(SAVE_CHOICES)}.")
-    needs_unsloth = [h for h in how if h != "adapter"]
-    backend = result.settings.get("backend")
-    if needs_unsloth and backend != "unsloth":
-        raise ValueError(f"how={list(how)!r}: {needs_unsloth} need the Unsloth backend on a GPU (this run used "
-                         f"{backend!r}); keep SAVE_HOW = ['adapter'] here, or run on a Colab T4.")
-    out = Path(out_dir) if out_dir is not None else Path(result.adapter_path).parent
-    saved: dict[str, Path] = {}
-    for form in how:
-        if form == "adapter":
-            saved[form] = Path(result.adapter_path)
-        elif form == "merged_16bit":
-            saved[form] = out / "merged_16bit"
-            result.model.save_pretrained_merged(str(saved[form]), result.tokenizer, save_method="merged_16bit")
-        else:
-            saved[form] = out / "gguf"
-            result.model.save_pretrained_gguf(str(saved[form]), result.tokenizer,
-                                              quantization_method=gguf_quantization)
-        print(f"rslora-colab: saved {form} -> {saved[form]}", flush=True)
-    return saved
+    except ImportError:  # a /content folder, but not Colab
+        return
+    output.enable_custom_widget_manager()

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .adapt import DEFAULT_TARGETS
+from .plan import GPU_BUDGETS
+from .colab import default_output_dir
 from .presets import MAX_RANK, MIN_RANK
 from .runtime import BACKENDS
 
@@ -40,8 +42,9 @@ class FinetuneConfig:
     """Micro-batches accumulated per optimizer step (effective batch = batch_size * grad_accum)."""
     max_seq_length: int = 2048
     """Longest sequence in tokens; longer rows are truncated."""
-    output_dir: str = "outputs/rslora"
-    """Folder for the adapter, metrics.json and loss.png."""
+    output_dir: str | None = None
+    """Folder for the adapter, metrics.json, loss.png and checkpoints; None: Google Drive when mounted on
+    Colab (``MyDrive/rslora-colab/outputs/rslora``), else ``outputs/rslora``."""
     seed: int = 3407
     """Seed for adapter init and data order."""
     warmup_ratio: float | None = None
@@ -64,9 +67,27 @@ class FinetuneConfig:
     """Recompute activations in the backward pass to save memory ('unsloth' mode on GPU)."""
     logging_steps: int = 1
     """Record loss, lr and grad norm every this many steps."""
+    plan: bool = True
+    """Before loading, fit micro-batch, grad_accum and max_seq_length to the GPU (``plan_for_gpu``);
+    raise if nothing fits. Skipped on a machine without a CUDA GPU unless ``gpu`` is a size."""
+    gpu: str | float = "auto"
+    """GPU memory to plan for: "auto" (this machine's CUDA GPU), "T4", or usable GiB such as 14.74."""
+    """Record loss, lr and grad norm every this many steps (the divergence guard judges each record)."""
+    guard: bool = True
+    """Watch for divergence (NaN/inf, loss spikes): roll back to the last good adapter and halve the lr."""
+    max_rollbacks: int = 3
+    """Rollbacks the guard may make; the next divergence stops the run with a DivergenceError."""
+    checkpoint_minutes: float = 4.0
+    """Save a checkpoint when this many minutes have passed since the last one (0 turns the timer off)."""
+    checkpoint_every: int | None = None
+    """Also save a checkpoint every this many steps; None: only the timer and the end of training save."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep in output_dir."""
 
     def __post_init__(self) -> None:
         self.target_modules = tuple(self.target_modules)
+        if self.output_dir is None:
+            self.output_dir = default_output_dir()
         problems = self.problems()
         if problems:
             raise ValueError("Invalid fine-tuning settings:\n  " + "\n  ".join(problems))
@@ -95,6 +116,16 @@ class FinetuneConfig:
              "target_modules", "a non-empty list of layer names such as 'q_proj'"),
             (self.backend in BACKENDS, "backend", f"one of {BACKENDS}"),
             (_is_int(self.logging_steps) and self.logging_steps > 0, "logging_steps", "a positive integer"),
+            (isinstance(self.plan, bool), "plan", "True or False"),
+            (_is_pos(self.gpu) or (isinstance(self.gpu, str) and self.gpu.strip().lower() in ("auto", *GPU_BUDGETS)),
+             "gpu", '"auto", "T4" or the usable GPU memory in GiB, e.g. 14.74'),
+            (isinstance(self.guard, bool), "guard", "True or False"),
+            (_is_int(self.max_rollbacks) and self.max_rollbacks >= 0, "max_rollbacks", "an integer >= 0"),
+            (_is_pos(self.checkpoint_minutes) or self.checkpoint_minutes == 0, "checkpoint_minutes",
+             "minutes > 0 between checkpoints, e.g. 4, or 0 to save only by step and at the end"),
+            (self.checkpoint_every is None or (_is_int(self.checkpoint_every) and self.checkpoint_every > 0),
+             "checkpoint_every", "a positive number of steps, or None"),
+            (_is_int(self.keep_checkpoints) and self.keep_checkpoints > 0, "keep_checkpoints", "an integer >= 1"),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
 

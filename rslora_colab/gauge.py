@@ -1,11 +1,12 @@
 """Will these settings fit the GPU? The control panel's VRAM gauge, as a plain function.
 
 :func:`check_fit` estimates the peak memory of the exact settings chosen
-(:func:`rslora_colab.vram.estimate_vram`, the kit's GPU path: 4-bit base,
-8-bit AdamW, Unsloth's offloaded checkpointing) and compares it with this
-machine's CUDA GPU, or with a free Colab T4 (14.74 GiB) when there is none.
-When it does not fit, the reason names the biggest terms and what
-:func:`rslora_colab.plan.plan_for_gpu` would change. The estimates are not
+(:func:`rslora_colab.vram.estimate_vram`, with the run described the way
+``quick_finetune`` describes it: :func:`rslora_colab.fit.estimate_settings`)
+and compares it with this machine's CUDA GPU, or with a free Colab T4
+(14.74 GiB, Unsloth, fp16) when there is none. When it does not fit, the
+reason names the biggest terms and what ``quick_finetune``'s own plan
+(:func:`rslora_colab.plan.plan_for_gpu`) would change. The estimates are not
 calibrated on a GPU yet (see ``docs/memory.md``).
 """
 
@@ -15,7 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .plan import T4_GIB, plan_for_gpu, resolve_budget_gib
+from .runtime import Runtime, detect_runtime
 from .vram import TERM_LABELS, VramEstimate, estimate_vram
+
+T4_RUNTIME = Runtime("unsloth", "fp16", "Tesla T4", "no GPU here: planning for a free Colab T4")
+"""The runtime assumed when there is no CUDA GPU to measure against."""
 
 SHAPE_TERMS = {"activations_gib", "logits_gib"}
 """Terms that grow with max_seq_length x batch size."""
@@ -70,15 +75,27 @@ def _why(est: VramEstimate) -> str:
     return text
 
 
-def _planner_hint(model: Any, r: int, max_seq_length: int, batch_size: int, grad_accum: int, budget: float) -> str:
-    """What the planner would change so that it fits ("" if it cannot say)."""
+def estimate_kwargs(r: int, max_seq_length: int, batch_size: int, grad_accum: int) -> dict[str, Any]:
+    """``estimate_vram`` arguments for these settings, as ``quick_finetune`` would train them here (or on a T4)."""
+    import torch
+
+    from .config import FinetuneConfig
+    from .fit import estimate_settings
+
+    config = FinetuneConfig(r=r, max_seq_length=max_seq_length, batch_size=batch_size, grad_accum=grad_accum)
+    return estimate_settings(config, detect_runtime() if torch.cuda.is_available() else T4_RUNTIME)
+
+
+def _planner_hint(model: Any, r: int, max_seq_length: int, batch_size: int, grad_accum: int, budget: float,
+                  kwargs: dict[str, Any]) -> str:
+    """What ``quick_finetune``'s plan would change so that it fits ("" if it cannot say)."""
     try:
         plan = plan_for_gpu(model, r=r, max_seq_length=max_seq_length, gpu=budget, batch_size=batch_size,
-                            grad_accum=grad_accum)
+                            grad_accum=grad_accum, max_micro_batch=batch_size, **kwargs)
     except ValueError as err:
         return str(err)
     if plan.fits:
-        return plan.message.replace("fits: ", "it would fit with ", 1)
+        return "quick_finetune's plan would use " + plan.message.removeprefix("fits: ")
     return plan.suggestion
 
 
@@ -94,15 +111,16 @@ def check_fit(model: str, r: int = 64, max_seq_length: int = 2048, batch_size: i
     budget, device = budget_and_device(gpu)
     target = estimate_target(model)
     try:
-        est = estimate_vram(target, r=r, max_seq_length=max_seq_length, batch_size=batch_size)
+        kwargs = estimate_kwargs(r, max_seq_length, batch_size, grad_accum)
+        est = estimate_vram(target, r=r, max_seq_length=max_seq_length, batch_size=batch_size, **kwargs)
     except ValueError as err:
         return FitCheck(None, None, budget, device, f"no estimate: {err}", "")
     if est.total_gib <= budget:
         message = f"fits: ~{est.total_gib:.2f} of {budget:.2f} GiB on {device}"
         return FitCheck(True, est.total_gib, budget, device, message, "", est)
     reason = _why(est)
-    hint = _planner_hint(target, r, max_seq_length, batch_size, grad_accum, budget)
+    hint = _planner_hint(target, r, max_seq_length, batch_size, grad_accum, budget, kwargs)
     if hint:
-        reason += f". {hint[0].upper()}{hint[1:]}"
+        reason += f"; {hint}"
     message = f"won't fit: needs ~{est.total_gib:.1f} GiB, {device} has {budget:.2f} GiB"
     return FitCheck(False, est.total_gib, budget, device, message, reason, est)

@@ -56,6 +56,7 @@ def load_model(
     max_seq_length: int = 2048,
     load_in_4bit: bool = True,
     backend: str = "auto",
+    precision: str | None = None,
 ):
     """Load ``model_name`` (hub id, local folder, or ``"demo"``) and its tokenizer.
 
@@ -66,13 +67,14 @@ def load_model(
       installed, else transformers. One line says which and why.
 
     Precision is automatic: bf16 where the GPU supports it, fp16 on older GPUs
-    (T4), fp32 on CPU. Returns ``(model, tokenizer)``.
+    (T4), fp32 on CPU; ``precision="fp16"`` forces T4 behaviour on a bigger GPU.
+    Returns ``(model, tokenizer)``.
 
     >>> model, tokenizer = load_model("demo")  # doctest: +SKIP
     """
     if not isinstance(max_seq_length, int) or max_seq_length < 16:
         raise ValueError(f"max_seq_length={max_seq_length!r}: pass an integer >= 16, e.g. 2048.")
-    runtime = detect_runtime(backend)
+    runtime = detect_runtime(backend, precision)
     name = resolve_model_name(model_name)
     quant = "4-bit NF4" if load_in_4bit else "16-bit" if runtime.on_gpu else "full precision"
     print(f"rslora-colab: loading {model_name} with {runtime.backend} ({runtime.reason}); "

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import CATALOG
-from .colab import enable_colab_widgets, resolve_choices
+from .colab import default_output_dir, enable_colab_widgets
 from .config import FinetuneConfig
 from .demo import DEMO_NAME, DEMO_TRAINING
 from .gauge import FitCheck, check_fit
+from .notebook import resolve_choices
 from .presets import lr_for_rank
 from .watch import LivePlotCallback, StopCallback
 
@@ -147,7 +148,7 @@ class ControlPanel:
 
         box = {"style": WIDE, "layout": w.Layout(width="340px")}
         self.model = w.Combobox(value=model, options=model_choices(), description="model", ensure_option=False,
-                                placeholder="pick one, or type a hub id / folder",
+                                placeholder="pick one, or type a hub id / folder", continuous_update=False,
                                 style=WIDE, layout=w.Layout(width="520px"))
         self.dataset = w.Text(value=dataset, description="dataset", placeholder="hub id, .jsonl/.csv/.parquet, demo",
                               style=WIDE, layout=w.Layout(width="520px"))
@@ -347,15 +348,16 @@ class ControlPanel:
 def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: float | None = None,
                   alpha: float | None = None, max_seq_length: int | None = None, batch_size: int | None = None,
                   grad_accum: int | None = None, max_steps: int | None = None,
-                  output_dir: str = "outputs/rslora", gpu: Any = "auto") -> ControlPanel:
+                  output_dir: str | None = None, gpu: Any = "auto") -> ControlPanel:
     """An ipywidgets panel to choose, check and run a fine-tune; show it by making it a cell's last line.
 
     ``model``/``dataset`` ``"auto"`` mean the offline demo on CPU and
     ``unsloth/Llama-3.2-1B-Instruct-bnb-4bit`` + ``yahma/alpaca-cleaned`` on a
     GPU. ``lr``/``alpha`` ``None`` follow the rank (``lr_for_rank``, alpha = r)
     until a value is typed. Unset shape values start from the demo's settings
-    for ``"demo"`` and the kit's defaults otherwise. ``gpu`` is what the VRAM
-    gauge compares with: ``"auto"`` (this GPU, else a T4), ``"T4"`` or GiB.
+    for ``"demo"`` and the kit's defaults otherwise. ``output_dir=None`` is
+    Google Drive when mounted on Colab, else ``outputs/rslora``. ``gpu`` is what
+    the VRAM gauge compares with: ``"auto"`` (this GPU, else a T4), ``"T4"`` or GiB.
 
     >>> panel = control_panel(max_steps=30)   # doctest: +SKIP
     >>> panel                                 # doctest: +SKIP
@@ -369,4 +371,4 @@ def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: f
               "max_steps": max_steps}
     shape.update({k: v for k, v in chosen.items() if v is not None})
     return ControlPanel(model, dataset, r, lr, alpha, shape["max_seq_length"], shape["batch_size"],
-                        shape["grad_accum"], shape["max_steps"], output_dir, gpu)
+                        shape["grad_accum"], shape["max_steps"], output_dir or default_output_dir(), gpu)

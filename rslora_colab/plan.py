@@ -186,12 +186,15 @@ def plan_for_gpu(
     gpu: Any = "auto",
     batch_size: int = 2,
     grad_accum: int = 4,
+    max_micro_batch: int | None = None,
     **estimate_kwargs: Any,
 ) -> TrainPlan:
     """The largest micro-batch (and, if needed, shorter sequence) that fits ``gpu``.
 
     Keeps ``batch_size * grad_accum`` fixed: micro-batches are divisors of
-    it, largest first (so it can exceed ``batch_size``). If micro-batch 1
+    it, largest first (so it can exceed ``batch_size`` unless
+    ``max_micro_batch`` caps it; ``quick_finetune`` caps it at the
+    requested ``batch_size`` until GPU measurements back larger ones). If micro-batch 1
     does not fit, ``max_seq_length`` is halved down to 256. The estimate used
     already contains the CUDA context and the allocator margin, so "fits"
     means ``estimate.total_gib <= budget_gib``. Extra keyword arguments go to
@@ -206,12 +209,15 @@ def plan_for_gpu(
     _check_int("max_seq_length", max_seq_length, 1, None, "2048")
     _check_int("batch_size", batch_size, 1, None, "2")
     _check_int("grad_accum", grad_accum, 1, None, "4")
+    if max_micro_batch is not None:
+        _check_int("max_micro_batch", max_micro_batch, 1, None, "2")
     budget = resolve_budget_gib(gpu)
     spec = resolve_spec(model)
     if spec.max_position_embeddings and max_seq_length > spec.max_position_embeddings:
         raise ValueError(f"max_seq_length={max_seq_length} is longer than {spec.name} supports: "
                          f"pass at most {spec.max_position_embeddings}.")
     effective = batch_size * grad_accum
+    cap = effective if max_micro_batch is None else min(max_micro_batch, effective)
     seqs = _seq_candidates(max_seq_length)
     frozen_kwargs = tuple(sorted(estimate_kwargs.items()))
 
@@ -220,7 +226,7 @@ def plan_for_gpu(
                          message, suggestion, frozen_kwargs, spec)
 
     for seq in seqs:
-        for micro in _divisors_desc(effective, effective):
+        for micro in _divisors_desc(effective, cap):
             est = estimate_vram(spec, r=r, max_seq_length=seq, batch_size=micro, **estimate_kwargs)
             if est.total_gib <= budget:
                 message = (f"fits: micro-batch {micro} x grad_accum {effective // micro} "
@@ -254,6 +260,24 @@ def _changes(spec: ModelSpec, r: int, asked_seq: int, seq: int, asked_batch: int
     return "; ".join(notes)
 
 
+def halve_micro_batch(micro_batch: int, grad_accum: int) -> tuple[int, int] | None:
+    """``(micro_batch, grad_accum)`` after an out-of-memory error, or None at micro-batch 1.
+
+    The new micro-batch is the largest divisor of the effective batch
+    (``micro_batch * grad_accum``) that is at most half the old one, so the
+    effective batch stays exactly the same: 4 x 2 -> 2 x 4, 6 x 1 -> 3 x 2,
+    5 x 2 -> 2 x 5.
+
+    >>> halve_micro_batch(4, 2)
+    (2, 4)
+    """
+    if micro_batch <= 1:
+        return None
+    effective = micro_batch * grad_accum
+    smaller = _divisors_desc(effective, micro_batch // 2)[0]
+    return smaller, effective // smaller
+
+
 def downshift(plan: TrainPlan) -> TrainPlan | None:
     """The next smaller setting after a real out-of-memory error, or None at the floor.
 
@@ -264,8 +288,7 @@ def downshift(plan: TrainPlan) -> TrainPlan | None:
     """
     micro, accum, seq = plan.micro_batch, plan.grad_accum, plan.max_seq_length
     if micro > 1:
-        smaller = next(d for d in _divisors_desc(micro * accum, micro // 2 or 1))
-        accum, micro = micro * accum // smaller, smaller
+        micro, accum = halve_micro_batch(micro, accum)
     elif seq > MIN_SEQ_LENGTH:
         seq = max(seq // 2, MIN_SEQ_LENGTH)
     else:

@@ -49,17 +49,30 @@ def unsloth_installed() -> bool:
     return importlib.util.find_spec("unsloth") is not None
 
 
-def detect_runtime(backend: str = "auto") -> Runtime:
+def _check_precision(precision: str, cuda: bool) -> None:
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise ValueError(f"precision={precision!r} is not known: use 'bf16', 'fp16', 'fp32' or None (automatic).")
+    if precision != "fp32" and not cuda:
+        raise ValueError(f"precision={precision!r} needs a CUDA GPU; on CPU use None or 'fp32'.")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError("precision='bf16' is not supported by this GPU (compute capability < 8): use 'fp16'.")
+
+
+def detect_runtime(backend: str = "auto", precision: str | None = None) -> Runtime:
     """Pick the backend: Unsloth when CUDA is present and unsloth is installed, else transformers.
 
-    ``backend="unsloth"`` on a machine without CUDA or without unsloth raises a
-    ``ValueError`` that says what is missing.
+    ``precision=None`` picks it automatically; ``"fp16"`` forces T4 behaviour on
+    a bigger GPU (for emulation and benchmarks). ``backend="unsloth"`` on a
+    machine without CUDA or without unsloth raises a ``ValueError`` that says
+    what is missing.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not known: use one of {BACKENDS}.")
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name(0) if cuda else "cpu"
-    precision = detect_precision()
+    if precision is not None:
+        _check_precision(precision, cuda)
+    precision = precision or detect_precision()
     if backend == "unsloth" and not (cuda and unsloth_installed()):
         missing = "a CUDA GPU" if not cuda else "the unsloth package (pip install unsloth)"
         raise ValueError(f"backend='unsloth' needs {missing}; use backend='transformers' or 'auto'.")

@@ -10,10 +10,17 @@ from typing import Any
 import torch
 
 from .adapt import add_rslora
+from .checkpoints import (CheckpointTimer, checkpoint_args, keep_dtypes_on_resume, make_checkpoints_atomic,
+                          resume_training)
+from .colab import warn_if_volatile
 from .config import FinetuneConfig
 from .data import load_and_validate, to_trainer_dataset
+from .fit import fit_to_gpu
+from .guard import DivergenceError, DivergenceGuard
 from .load import load_model, runtime_of
+from .oom import train_with_oom_recovery
 from .presets import preset_for_rank
+from .resume import history_until, prepare_run, run_manifest
 from .runtime import Runtime
 from .save import ADAPTER_DIR, LOSS_PLOT_FILE, METRICS_FILE, plot_loss, save_adapter, write_json
 from .watch import HistoryCallback, mean_loss, quiet_progress
@@ -32,7 +39,10 @@ class FinetuneResult:
     settings: dict
     """Settings actually used: backend, precision, r, alpha, scale, lr, batch, steps, ..."""
     history: list[dict] = field(default_factory=list)
-    """One record per logged step: step, loss, lr, grad_norm, num_tokens."""
+    """One record per logged step (step, loss, lr, grad_norm, num_tokens), plus events: the divergence
+    guard's (``{"step", "event": "rollback" | "scaler_skip" | "gave_up", "reason", "lr", ...}``) and
+    out-of-memory recoveries (``{"step", "event": "oom", "micro_batch", "grad_accum"}``); a resumed run
+    includes the steps before the checkpoint."""
     wall_time_s: float = 0.0
     """Seconds spent in ``trainer.train()``."""
     tokens_per_s: float = 0.0
@@ -102,7 +112,7 @@ def sft_config(config: FinetuneConfig, settings: dict, **extra: Any):
         gradient_checkpointing=False,  # add_rslora already set it up ("unsloth" mode on GPU)
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # a NaN must show in the history, not be averaged away
-        save_strategy="no",
+        **checkpoint_args(config.checkpoint_every, config.keep_checkpoints),
         report_to="none",
         seed=config.seed,
         **extra,
@@ -115,8 +125,9 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
     from trl import SFTTrainer
 
     train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
-    return SFTTrainer(model=model, args=sft_config(config, settings, **extra), train_dataset=train_dataset,
-                      processing_class=tokenizer, callbacks=callbacks or [])
+    trainer = SFTTrainer(model=model, args=sft_config(config, settings, **extra), train_dataset=train_dataset,
+                         processing_class=tokenizer, callbacks=callbacks or [])
+    return keep_dtypes_on_resume(make_checkpoints_atomic(trainer))
 
 
 def attach_adapter(model: Any, config: FinetuneConfig, settings: dict):
@@ -139,7 +150,7 @@ def _tokens_seen(trainer: Any, history: list[dict]) -> float:
     return counted[-1] if counted else float(trainer.state.num_input_tokens_seen or 0)
 
 
-def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None = None,
+def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None = None, resume: bool = False,
                    **overrides: Any) -> FinetuneResult:
     """Fine-tune ``model`` on ``dataset`` with a rank-``r`` rsLoRA adapter, in one call.
 
@@ -149,19 +160,31 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     before any model is loaded. Keyword overrides are the fields of
     :class:`FinetuneConfig` (lr, alpha, max_steps, epochs, batch_size,
     grad_accum, max_seq_length, output_dir, seed, ...); open ones come from
-    ``preset_for_rank(r)``. The adapter, ``metrics.json`` and ``loss.png`` are
-    written to ``output_dir``.
+    ``preset_for_rank(r)``. On a GPU the batch and sequence length are first
+    fitted to its memory (``plan``, ``gpu``), and a CUDA out-of-memory error
+    during training halves the micro-batch and carries on (see
+    :mod:`rslora_colab.oom`). The adapter, ``metrics.json`` and ``loss.png`` are
+    written to ``output_dir``, with checkpoints every ``checkpoint_minutes``.
+    ``resume=True`` continues the newest valid checkpoint there (same settings
+    required) and ends at the same step count. A :class:`DivergenceGuard`
+    rolls back NaN/exploding steps; it raises ``DivergenceError`` if that fails.
 
     >>> result = quick_finetune("demo", demo_dataset(), r=16, max_steps=20)  # doctest: +SKIP
     """
     config = FinetuneConfig.from_overrides(r=r, **overrides)
     dataset, fmt = load_and_validate(dataset)
+    config, plan = fit_to_gpu(model, config)  # before any weights load; raises if nothing fits
     model, tokenizer = _load_pair(model, config)
     runtime = runtime_of(model)
-    settings = resolve_settings(config, runtime)
+    settings = {**resolve_settings(config, runtime), "gpu_plan": plan.message if plan else None}
+    checkpoint = prepare_run(config.output_dir, run_manifest(model, dataset, fmt, settings, config), resume)
+    warn_if_volatile(config.output_dir)
     model = attach_adapter(model, config, settings)
-    recorder = HistoryCallback()
-    trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings, [recorder, *(callbacks or [])])
+    recorder = HistoryCallback(history_until(checkpoint))
+    timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
+    trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings, [recorder, *timer, *(callbacks or [])])
+    if config.guard:
+        DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer)
     quiet_progress(trainer)
     print(f"rslora-colab: training r={config.r} alpha={settings['alpha']:g} (scale {settings['scale']:.3g}) "
           f"lr={settings['lr']:.3g} on {len(dataset)} {fmt} rows, {settings['precision']} on {runtime.device}",
@@ -169,12 +192,17 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     if runtime.on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    trainer.train()
-    wall = time.perf_counter() - start
     out = Path(config.output_dir)
+    try:
+        steps = resume_training(
+            trainer, checkpoint, lambda resume_from: train_with_oom_recovery(trainer, recorder.history, settings, resume_from))
+    except DivergenceError:
+        write_json({"settings": settings, "history": recorder.history}, out / METRICS_FILE)  # keep the evidence
+        raise
+    wall = time.perf_counter() - start
     result = FinetuneResult(
         model=trainer.model, tokenizer=tokenizer, adapter_path=out / ADAPTER_DIR, settings=settings,
-        history=recorder.history, wall_time_s=wall, tokens_per_s=_tokens_seen(trainer, recorder.history) / wall,
+        history=recorder.history, wall_time_s=wall, tokens_per_s=_tokens_seen(trainer, recorder.history) / wall if steps else 0.0,
         peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if runtime.on_gpu else None,
     )
     save_adapter(result.model, tokenizer, result.adapter_path)

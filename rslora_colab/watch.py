@@ -16,6 +16,9 @@ HISTORY_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm",
 class HistoryCallback(TrainerCallback):
     """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens.
 
+    A :class:`~rslora_colab.guard.DivergenceGuard` appends its events
+    (``{"step", "event", "reason", "lr", ...}``) to the same list.
+
     ``history`` is a plain list of dicts, so it goes straight into JSON or a
     pandas DataFrame.
     """
@@ -25,9 +28,12 @@ class HistoryCallback(TrainerCallback):
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
-            record = {"step": state.global_step}
-            record.update({short: float(logs[key]) for key, short in HISTORY_KEYS.items() if key in logs})
-            self.history.append(record)
+            self.history.append(history_record(state.global_step, logs))
+
+
+def history_record(step: int, logs: dict) -> dict:
+    """The history record of one logged step: step, loss, lr, grad_norm, num_tokens, token_accuracy."""
+    return {"step": step, **{short: float(logs[key]) for key, short in HISTORY_KEYS.items() if key in logs}}
 
 
 def losses(history: list[dict]) -> list[float]:

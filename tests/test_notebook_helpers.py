@@ -7,7 +7,7 @@ import torch
 
 from rslora_colab import (LivePlotCallback, check_runtime, demo_dataset, preview_data, quick_finetune,
                           save_outputs)
-from rslora_colab.colab import CPU_NOTICE, resolve_choices
+from rslora_colab.notebook import CPU_NOTICE, resolve_choices
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")

@@ -50,6 +50,14 @@ def test_largest_micro_batch_is_chosen():
         assert estimate_vram("llama-3.1-8b", r=64, batch_size=d).total_gib > T4_GIB
 
 
+def test_max_micro_batch_caps_the_plan():
+    plan = plan_for_gpu("Llama-3.2-1B-Instruct", r=16, max_seq_length=1024, gpu="T4",
+                        batch_size=2, grad_accum=4, max_micro_batch=2)
+    assert plan.fits and (plan.micro_batch, plan.grad_accum) == (2, 4) and plan.suggestion == ""
+    with pytest.raises(ValueError, match="max_micro_batch=0"):
+        plan_for_gpu("Llama-3.2-1B-Instruct", gpu="T4", max_micro_batch=0)
+
+
 def test_micro_batch_shrinks_and_accum_grows():
     plan = plan_for_gpu("qwen3-8b", r=64, max_seq_length=4096, gpu="T4", batch_size=4, grad_accum=2)
     assert plan.fits and plan.micro_batch == 1 and plan.grad_accum == 8

@@ -6,13 +6,14 @@ tiny Llama built locally, fine-tuned on rows made from Python's manual.
 examples:
   python -m rslora_colab train
   python -m rslora_colab train --model unsloth/Llama-3.2-1B-Instruct-bnb-4bit --data data.jsonl --rank 64
+  python -m rslora_colab train --resume          # continue the newest checkpoint after a disconnect
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ..colab import GPU_DEFAULT_MODEL, default_model
+from ..notebook import GPU_DEFAULT_MODEL, default_model
 from ..demo import DEMO_NAME, DEMO_TRAINING, demo_dataset
 from ..runtime import BACKENDS
 
@@ -33,7 +34,14 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="micro-batch size")
     p.add_argument("--grad-accum", type=int, help="gradient accumulation steps")
     p.add_argument("--seq", dest="max_seq_length", type=int, help="max sequence length in tokens")
-    p.add_argument("--out", dest="output_dir", default="outputs/rslora", help="output folder")
+    p.add_argument("--out", dest="output_dir",
+                   help="output folder (default: Google Drive when mounted on Colab, else outputs/rslora)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the newest valid checkpoint in --out (same settings), or start if there is none")
+    p.add_argument("--checkpoint-every", type=int, help="also save a checkpoint every N steps")
+    p.add_argument("--checkpoint-minutes", type=float, help="save a checkpoint every M minutes (default 4)")
+    p.add_argument("--no-guard", dest="guard", action="store_false",
+                   help="turn off the divergence guard (rollback + lower lr on NaN / loss spikes)")
     p.add_argument("--seed", type=int, help="random seed")
     p.add_argument("--lora", action="store_true", help="classic LoRA scaling alpha/r instead of rsLoRA")
     p.add_argument("--backend", choices=BACKENDS, default="auto", help="training backend (default auto)")
@@ -43,7 +51,8 @@ def register(subparsers) -> None:
 
 def _job(args) -> tuple[str, object, dict]:
     """Model, data and setting overrides for this invocation; prints the demo notice."""
-    keys = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr")
+    keys = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr", "output_dir",
+            "checkpoint_every", "checkpoint_minutes")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
     model = args.model or default_model()
     if model == DEMO_NAME:
@@ -60,19 +69,22 @@ def run(args) -> int:
     from ..chat import chat
     from ..config import FinetuneConfig
     from ..data import load_and_validate
+    from ..fit import fit_to_gpu
     from ..load import load_model
     from ..train import quick_finetune
 
     model_name, data, overrides = _job(args)
-    settings = {"r": args.rank, "use_rslora": not args.lora, "output_dir": args.output_dir, "backend": args.backend,
-                **overrides}
+    settings = {"r": args.rank, "use_rslora": not args.lora, "backend": args.backend, "guard": args.guard, **overrides}
     config = FinetuneConfig.from_overrides(**settings)  # bad settings fail here, before anything loads
     dataset, _ = load_and_validate(data)  # and so does bad data
+    config, _ = fit_to_gpu(model_name, config)  # and, on a GPU, a run that cannot fit
+    settings.update(batch_size=config.batch_size, grad_accum=config.grad_accum,
+                    max_seq_length=config.max_seq_length, plan=False)  # planned once
     model, tokenizer = load_model(model_name, config.max_seq_length, config.load_in_4bit, config.backend)
     if args.sample:
         print(f"\nBefore training, {args.sample!r} ->", flush=True)
         chat(model, tokenizer, args.sample, max_new_tokens=40)
-    result = quick_finetune((model, tokenizer), dataset, **settings)
+    result = quick_finetune((model, tokenizer), dataset, resume=args.resume, **settings)
     if args.sample:
         print(f"\nAfter training, {args.sample!r} ->", flush=True)
         chat(result, None, args.sample, max_new_tokens=40)

@@ -1,0 +1,219 @@
+"""Divergence guard: catch a NaN or exploding loss, roll back, lower the learning rate, go on.
+
+:class:`DivergenceGuard` is a ``TrainerCallback`` that ``quick_finetune`` adds
+by default (``guard=False`` turns it off). It judges every logged step with
+:func:`judge_step`:
+
+* **Diverged** when the loss is NaN/inf; when the gradient norm is NaN/inf and
+  the update went through (the adapter weights are no longer finite); or when
+  the loss spikes: above ``spike_factor`` (3) times the median of the last
+  ``window`` (20) healthy losses *and* at least ``spike_margin`` (1.0 nat)
+  above it, once ``min_history`` (10) healthy losses are known. Batch-to-batch
+  noise in fine-tuning moves the loss by tens of percent; a 3x jump is what a
+  blow-up looks like (diverged models head for ln(vocab), 10+ nats). The
+  median ignores one odd batch, the 10-step minimum leaves the first steep
+  fall alone, and the 1-nat margin keeps a run that has memorised its data
+  (loss 0.05 -> 0.2) from counting as diverged.
+* **Not divergence: fp16 loss-scaler skips.** With fp16 (a T4), the loss
+  scaler starts high and skips the optimizer step whenever the scaled
+  gradients overflow — mostly in the first few steps. Such a step has a
+  finite loss, an inf/NaN gradient norm, and unchanged (finite) weights. It is
+  recorded as a ``scaler_skip`` event and training goes on; only more than
+  ``max_skips`` (10) skips in a row count as divergence.
+
+On divergence the guard restores the last good adapter weights and optimizer
+state (kept in CPU memory, taken every ``snapshot_every`` steps and trusted
+once the next step's loss is healthy), multiplies the learning rate by
+``lr_factor`` (0.5) in the optimizer and in the scheduler's ``base_lrs`` so the
+schedule continues lower, and lets training go on. After ``max_rollbacks``
+rollbacks the next divergence stops training with a :class:`DivergenceError`
+naming the step, the learning rate and what to try. Every event goes into
+``history`` and the trainer's ``log_history`` (so it is in every checkpoint).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from typing import Any, Callable, Literal
+
+import torch
+from transformers import TrainerCallback
+
+Verdict = Literal["ok", "skip", "diverged"]
+
+
+class DivergenceError(RuntimeError):
+    """Training kept diverging after every allowed rollback."""
+
+
+def judge_step(loss: float, grad_norm: float | None, recent: list[float], weights_finite: Callable[[], bool],
+               spike_factor: float = 3.0, spike_margin: float = 1.0, min_history: int = 10) -> tuple[Verdict, str]:
+    """Judge one logged step: ``("ok" | "skip" | "diverged", reason)``.
+
+    ``recent`` holds the last healthy losses; ``weights_finite`` is only
+    called when the gradient norm is not finite (to tell an fp16 scaler skip,
+    which leaves the weights alone, from an update that broke them).
+    """
+    if not math.isfinite(loss):
+        return "diverged", f"loss is {loss}"
+    if grad_norm is not None and not math.isfinite(grad_norm):
+        if weights_finite():
+            return "skip", f"grad norm is {grad_norm} with a finite loss: the fp16 loss scaler skipped this update"
+        return "diverged", f"grad norm is {grad_norm} and the adapter weights are no longer finite"
+    if len(recent) >= min_history:
+        median = statistics.median(recent)
+        if loss > spike_factor * median and loss > median + spike_margin:
+            return "diverged", (f"loss spiked to {loss:.4g}, over {spike_factor:g}x the median {median:.4g} "
+                                f"of the last {len(recent)} steps")
+    return "ok", ""
+
+
+def _copy(tree: Any, device: str | None = "cpu") -> Any:
+    """A deep copy of a (nested) state dict with every tensor copied (to ``device``, or in place when None)."""
+    if isinstance(tree, torch.Tensor):
+        return tree.detach().to("cpu", copy=True) if device else tree.detach().clone()
+    if isinstance(tree, dict):
+        return {k: _copy(v, device) for k, v in tree.items()}
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_copy(v, device) for v in tree)
+    return tree
+
+
+class Snapshot:
+    """The trainable weights and optimizer state at one step, copied to CPU memory."""
+
+    def __init__(self, step: int, model: Any, optimizer: Any) -> None:
+        self.step = step
+        self.weights = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+        self.optimizer = _copy(optimizer.state_dict()) if optimizer is not None else None
+
+    def restore(self, model: Any, optimizer: Any) -> None:
+        """Copy the weights back in place and reload the optimizer state (from a fresh copy)."""
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, saved in self.weights.items():
+                params[name].copy_(saved)
+        if optimizer is not None and self.optimizer is not None:
+            optimizer.load_state_dict(_copy(self.optimizer, device=None))  # loading may alias CPU tensors
+
+
+def scale_lr(optimizer: Any, scheduler: Any, factor: float) -> float:
+    """Multiply the current learning rate and the scheduler's ``base_lrs`` by ``factor``; returns the new lr."""
+    last = scheduler.get_last_lr() if scheduler is not None and hasattr(scheduler, "get_last_lr") else None
+    for i, group in enumerate(optimizer.param_groups):
+        group["lr"] = (last[i] if last else group["lr"]) * factor
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the trainer logs next
+    return optimizer.param_groups[0]["lr"]
+
+
+def _weights_finite(model: Any) -> bool:
+    flags = [torch.isfinite(p).all() for p in model.parameters() if p.requires_grad]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+class DivergenceGuard(TrainerCallback):
+    """Roll back to the last good adapter and lower the learning rate when training diverges.
+
+    ``history``: a list to append events to (``quick_finetune`` passes its
+    :class:`~rslora_colab.watch.HistoryCallback` list). Thresholds are
+    documented in :mod:`rslora_colab.guard`. Use with any ``Trainer``:
+
+    >>> guard = DivergenceGuard(max_rollbacks=3).attach(trainer)  # doctest: +SKIP
+
+    It needs the trainer itself (not only the callback arguments): after a
+    NaN step transformers' running loss sum stays NaN (``tr_loss -= tr_loss``
+    keeps a NaN), so every later logged loss would read NaN too; the guard
+    zeroes that sum when it recovers.
+    """
+
+    def __init__(self, max_rollbacks: int = 3, history: list[dict] | None = None, lr_factor: float = 0.5,
+                 spike_factor: float = 3.0, spike_margin: float = 1.0, window: int = 20, min_history: int = 10,
+                 snapshot_every: int = 10, max_skips: int = 10) -> None:
+        self.max_rollbacks = max_rollbacks
+        self.history = history if history is not None else []
+        self.lr_factor, self.spike_factor, self.spike_margin = lr_factor, spike_factor, spike_margin
+        self.window, self.min_history, self.snapshot_every, self.max_skips = window, min_history, snapshot_every, max_skips
+        self.rollbacks = 0
+        self.failure: str | None = None
+        self._recent: deque[float] = deque(maxlen=window)
+        self._skips = 0
+        self._good: Snapshot | None = None
+        self._pending: Snapshot | None = None
+        self._trainer: Any = None
+
+    def attach(self, trainer: Any) -> "DivergenceGuard":
+        """Add this guard to ``trainer``'s callbacks; returns the guard."""
+        self._trainer = trainer
+        trainer.add_callback(self)
+        return self
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        """Start from the weights training begins with (a fresh adapter, or a resumed checkpoint)."""
+        if self._trainer is None:
+            raise RuntimeError("DivergenceGuard needs its trainer: use DivergenceGuard(...).attach(trainer) "
+                               "instead of passing it in callbacks=[...].")
+        past = state.log_history
+        self.rollbacks = sum(1 for h in past if h.get("event") == "rollback")
+        healthy = [h["loss"] for h in past if "loss" in h and math.isfinite(h["loss"])]
+        self._recent.extend(healthy[-self.window:])
+        self._good, self._pending = Snapshot(state.global_step, model, optimizer), None
+
+    def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
+        if not logs or "loss" not in logs or self.failure:
+            return control
+        loss, grad_norm = float(logs["loss"]), logs.get("grad_norm")
+        verdict, reason = judge_step(loss, None if grad_norm is None else float(grad_norm), list(self._recent),
+                                     lambda: _weights_finite(model), self.spike_factor, self.spike_margin,
+                                     self.min_history)
+        if verdict == "skip":
+            self._skips += 1
+            self._record(state, "scaler_skip", reason, optimizer.param_groups[0]["lr"])
+            if self._skips > self.max_skips:
+                verdict, reason = "diverged", f"the fp16 loss scaler skipped {self._skips} updates in a row"
+        else:
+            self._skips = 0
+        if verdict == "diverged":
+            return self._recover(state, control, reason, model, optimizer, lr_scheduler)
+        self._recent.append(loss)
+        if self._pending is not None:  # this healthy loss was computed with the pending weights
+            self._good, self._pending = self._pending, None
+        if state.global_step - self._good.step >= self.snapshot_every:
+            self._pending = Snapshot(state.global_step, model, optimizer)
+        return control
+
+    def _recover(self, state, control, reason: str, model, optimizer, lr_scheduler):
+        step, lr = state.global_step, optimizer.param_groups[0]["lr"]
+        self._good.restore(model, optimizer)
+        self._pending = None
+        self._trainer._tr_loss.zero_()  # drop the NaN from the trainer's running loss sum
+        if self.rollbacks >= self.max_rollbacks:
+            for group in optimizer.param_groups:
+                group["lr"] = lr  # the restored state carries an older lr; keep the current one
+            self.failure = (
+                f"Training diverged at step {step} ({reason}) after {self.rollbacks} rollback(s), each cutting the "
+                f"learning rate by {self.lr_factor:g}x (now {lr:.3g}). The model holds the last good weights "
+                f"(step {self._good.step}). Try: a lower lr (e.g. lr={lr * self.lr_factor:.1e}) or a lower rank r; "
+                "on fp16 (a T4), a lower lr usually stops the overflow, or use a bf16 GPU (L4, A100); check the data "
+                "for empty, huge or garbled rows. Start that run in a new output_dir (resuming keeps the old settings).")
+            self._record(state, "gave_up", reason, lr, restored_step=self._good.step)
+            control.should_training_stop, control.should_save = True, False
+            return control
+        self.rollbacks += 1
+        lr = scale_lr(optimizer, lr_scheduler, self.lr_factor)
+        self._record(state, "rollback", reason, lr, restored_step=self._good.step)
+        print(f"rslora-colab: step {step}: {reason}; rolled back to step {self._good.step} and cut the learning rate "
+              f"to {lr:.3g} (rollback {self.rollbacks} of {self.max_rollbacks})", flush=True)
+        return control
+
+    def _record(self, state, event: str, reason: str, lr: float, **extra: Any) -> None:
+        record = {"step": state.global_step, "event": event, "reason": reason, "lr": lr, **extra}
+        self.history.append(record)
+        state.log_history.append(dict(record))  # saved with every checkpoint, read back on resume
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.failure:
+            raise DivergenceError(self.failure)

@@ -1,0 +1,126 @@
+"""Resume: continue an interrupted run from its newest valid checkpoint, with the same settings.
+
+``quick_finetune(..., resume=True)`` (CLI: ``train --resume``) calls
+:func:`prepare_run`, which reads the run manifest (``run_manifest.json``: the
+model, a fingerprint of the data and every setting that shapes training) that
+the first run wrote into ``output_dir``. A resume with a different model,
+dataset, rank, learning rate, batch or step count is refused with the
+differences listed; the checkpoint itself (adapter, optimizer, scheduler, RNG,
+data position) is restored by transformers' ``trainer.train(resume_from_checkpoint=...)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from .checkpoints import (TRAINER_STATE, checkpoint_progress, latest_valid_checkpoint, remove_checkpoints,
+                          remove_staging)
+from .save import write_json
+from .watch import history_record
+
+MANIFEST_FILE = "run_manifest.json"
+"""The run manifest, in ``output_dir``."""
+MANIFEST_SETTINGS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio", "optimizer",
+                     "batch_size", "grad_accum", "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit")
+"""Resolved settings a resumed run must share with the run it continues."""
+MANIFEST_CONFIG = ("weight_decay", "max_grad_norm", "dropout")
+"""Config fields a resumed run must share too."""
+FINGERPRINT_ROWS = 2048
+"""Rows hashed into a dataset fingerprint (evenly spaced; all of them for smaller datasets)."""
+
+
+def dataset_fingerprint(dataset: Any) -> str:
+    """A content hash of ``dataset``: its row count, columns and up to 2048 evenly spaced rows.
+
+    ``datasets``' own ``_fingerprint`` is not used: for files it hashes cache
+    files' modification times, which change when a new Colab runtime re-reads
+    the same file.
+    """
+    n = len(dataset)
+    picks = range(n) if n <= FINGERPRINT_ROWS else [i * n // FINGERPRINT_ROWS for i in range(FINGERPRINT_ROWS)]
+    digest = hashlib.sha256(json.dumps([n, sorted(dataset.column_names)]).encode())
+    for i in picks:
+        digest.update(json.dumps(dataset[i], sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+def model_identity(model: Any) -> str:
+    """The name or path a loaded model came from (``config._name_or_path``)."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__)
+
+
+def run_manifest(model: Any, dataset: Any, fmt: str, settings: dict, config: Any) -> dict:
+    """What defines a run: model, data fingerprint, and the settings that shape training."""
+    return {"model": model_identity(model), "dataset": dataset_fingerprint(dataset), "rows": len(dataset),
+            "format": fmt, **{k: settings[k] for k in MANIFEST_SETTINGS},
+            **{k: getattr(config, k) for k in MANIFEST_CONFIG}}
+
+
+def manifest_differences(saved: dict, current: dict) -> list[str]:
+    """One line per setting that differs between the saved run and this call."""
+    keys = [k for k in {**saved, **current} if _norm(saved.get(k)) != _norm(current.get(k))]
+    return [f"{k}: {saved.get(k)!r} in the saved run, {current.get(k)!r} now" for k in keys]
+
+
+def _norm(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples -> lists, as after a JSON round trip
+
+
+def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | None:
+    """Check ``output_dir`` for an earlier run; returns the checkpoint to resume from, or None to start fresh.
+
+    * ``resume=True``: the newest valid checkpoint, after checking that its
+      manifest matches (a ``ValueError`` lists every difference); None, with a
+      notice, when there is no checkpoint yet.
+    * ``resume=False``: refuses (``ValueError``) to start over an unfinished
+      run's checkpoints; a finished run's checkpoints are removed.
+
+    Writes this run's manifest, then returns.
+    """
+    out = Path(output_dir)
+    path = out / MANIFEST_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    latest = latest_valid_checkpoint(out)
+    remove_staging(out)
+    if latest is not None:
+        step, total = checkpoint_progress(latest)
+        if resume:
+            _check_same_run(out, saved, manifest)
+            print(f"rslora-colab: resuming from {latest} (step {step} of {total})", flush=True)
+        elif step < total:
+            raise ValueError(
+                f"output_dir={str(out)!r} holds an unfinished run (newest checkpoint: step {step} of {total}). "
+                "Pass resume=True (CLI: --resume) to continue it, or choose another output_dir to start over.")
+        else:
+            removed = remove_checkpoints(out)
+            print(f"rslora-colab: starting a new run in {out}; removed {len(removed)} checkpoint(s) of the finished "
+                  "run there", flush=True)
+            latest = None
+    elif resume:
+        print(f"rslora-colab: no checkpoint in {out} yet: starting from step 0", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(manifest, path)
+    return latest if resume else None
+
+
+def _check_same_run(out: Path, saved: dict | None, manifest: dict) -> None:
+    if saved is None:
+        print(f"rslora-colab: WARNING: no {MANIFEST_FILE} in {out}; cannot check that the settings match", flush=True)
+        return
+    differences = manifest_differences(saved, manifest)
+    if differences:
+        raise ValueError(f"Cannot resume the run in {str(out)!r}: these settings differ from the saved run:\n  "
+                         + "\n  ".join(differences)
+                         + "\nResume with the same settings, or pass another output_dir to start a new run.")
+
+
+def history_until(checkpoint: str | Path | None) -> list[dict]:
+    """The history records (steps and guard events) a checkpoint's ``trainer_state.json`` holds."""
+    if checkpoint is None:
+        return []
+    log = json.loads((Path(checkpoint) / TRAINER_STATE).read_text()).get("log_history", [])
+    return [dict(h) if "event" in h else history_record(h["step"], h) for h in log if "event" in h or "loss" in h]

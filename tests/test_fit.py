@@ -1,0 +1,103 @@
+"""The planner inside quick_finetune (an explicit gpu= budget plans on CPU too) and `python -m rslora_colab plan`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rslora_colab import FinetuneConfig, demo_dataset, quick_finetune
+from rslora_colab.catalog import CATALOG
+from rslora_colab.cli import main
+from rslora_colab.fit import estimate_settings, fit_to_gpu
+from rslora_colab.plan import catalog_table, render_catalog_table
+from rslora_colab.runtime import Runtime, detect_runtime
+from rslora_colab.vram import estimate_vram
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_too_small_gpu_raises_before_any_weights_load(capsys):
+    # no network here: had it tried to load Llama-3.1-8B, the error would be a download failure
+    with pytest.raises(ValueError, match=r"does not fit: needs \d+\.\d\d GiB, you have 4\.00 GiB") as err:
+        quick_finetune("Llama-3.1-8B-Instruct", demo_dataset(n=4), r=64, gpu=4)
+    assert "Suggestion: try" in str(err.value) and "plan=False" in str(err.value)
+    assert "loading" not in capsys.readouterr().out
+
+
+def test_tight_gpu_shrinks_the_micro_batch_and_keeps_the_effective_batch(demo_path, tmp_path, capsys):
+    config = FinetuneConfig(r=8, max_seq_length=64)
+    kwargs = estimate_settings(config, detect_runtime("transformers"))
+    one, two = (estimate_vram(demo_path, r=8, max_seq_length=64, batch_size=b, **kwargs).total_gib for b in (1, 2))
+    result = quick_finetune(demo_path, demo_dataset(n=16), r=8, max_steps=1, batch_size=4, grad_accum=1,
+                            max_seq_length=64, output_dir=str(tmp_path), gpu=(one + two) / 2)
+    s = result.settings
+    assert (s["batch_size"], s["grad_accum"]) == (1, 4)
+    assert s["gpu_plan"].startswith("fits: micro-batch 1 x grad_accum 4")
+    assert "memory plan" in capsys.readouterr().out and len(result.history) == 1
+
+
+def test_plan_never_raises_the_micro_batch_and_caps_the_sequence(demo_path):
+    config, plan = fit_to_gpu(demo_path, FinetuneConfig(r=8, batch_size=2, grad_accum=4, max_seq_length=4096,
+                                                        gpu=80))
+    assert plan.fits and (config.batch_size, config.grad_accum) == (2, 4)  # 8 x 1 would fit too
+    assert config.max_seq_length == 512  # the demo model's max_position_embeddings
+
+
+def test_no_plan_without_a_gpu_budget(demo_path):
+    auto = FinetuneConfig(r=8)  # gpu="auto" on a machine without CUDA: nothing to plan for
+    assert fit_to_gpu(demo_path, auto) == (auto, None)
+    off = FinetuneConfig(r=8, gpu=1.0, plan=False)
+    assert fit_to_gpu("Llama-3.1-8B-Instruct", off) == (off, None)
+
+
+def test_backend_decides_what_is_estimated():
+    config = FinetuneConfig()
+    peft = estimate_settings(config, Runtime("transformers", "fp16", "Tesla T4", ""))
+    fast = estimate_settings(config, Runtime("unsloth", "fp16", "Tesla T4", ""))
+    assert (peft["dtype_bytes"], peft["gradient_checkpointing"], peft["optimizer"]) == (4, True, "adamw_8bit")
+    assert (fast["dtype_bytes"], fast["gradient_checkpointing"]) == (2, "unsloth")
+
+
+def test_gpu_and_plan_settings_are_validated():
+    with pytest.raises(ValueError) as err:
+        FinetuneConfig(gpu="A100", plan="yes")
+    assert "gpu='A100'" in str(err.value) and "plan='yes'" in str(err.value)
+    assert FinetuneConfig(gpu="t4").gpu == "t4" and FinetuneConfig(gpu=14.74).gpu == 14.74
+
+
+def test_cli_plan_prints_the_breakdown(capsys):
+    assert main(["plan", "--model", "Llama-3.1-8B-Instruct", "--rank", "64", "--seq", "2048", "--gpu", "T4"]) == 0
+    out = capsys.readouterr().out
+    assert "fits: micro-batch 2 x grad_accum 4" in out and "of 14.74 GiB" in out
+    assert "LoRA parameters: 167,772,160" in out and "not yet calibrated" in out
+    for term in ("base weights", "activations", "logits + loss", "CUDA context", "total"):
+        assert term in out
+
+
+def test_cli_plan_exits_1_when_nothing_fits(capsys):
+    assert main(["plan", "--model", "qwen3-14b", "--rank", "256", "--gpu", "T4"]) == 1
+    out = capsys.readouterr().out
+    assert "does not fit: needs" in out and "suggestion: try" in out
+
+
+def test_cli_bad_gpu_exits_2(capsys):
+    assert main(["plan", "--gpu", "A100"]) == 2
+    assert "gpu='A100'" in capsys.readouterr().err
+
+
+def test_cli_catalog_table(capsys):
+    assert main(["plan", "--gpu", "T4"]) == 0
+    out = capsys.readouterr().out
+    for spec in CATALOG:
+        rows = [line for line in out.splitlines() if line.startswith(spec.name + " ")]
+        assert [line.split()[1] for line in rows] == ["16", "64", "256"], spec.name
+
+
+def test_readme_table_is_what_the_code_prints():
+    kwargs = estimate_settings(FinetuneConfig(), Runtime("unsloth", "fp16", "GPU", ""))
+    table = render_catalog_table(catalog_table("T4", **kwargs))
+    readme = README.read_text()
+    found = re.search(r"(\| model \| r \|.*?)\n\n", readme, re.S)
+    assert found and found.group(1).strip() == table, "regenerate: python -m rslora_colab plan --gpu T4 --markdown"

@@ -1,0 +1,84 @@
+"""Divergence guard: a real NaN flows through real training; the guard rolls back, or gives up clearly."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from rslora_colab import DivergenceError, demo_dataset, quick_finetune
+from rslora_colab.guard import judge_step
+
+TINY = {"max_steps": 24, "batch_size": 2, "grad_accum": 1, "max_seq_length": 128}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread: with a second busy process on 2 cores, 2 threads run these steps ~5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class PoisonSteps(TrainerCallback):
+    """Multiplies the input embeddings by NaN during the chosen optimizer steps (1-based)."""
+
+    def __init__(self, steps):
+        self.steps, self.active = set(steps), False
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        model.get_input_embeddings().register_forward_hook(lambda m, i, out: out * math.nan if self.active else None)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.active = state.global_step + 1 in self.steps
+
+
+def test_nan_step_is_rolled_back_and_training_finishes_finite(demo_path, tmp_path):
+    result = quick_finetune(demo_path, demo_dataset(n=32), r=8, output_dir=str(tmp_path), callbacks=[PoisonSteps({15})],
+                            checkpoint_minutes=0.001, keep_checkpoints=2, **TINY)
+    steps = [h for h in result.history if "loss" in h]
+    events = [h for h in result.history if "event" in h]
+    assert [h["step"] for h in steps] == list(range(1, 25))
+    assert math.isnan(steps[14]["loss"])  # the NaN really happened at step 15 ...
+    assert all(math.isfinite(h["loss"]) and math.isfinite(h["grad_norm"]) for h in steps[15:])  # ... and not after
+    assert len(events) == 1 and events[0]["event"] == "rollback" and events[0]["step"] == 15
+    assert events[0]["reason"] == "loss is nan" and events[0]["restored_step"] == 10
+    assert events[0]["lr"] == pytest.approx(steps[15]["lr"])  # the halved lr is the one step 16 used
+    lora = [p for n, p in result.model.named_parameters() if "lora_" in n]
+    assert lora and all(torch.isfinite(p).all() for p in lora)
+    assert json.loads((tmp_path / "metrics.json").read_text())["history"][15]["event"] == "rollback"
+    # the timer saved checkpoints every few ms; only the newest 2 are kept, the last at the final step
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*"))[-1] == "checkpoint-24"
+    assert len(list(tmp_path.glob("checkpoint-*"))) == 2
+
+
+def test_guard_gives_up_with_a_clear_message(demo_path, tmp_path):
+    with pytest.raises(DivergenceError) as err:
+        quick_finetune(demo_path, demo_dataset(n=32), r=8, output_dir=str(tmp_path), max_rollbacks=1,
+                       callbacks=[PoisonSteps(range(12, 30))], **TINY)
+    message = str(err.value)
+    assert "diverged at step 13" in message and "after 1 rollback" in message
+    assert "lower lr" in message and "check the data" in message
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [h["event"] for h in history if "event" in h] == ["rollback", "gave_up"]
+    assert not (tmp_path / "adapter").exists()  # no NaN adapter is handed back
+
+
+@pytest.mark.parametrize("loss, grad_norm, weights_ok, expected", [
+    (2.0, 1.0, True, "ok"),
+    (math.nan, math.nan, False, "diverged"),
+    (2.0, math.inf, True, "skip"),       # fp16 loss-scaler skip: finite loss, no update
+    (2.0, math.nan, False, "diverged"),  # the update went through and broke the weights
+    (7.0, 1.0, True, "diverged"),        # > 3x the median 2.0 and > 1 nat above it
+    (5.9, 1.0, True, "ok"),
+])
+def test_judge_step_rules(loss, grad_norm, weights_ok, expected):
+    assert judge_step(loss, grad_norm, [2.0] * 20, lambda: weights_ok)[0] == expected
+
+
+def test_spikes_need_history_and_a_real_margin():
+    assert judge_step(50.0, 1.0, [2.0] * 9, lambda: True)[0] == "ok"       # fewer than 10 healthy steps
+    assert judge_step(0.5, 1.0, [0.05] * 20, lambda: True)[0] == "ok"      # 10x, but only 0.45 nat above
+    assert judge_step(1.2, 1.0, [0.05] * 20, lambda: True)[0] == "diverged"

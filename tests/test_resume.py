@@ -1,0 +1,141 @@
+"""Checkpoints and resume, end to end through the real CLI: SIGKILL mid-save and at random steps, resume.
+
+One scenario, so that the few CLI processes (each pays ~5 s of imports) serve every check:
+
+1. a CLI run is killed while transformers writes checkpoint 10 (a real SIGKILL during a real save, which
+   the test slows down with a sleep in transformers' RNG-state save so that the kill lands mid-write);
+2. the previous checkpoint is the one found, also past a damaged newer folder; a fresh run over the
+   unfinished one, and a resume with another rank or dataset, are refused;
+3. ``--resume`` runs are SIGKILLed at random later steps, twice (three times if time allows);
+4. a last ``--resume`` finishes all 40 steps, with every step's loss equal to a run never killed, and the
+   adapter loads with PEFT.
+"""
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rslora_colab import demo_dataset, latest_valid_checkpoint, quick_finetune
+from rslora_colab.checkpoints import checkpoint_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+STEPS = 40
+ARGS = ["train", "--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "1", "--seq", "128", "--rank", "8",
+        "--checkpoint-every", "5", "--sample", "", "--resume"]
+SAME = {"r": 8, "max_steps": STEPS, "batch_size": 2, "grad_accum": 1, "max_seq_length": 128, "checkpoint_every": 5}
+"""The CLI run's settings, for in-process calls on the same output folder."""
+
+SLOW_SAVE = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from transformers import Trainer
+    from rslora_colab.cli import main
+
+    save_rng = Trainer._save_rng_state
+    def slow_save_rng(self, output_dir):  # mid-checkpoint: adapter and optimizer written, RNG and state not yet
+        if self.state.global_step == 10:
+            Path(sys.argv[1]).touch()
+            time.sleep(60)
+        save_rng(self, output_dir)
+    Trainer._save_rng_state = slow_save_rng
+    main(sys.argv[2:])
+""")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread, like the CLI processes (OMP_NUM_THREADS=1): same numbers, and no oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cli(out: Path, *python: str) -> subprocess.Popen:
+    command = [sys.executable, *(python or ["-m", "rslora_colab"]), *ARGS, "--out", str(out)]
+    return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def _kill(proc: subprocess.Popen) -> str:
+    proc.send_signal(signal.SIGKILL)
+    return proc.communicate()[0]
+
+
+def _wait_for(done, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not done() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def _newest_step(out: Path) -> int:
+    return max((int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")), default=0)
+
+
+def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
+    out, marker = tmp_path / "run", tmp_path / "saving"
+
+    # 1. SIGKILL while checkpoint 10 is being written
+    proc = _cli(out, "-c", SLOW_SAVE, str(marker))
+    _wait_for(marker.exists, proc)
+    assert marker.exists(), "the run never reached the save at step 10"
+    printed = _kill(proc)
+    staged = out / ".staging-checkpoint-10" / "checkpoint-10"
+    assert (staged / "optimizer.pt").exists() and not (staged / "trainer_state.json").exists()  # half-written
+    assert not (out / "checkpoint-10").exists()  # ... and never published
+
+    # 2. the previous checkpoint is used; a damaged newer folder (a non-atomic writer, a bad copy) is skipped
+    assert latest_valid_checkpoint(out).name == "checkpoint-5"
+    shutil.copytree(out / "checkpoint-5", out / "checkpoint-7")
+    weights = out / "checkpoint-7" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert "unreadable" in checkpoint_problem(out / "checkpoint-7")
+    assert latest_valid_checkpoint(out).name == "checkpoint-5"
+    with pytest.raises(ValueError, match=r"unfinished run .*step 5 of 40.*resume=True \(CLI: --resume\)"):
+        quick_finetune(demo_path, demo_dataset(), output_dir=str(out), **SAME)
+    with pytest.raises(ValueError, match=r"r: 8 in the saved run, 16 now") as refused:
+        quick_finetune(demo_path, demo_dataset(), output_dir=str(out), resume=True, **{**SAME, "r": 16})
+    assert "alpha: 8.0 in the saved run, 16.0 now" in str(refused.value)
+    with pytest.raises(ValueError, match=r"dataset: '\w+' in the saved run.*\n.*rows: 158 in the saved run, 150 now"):
+        quick_finetune(demo_path, demo_dataset(n=150), output_dir=str(out), resume=True, **SAME)
+
+    # 3. SIGKILL --resume runs at random later steps
+    rng, deadline, kills = random.Random(), time.monotonic() + 15, 0
+    while kills < 2 or (kills < 3 and time.monotonic() < deadline):
+        proc = _cli(out)
+        target = _newest_step(out) + rng.randrange(4, 10)
+        _wait_for(lambda: _newest_step(out) >= target, proc)
+        time.sleep(rng.uniform(0, 0.3))  # a few steps past that checkpoint (~0.05 s a step), or mid-save
+        if proc.poll() is not None:
+            break  # it finished first: the last run below resumes the finished run
+        printed += _kill(proc)
+        kills += 1
+    assert kills >= 2 and printed.count("resuming from") >= 2  # each continued a checkpoint, not step 0
+
+    # 4. the last --resume ends at the full step count, exactly like a run that was never killed
+    final = subprocess.run([sys.executable, "-m", "rslora_colab", *ARGS, "--out", str(out)], env=ENV,
+                           capture_output=True, text=True, timeout=120)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert latest_valid_checkpoint(out).name == f"checkpoint-{STEPS}" and not list(out.glob(".staging-*"))
+    history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
+    assert [h["step"] for h in history] == list(range(1, STEPS + 1))  # every step once, in order
+    straight = quick_finetune(demo_path, demo_dataset(), output_dir=str(tmp_path / "straight"), **SAME)
+    # same data order, lr and adapter precision (bf16 adapters stay bf16 after a resume)
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in straight.history], abs=1e-6)
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_path), out / "adapter")
+    lora = [p for n, p in loaded.named_parameters() if "lora_B" in n]
+    assert lora and all(torch.isfinite(p).all() and p.abs().sum() > 0 for p in lora)
