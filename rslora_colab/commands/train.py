@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..notebook import GPU_DEFAULT_MODEL, default_model
 from ..demo import DEMO_NAME, DEMO_TRAINING, demo_dataset
+from ..notebook import GPU_DEFAULT_MODEL, default_model
 from ..runtime import BACKENDS
 
 SAMPLE_PROMPT = "Give the heading of the Python docs topic 'assert'."
