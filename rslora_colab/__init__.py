@@ -42,6 +42,10 @@ Survive
     (:func:`make_checkpoints_atomic`, :class:`CheckpointTimer`,
     :func:`latest_valid_checkpoint`); ``quick_finetune(..., resume=True)``
     continues after a disconnect; :func:`mount_drive` keeps runs on Google Drive.
+Watch
+    :class:`LivePlotCallback` — progress bar and loss curve redrawn in the
+    notebook during training (``quick_finetune(..., callbacks=[LivePlotCallback()])``);
+    :class:`StopCallback` ends a run after the current step.
 Use
     :func:`chat` — generate through the chat template, streamed;
     :func:`load_adapter` — a saved adapter on its base model.
@@ -49,6 +53,15 @@ Export
     :func:`save` — ``how="adapter"`` / ``"merged_16bit"`` / ``"gguf"``;
     :func:`push_to_hub` — the same to the Hugging Face Hub (token from
     ``$HF_TOKEN`` or Colab secrets, never printed).
+    :func:`chat` — generate through the chat template, streamed.
+Notebook
+    :func:`control_panel` → :class:`ControlPanel` — ipywidgets panel: model,
+    rank, learning rate, data (hub id or upload), VRAM gauge, Train / Stop,
+    live plot; ``panel.settings`` are ``quick_finetune`` keywords.
+    :func:`check_fit` — the gauge's verdict as a :class:`FitCheck`.
+    :func:`check_runtime` — GPU, memory, bf16/fp16, or the CPU demo notice.
+    :func:`preview_data` — one row formatted and masked as the trainer sees it.
+    :func:`save_outputs` — adapter, merged 16-bit or GGUF, chosen by a list.
 Demo
     :func:`demo_model`, :func:`demo_dataset`, :func:`demo_preferences` — a tiny
     Llama, 158 instruction rows and 158 preference pairs built offline from
@@ -73,14 +86,19 @@ from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
 from .demo import DEMO_NAME, demo_dataset, demo_model, demo_preferences  # noqa: E402
 from .export import push_to_hub, save  # noqa: E402  (the function shadows the rslora_colab.save module's name)
+from .gauge import FitCheck, check_fit  # noqa: E402
 from .guard import DivergenceError, DivergenceGuard  # noqa: E402
 from .load import load_adapter, load_model  # noqa: E402
+from .notebook import RuntimeCheck, check_runtime, save_outputs  # noqa: E402
 from .oom import train_with_oom_recovery  # noqa: E402
+from .panel import ControlPanel, control_panel  # noqa: E402
 from .plan import TrainPlan, plan_for_gpu  # noqa: E402
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
+from .preview import DataPreview, preview_data  # noqa: E402
 from .runtime import Runtime, detect_runtime  # noqa: E402
 from .train import FinetuneResult, quick_finetune  # noqa: E402
 from .vram import VramEstimate, estimate_vram  # noqa: E402
+from .watch import HistoryCallback, LivePlotCallback, StopCallback  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -92,4 +110,6 @@ __all__ = [
     "TrainPlan", "VramEstimate", "estimate_vram", "plan_for_gpu", "train_with_oom_recovery",
     "CheckpointTimer", "DivergenceError", "DivergenceGuard", "default_output_dir", "latest_valid_checkpoint",
     "make_checkpoints_atomic", "mount_drive",
+    "ControlPanel", "DataPreview", "FitCheck", "HistoryCallback", "LivePlotCallback", "RuntimeCheck", "StopCallback",
+    "check_fit", "check_runtime", "control_panel", "preview_data", "save_outputs",
 ]

@@ -59,3 +59,14 @@ def warn_if_volatile(output_dir: str | Path) -> bool:
           "checkpoints. Run `from rslora_colab import mount_drive; mount_drive()` first to keep runs on Google Drive.",
           flush=True)
     return True
+
+
+def enable_colab_widgets() -> None:
+    """Let Colab render ipywidgets 8 (its custom widget manager); does nothing elsewhere."""
+    if not on_colab():
+        return
+    try:
+        from google.colab import output  # type: ignore[import-not-found]
+    except ImportError:  # a /content folder, but not Colab
+        return
+    output.enable_custom_widget_manager()

@@ -180,19 +180,28 @@ def _train_tokenizer(corpus: list[str], vocab_size: int):
     )
 
 
+def demo_config(vocab_size: int = 1024) -> dict:
+    """The demo model's architecture as ``config.json`` keys (the VRAM estimator reads it without building it)."""
+    return {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+    }
+
+
 def _build_model(tokenizer, seed: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
+    arch = {k: v for k, v in demo_config(len(tokenizer)).items() if k != "model_type"}
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
+        **arch,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,

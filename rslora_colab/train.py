@@ -141,6 +141,12 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
     return make_checkpoints_atomic(trainer)
 
 
+def attach_adapter(model: Any, config: FinetuneConfig, settings: dict):
+    """The rsLoRA adapter ``quick_finetune`` puts on ``model`` for these settings (reused if already there)."""
+    return add_rslora(model, config.r, settings["alpha"], config.target_modules, config.dropout,
+                      config.use_rslora, config.gradient_checkpointing, config.seed)
+
+
 def _load_pair(model: Any, config: FinetuneConfig):
     if isinstance(model, (str, Path)):
         return load_model(str(model), config.max_seq_length, config.load_in_4bit, config.backend)
@@ -186,8 +192,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     settings = {**resolve_settings(config, runtime), "gpu_plan": plan.message if plan else None}
     checkpoint = prepare_run(config.output_dir, run_manifest(model, dataset, fmt, settings, config), resume)
     warn_if_volatile(config.output_dir)
-    model = add_rslora(model, config.r, settings["alpha"], config.target_modules, config.dropout,
-                       config.use_rslora, config.gradient_checkpointing, config.seed)
+    model = attach_adapter(model, config, settings)
     recorder = HistoryCallback(history_until(checkpoint))
     timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
     trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings, [recorder, *timer, *(callbacks or [])])

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 from ..demo import DEMO_DPO_TRAINING, DEMO_NAME, DEMO_TRAINING, demo_dataset, demo_preferences
+from ..notebook import GPU_DEFAULT_MODEL, default_model
 from ..presets import METHODS
 from ..runtime import BACKENDS
 
-GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
 SAMPLE_PROMPT = "Give the heading of the Python docs topic 'assert'."
 
 
@@ -63,7 +61,7 @@ def _job(args) -> tuple[str, object, dict]:
     keys = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr", "output_dir",
             "checkpoint_every", "checkpoint_minutes", "beta")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    model = args.model or (GPU_DEFAULT_MODEL if torch.cuda.is_available() else DEMO_NAME)
+    model = args.model or default_model()
     if model == DEMO_NAME:
         print("rslora-colab: no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) "
               f"built here and fine-tuned on 158 {'preference pairs' if args.method == 'dpo' else 'rows'} from "

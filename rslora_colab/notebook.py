@@ -1,0 +1,116 @@
+"""Notebook helpers: what this runtime can do, sensible defaults for it, and the save step.
+
+Used by ``notebooks/01_quickstart_t4.ipynb``; each works the same in Colab,
+JupyterLab and a plain script (Colab-only pieces live in :mod:`rslora_colab.colab`):
+
+* :func:`check_runtime` — GPU name, memory, bf16 or fp16, backend; on CPU a
+  clear notice that the notebook falls back to the offline demo.
+* :func:`default_model` / :func:`default_dataset` — what ``"auto"`` means here.
+* :func:`save_outputs` — the Save step, chosen by a list (``["adapter"]``,
+  ``"merged_16bit"``, ``"gguf"``) instead of ``if False:`` blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .demo import DEMO_NAME
+from .runtime import detect_runtime
+
+GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
+"""The model ``"auto"`` picks on a GPU: small, instruction-tuned, pre-quantized to 4-bit."""
+GPU_DEFAULT_DATASET = "yahma/alpaca-cleaned"
+"""The dataset ``"auto"`` picks on a GPU (Alpaca format, the one Unsloth's T4 notebooks use)."""
+"""What :func:`save_outputs` can write."""
+CPU_NOTICE = ("NOTICE: no GPU found, so this runs the offline demo on CPU: a tiny Llama (2 layers) built here "
+              "and fine-tuned on rows from Python's manual, in fp32. It shows every step, not real quality. "
+              "On Colab pick Runtime -> Change runtime type -> T4 GPU, then run all again.")
+
+
+def default_model() -> str:
+    """``GPU_DEFAULT_MODEL`` when a CUDA GPU is present, else ``"demo"``."""
+    return GPU_DEFAULT_MODEL if torch.cuda.is_available() else DEMO_NAME
+
+
+def default_dataset(model: str) -> str:
+    """``"demo"`` for the demo model, else ``GPU_DEFAULT_DATASET``."""
+    return DEMO_NAME if model == DEMO_NAME else GPU_DEFAULT_DATASET
+
+
+def resolve_choices(model: str = "auto", dataset: str = "auto") -> tuple[str, str]:
+    """Replace ``"auto"`` in a model / dataset choice by this machine's default."""
+    model = default_model() if model == "auto" else model
+    return model, default_dataset(model) if dataset == "auto" else dataset
+
+
+@dataclass(frozen=True)
+class RuntimeCheck:
+    """What :func:`check_runtime` found."""
+
+    gpu: str | None
+    """CUDA device name, or None on CPU."""
+    vram_gib: float | None
+    """Total memory of that GPU in GiB."""
+    compute_capability: str | None
+    """e.g. ``"7.5"`` for a T4."""
+    precision: str
+    """``"bf16"``, ``"fp16"`` (GPUs before Ampere, like the T4) or ``"fp32"`` (CPU)."""
+    backend: str
+    """``"unsloth"`` or ``"transformers"``, and why: see :attr:`reason`."""
+    reason: str
+    """Why that backend."""
+    notice: str
+    """The CPU fallback notice; empty on a GPU."""
+
+    def lines(self) -> list[str]:
+        """The report, one fact per line."""
+        if self.gpu is None:
+            head = ["GPU: none (CPU only)"]
+        else:
+            head = [f"GPU: {self.gpu}, {self.vram_gib:.2f} GiB, compute capability {self.compute_capability}"]
+        why_precision = {"bf16": "this GPU supports bf16", "fp16": "no bf16 on this GPU (compute capability < 8)",
+                         "fp32": "CPU"}[self.precision]
+        lines = head + [f"precision: {self.precision} ({why_precision})", f"backend: {self.backend} ({self.reason})"]
+        return lines + ([self.notice] if self.notice else [])
+
+
+def check_runtime() -> RuntimeCheck:
+    """Print and return what this runtime offers: GPU, memory, bf16/fp16, backend; on CPU, the demo notice."""
+    runtime = detect_runtime()
+    gpu = vram = capability = None
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        gpu, vram, capability = props.name, props.total_memory / 2**30, f"{props.major}.{props.minor}"
+    check = RuntimeCheck(gpu, vram, capability, runtime.precision, runtime.backend, runtime.reason,
+                         "" if gpu else CPU_NOTICE)
+    print("rslora-colab runtime check\n  " + "\n  ".join(check.lines()), flush=True)
+    return check
+
+
+def save_outputs(result: Any, how: Sequence[str] = ("adapter",), out_dir: str | Path | None = None,
+                 gguf_quantization: str = "q4_k_m") -> dict[str, Path]:
+    """Write the trained model in each form listed in ``how``; returns ``{form: path}``.
+
+    * ``"adapter"`` — the rsLoRA adapter ``quick_finetune`` already saved
+      (``adapter_config.json`` keeps ``use_rslora``); nothing is rewritten.
+    * ``"merged_16bit"`` / ``"gguf"`` — :func:`rslora_colab.export.save` into
+      ``out_dir/merged_16bit`` / ``out_dir/gguf`` (GGUF needs Unsloth on a GPU).
+
+    ``out_dir`` defaults to the folder above the adapter. Every choice is
+    checked before anything is written.
+    """
+    from .export import check_how, save
+    from .load import runtime_of
+
+    for form in how:
+        check_how(form, runtime_of(result.model))
+    out = Path(out_dir) if out_dir is not None else Path(result.adapter_path).parent
+    saved = {form: Path(result.adapter_path) if form == "adapter" else
+             save(result, out / form, how=form, quantization=gguf_quantization) for form in how}
+    for form, path in saved.items():
+        print(f"rslora-colab: saved {form} -> {path}", flush=True)
+    return saved

@@ -1,0 +1,49 @@
+"""The notebooks' shape: Colab header, a parameters cell, thin code cells, no dead branches, no stored outputs.
+
+Running them is nbmake's job (``pytest --nbmake notebooks``); keyword drift is
+tests/test_notebook_api.py's.
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+MAX_CODE_LINES = 10
+"""Notebooks stay thin: any longer logic belongs in the package, where it is tested."""
+QUICKSTART_SECTIONS = ["Install", "Check runtime", "Choose", "Data", "Train", "Watch", "Try it", "Save"]
+
+
+def _cells(path: Path) -> list[dict]:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        cell["text"] = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+    return cells
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_opens_with_title_badge_and_runtime_instruction(path):
+    head = _cells(path)[0]
+    assert head["cell_type"] == "markdown" and head["text"].startswith("# ")
+    badge = re.search(r"\(https://colab\.research\.google\.com/github/[^)]+/blob/main/notebooks/([^)]+)\)", head["text"])
+    assert badge and badge.group(1) == path.name, "Open-in-Colab badge must point at this notebook"
+    assert "Runtime → Change runtime type → T4 GPU" in head["text"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_notebook_is_thin_parameterised_and_clean(path):
+    code = [c for c in _cells(path) if c["cell_type"] == "code"]
+    assert "parameters" in code[0]["metadata"].get("tags", []), "the first code cell holds the parameters"
+    for cell in code:
+        assert not re.search(r"\bif\s+(False|0)\s*:", cell["text"]), "choose with parameters, not `if False:`"
+        assert len(cell["text"].splitlines()) <= MAX_CODE_LINES, f"move this logic into the package:\n{cell['text']}"
+        assert not cell.get("outputs"), "commit notebooks without outputs"
+
+
+def test_quickstart_has_the_sections_in_order():
+    path = next(p for p in NOTEBOOKS if p.name == "01_quickstart_t4.ipynb")
+    headings = [line[3:].strip() for c in _cells(path) if c["cell_type"] == "markdown"
+                for line in c["text"].splitlines() if line.startswith("## ")]
+    assert headings == QUICKSTART_SECTIONS
