@@ -275,3 +275,8 @@ DEMO_TRAINING = {"max_steps": 150, "batch_size": 8, "grad_accum": 1, "max_seq_le
 DEMO_DPO_TRAINING = {**DEMO_TRAINING, "max_steps": 60, "lr": 1e-4}
 """DPO settings for the demo: the tiny model's log-probs move little at the DPO preset (2.5e-6 at r=64), so
 the demo steps at the SFT rate to show the reward margin grow within a minute; real models use the preset."""
+
+
+def demo_training(method: str = "sft") -> dict:
+    """The demo model's training settings for ``method`` (``"sft"`` or ``"dpo"``), as quick_finetune keywords."""
+    return dict(DEMO_DPO_TRAINING if method == "dpo" else DEMO_TRAINING)

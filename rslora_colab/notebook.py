@@ -5,7 +5,8 @@ JupyterLab and a plain script (Colab-only pieces live in :mod:`rslora_colab.cola
 
 * :func:`check_runtime` — GPU name, memory, bf16 or fp16, backend; on CPU a
   clear notice that the notebook falls back to the offline demo.
-* :func:`default_model` / :func:`default_dataset` — what ``"auto"`` means here.
+* :func:`default_model` / :func:`default_dataset` / :func:`preference_data` —
+  what ``"auto"`` means here; :func:`run_defaults` — the demo's training settings.
 * :func:`save_outputs` — the Save step, chosen by a list (``["adapter"]``,
   ``"merged_16bit"``, ``"gguf"``) instead of ``if False:`` blocks.
 """
@@ -18,14 +19,15 @@ from typing import Any, Sequence
 
 import torch
 
-from .demo import DEMO_NAME
+from .demo import DEMO_NAME, demo_preferences, demo_training
 from .runtime import detect_runtime
 
 GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
 """The model ``"auto"`` picks on a GPU: small, instruction-tuned, pre-quantized to 4-bit."""
 GPU_DEFAULT_DATASET = "yahma/alpaca-cleaned"
 """The dataset ``"auto"`` picks on a GPU (Alpaca format, the one Unsloth's T4 notebooks use)."""
-"""What :func:`save_outputs` can write."""
+GPU_DEFAULT_PREFERENCES = "HuggingFaceH4/ultrafeedback_binarized"
+"""Preference pairs ``"auto"`` picks on a GPU: the rsLoRA write-up's DPO data (its first 2,000 ``train_prefs``)."""
 CPU_NOTICE = ("NOTICE: no GPU found, so this runs the offline demo on CPU: a tiny Llama (2 layers) built here "
               "and fine-tuned on rows from Python's manual, in fp32. It shows every step, not real quality. "
               "On Colab pick Runtime -> Change runtime type -> T4 GPU, then run all again.")
@@ -45,6 +47,29 @@ def resolve_choices(model: str = "auto", dataset: str = "auto") -> tuple[str, st
     """Replace ``"auto"`` in a model / dataset choice by this machine's default."""
     model = default_model() if model == "auto" else model
     return model, default_dataset(model) if dataset == "auto" else dataset
+
+
+def run_defaults(model: str, method: str = "sft", max_steps: int | None = None) -> dict:
+    """``quick_finetune`` keywords to start from: the demo's own settings for ``"demo"``, plus ``max_steps`` if given."""
+    defaults = demo_training(method) if model == DEMO_NAME else {}
+    return {**defaults, **({"max_steps": max_steps} if max_steps else {})}
+
+
+def preference_data(dataset: str = "auto", model: str = "demo") -> Any:
+    """Pairs for DPO: ``"auto"`` is the demo pairs for the demo model, else 2,000 UltraFeedback pairs (hub).
+
+    ``"demo"`` gives the offline pairs; anything else is returned as given
+    (a file, a hub id or a Dataset ``quick_finetune`` will read and check).
+    """
+    if dataset == "auto":
+        dataset = DEMO_NAME if model == DEMO_NAME else GPU_DEFAULT_PREFERENCES
+    if dataset == DEMO_NAME:
+        return demo_preferences()
+    if dataset == GPU_DEFAULT_PREFERENCES:
+        from datasets import load_dataset
+
+        return load_dataset(GPU_DEFAULT_PREFERENCES, split="train_prefs[:2000]")
+    return dataset
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import DEMO_DPO_TRAINING, DEMO_NAME, DEMO_TRAINING, demo_dataset, demo_preferences
+from ..demo import DEMO_NAME, demo_dataset, demo_preferences, demo_training
 from ..notebook import GPU_DEFAULT_MODEL, default_model
 from ..presets import METHODS
 from ..runtime import BACKENDS
@@ -67,7 +67,7 @@ def _job(args) -> tuple[str, object, dict]:
               f"built here and fine-tuned on 158 {'preference pairs' if args.method == 'dpo' else 'rows'} from "
               "Python's manual. Pass --model and --data for a real run.",
               flush=True)
-        overrides = {**(DEMO_DPO_TRAINING if args.method == "dpo" else DEMO_TRAINING), **overrides}
+        overrides = {**demo_training(args.method), **overrides}
     if args.data is None and model != DEMO_NAME and args.model is not None:
         raise ValueError("--data is required with --model: pass a .jsonl/.json/.csv/.parquet file or a hub dataset id.")
     return model, (args.data or (demo_preferences() if args.method == "dpo" else demo_dataset())), overrides
