@@ -28,7 +28,8 @@ class FinetuneResult:
     tokenizer: Any
     """Its tokenizer."""
     adapter_path: Path
-    """Folder holding the saved adapter (``adapter_config.json`` keeps ``use_rslora``)."""
+    """Folder holding the saved adapter (``adapter_config.json`` keeps ``use_rslora``); only
+    :func:`quick_finetune` writes it, :func:`train_adapter` leaves it unwritten."""
     settings: dict
     """Settings actually used: backend, precision, r, alpha, scale, lr, batch, steps, ..."""
     history: list[dict] = field(default_factory=list)
@@ -151,6 +152,23 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     config = FinetuneConfig.from_overrides(r=r, **overrides)
     dataset, fmt = load_and_validate(dataset)
     model, tokenizer = _load_pair(model, config)
+    result = train_adapter(model, tokenizer, dataset, fmt, config, callbacks)
+    out = Path(config.output_dir)
+    save_adapter(result.model, tokenizer, result.adapter_path)
+    write_json(result.summary(), out / METRICS_FILE)
+    result.plot(out / LOSS_PLOT_FILE)
+    return result
+
+
+def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig,
+                  callbacks: list | None = None) -> FinetuneResult:
+    """Add the adapter ``config`` describes to a loaded model and train it; saves nothing.
+
+    ``dataset`` must already be validated as format ``fmt`` (see
+    :func:`~rslora_colab.data.load_and_validate`). This is :func:`quick_finetune`
+    without the loading and the files; :func:`~rslora_colab.compare_ranks`
+    calls it once per run.
+    """
     runtime = runtime_of(model)
     settings = resolve_settings(config, runtime)
     model = add_rslora(model, config.r, settings["alpha"], config.target_modules, config.dropout,
@@ -166,16 +184,12 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
-    out = Path(config.output_dir)
-    result = FinetuneResult(
-        model=trainer.model, tokenizer=tokenizer, adapter_path=out / ADAPTER_DIR, settings=settings,
-        history=recorder.history, wall_time_s=wall, tokens_per_s=_tokens_seen(trainer, recorder.history) / wall,
+    return FinetuneResult(
+        model=trainer.model, tokenizer=tokenizer, adapter_path=Path(config.output_dir) / ADAPTER_DIR,
+        settings=settings, history=recorder.history, wall_time_s=wall,
+        tokens_per_s=_tokens_seen(trainer, recorder.history) / wall,
         peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if runtime.on_gpu else None,
     )
-    save_adapter(result.model, tokenizer, result.adapter_path)
-    write_json(result.summary(), out / METRICS_FILE)
-    result.plot(out / LOSS_PLOT_FILE)
-    return result
 
 
 def masked_preview(trainer: Any, index: int = 0) -> tuple[str, str]:
