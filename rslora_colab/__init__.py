@@ -23,13 +23,17 @@ Data
 Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
     lists every setting it takes.
+Compare
+    :func:`compare_ranks` → :class:`SweepResult` — LoRA vs rsLoRA across ranks
+    (controlled: same alpha, lr and data order; or the kit's presets), with
+    per-step loss and adapter gradient norm, a table and a figure.
 Use
     :func:`chat` — generate through the chat template, streamed.
 Demo
     :func:`demo_model`, :func:`demo_dataset` — a tiny Llama and 158
     instruction rows built offline from Python's own manual, the CPU fallback.
 
-Command line: ``python -m rslora_colab train --help``.
+Command line: ``python -m rslora_colab train --help``, ``python -m rslora_colab compare --help``.
 """
 
 import logging
@@ -48,12 +52,15 @@ from .demo import DEMO_NAME, demo_dataset, demo_model  # noqa: E402
 from .load import load_model  # noqa: E402
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
 from .runtime import Runtime, detect_runtime  # noqa: E402
+from .sweep import compare_ranks  # noqa: E402
+from .sweep_result import SweepResult  # noqa: E402
 from .train import FinetuneResult, quick_finetune  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime",
-    "adapter_scale", "adapter_scales", "add_rslora", "chat", "demo_dataset", "demo_model", "detect_format",
-    "detect_runtime", "load_and_validate", "load_model", "lr_for_rank", "preset_for_rank", "quick_finetune",
+    "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime", "SweepResult",
+    "adapter_scale", "adapter_scales", "add_rslora", "chat", "compare_ranks", "demo_dataset", "demo_model",
+    "detect_format", "detect_runtime", "load_and_validate", "load_model", "lr_for_rank", "preset_for_rank",
+    "quick_finetune",
 ]

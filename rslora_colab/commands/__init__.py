@@ -1,5 +1,5 @@
 """Sub-commands of ``python -m rslora_colab``; each module has ``register(subparsers)``."""
 
-from . import train
+from . import compare, train
 
-COMMANDS = [train]
+COMMANDS = [train, compare]

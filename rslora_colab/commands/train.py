@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..demo import DEMO_NAME, DEMO_TRAINING, demo_dataset
 from ..runtime import BACKENDS
+from .common import GPU_DEFAULT_MODEL, resolve_job
 
-GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
+TRAIN_KEYS = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr")
+"""Options passed on to quick_finetune as FinetuneConfig fields when given."""
 SAMPLE_PROMPT = "Give the heading of the Python docs topic 'assert'."
 
 
@@ -43,21 +42,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _job(args) -> tuple[str, object, dict]:
-    """Model, data and setting overrides for this invocation; prints the demo notice."""
-    keys = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr")
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    model = args.model or (GPU_DEFAULT_MODEL if torch.cuda.is_available() else DEMO_NAME)
-    if model == DEMO_NAME:
-        print("rslora-colab: no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) "
-              "built here and fine-tuned on 158 rows from Python's manual. Pass --model and --data for a real run.",
-              flush=True)
-        overrides = {**DEMO_TRAINING, **overrides}
-    if args.data is None and model != DEMO_NAME and args.model is not None:
-        raise ValueError("--data is required with --model: pass a .jsonl/.json/.csv/.parquet file or a hub dataset id.")
-    return model, (args.data or demo_dataset()), overrides
-
-
 def run(args) -> int:
     from ..chat import chat
     from ..config import FinetuneConfig
@@ -65,7 +49,7 @@ def run(args) -> int:
     from ..load import load_model
     from ..train import quick_finetune
 
-    model_name, data, overrides = _job(args)
+    model_name, data, overrides = resolve_job(args, TRAIN_KEYS)
     settings = {"r": args.rank, "use_rslora": not args.lora, "output_dir": args.output_dir, "backend": args.backend,
                 **overrides}
     config = FinetuneConfig.from_overrides(**settings)  # bad settings fail here, before anything loads
