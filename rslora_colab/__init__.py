@@ -46,6 +46,10 @@ Watch
     :class:`LivePlotCallback` — progress bar and loss curve redrawn in the
     notebook during training (``quick_finetune(..., callbacks=[LivePlotCallback()])``);
     :class:`StopCallback` ends a run after the current step.
+Compare
+    :func:`compare_ranks` → :class:`SweepResult` — LoRA vs rsLoRA across ranks
+    (controlled: same alpha, lr and data order; or the kit's presets), with
+    per-step loss and adapter gradient norm, a table and a figure.
 Use
     :func:`chat` — generate through the chat template, streamed;
     :func:`load_adapter` — a saved adapter on its base model.
@@ -67,7 +71,7 @@ Demo
     Llama, 158 instruction rows and 158 preference pairs built offline from
     Python's own manual, the CPU fallback.
 
-Command line: ``python -m rslora_colab {train,plan,chat,export} --help``.
+Command line: ``python -m rslora_colab {train,plan,compare,chat,export} --help``.
 """
 
 import logging
@@ -96,6 +100,8 @@ from .plan import TrainPlan, plan_for_gpu  # noqa: E402
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
 from .preview import DataPreview, preview_data  # noqa: E402
 from .runtime import Runtime, detect_runtime  # noqa: E402
+from .sweep import compare_ranks  # noqa: E402
+from .sweep_result import SweepResult  # noqa: E402
 from .train import FinetuneResult, quick_finetune  # noqa: E402
 from .vram import VramEstimate, estimate_vram  # noqa: E402
 from .watch import HistoryCallback, LivePlotCallback, StopCallback  # noqa: E402
@@ -103,8 +109,9 @@ from .watch import HistoryCallback, LivePlotCallback, StopCallback  # noqa: E402
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime",
-    "adapter_scale", "adapter_scales", "add_rslora", "chat", "demo_dataset", "demo_model", "demo_preferences",
+    "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime", "SweepResult",
+    "adapter_scale", "adapter_scales", "add_rslora", "chat", "compare_ranks", "demo_dataset", "demo_model",
+    "demo_preferences",
     "detect_format", "detect_runtime", "load_adapter", "load_and_validate", "load_model", "lr_for_rank",
     "preset_for_rank", "push_to_hub", "quick_finetune", "save",
     "TrainPlan", "VramEstimate", "estimate_vram", "plan_for_gpu", "train_with_oom_recovery",

@@ -34,7 +34,8 @@ class FinetuneResult:
     tokenizer: Any
     """Its tokenizer."""
     adapter_path: Path
-    """Folder holding the saved adapter (``adapter_config.json`` keeps ``use_rslora``)."""
+    """Folder holding the saved adapter (``adapter_config.json`` keeps ``use_rslora``); only
+    :func:`quick_finetune` writes it, :func:`train_adapter` leaves it unwritten."""
     settings: dict
     """Settings actually used: backend, precision, r, alpha, scale, lr, batch, steps, ..."""
     history: list[dict] = field(default_factory=list)
@@ -188,8 +189,26 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     dataset, fmt = load_and_validate(dataset, config.method)
     config, plan = fit_to_gpu(model, config)  # before any weights load; raises if nothing fits
     model, tokenizer = _load_pair(model, config)
+    result = train_adapter(model, tokenizer, dataset, fmt, config, callbacks, resume,
+                           gpu_plan=plan.message if plan else None)
+    out = Path(config.output_dir)
+    save_adapter(result.model, tokenizer, result.adapter_path)
+    write_json(result.summary(), out / METRICS_FILE)
+    result.plot(out / LOSS_PLOT_FILE)
+    return result
+
+
+def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig,
+                  callbacks: list | None = None, resume: bool = False, gpu_plan: str | None = None) -> FinetuneResult:
+    """Add the adapter ``config`` describes to a loaded model and train it; saves no adapter or metrics.
+
+    ``dataset`` must already be validated as format ``fmt`` (see
+    :func:`~rslora_colab.data.load_and_validate`). This is :func:`quick_finetune`
+    without the loading and the final files (checkpoints are still written to
+    ``config.output_dir``); :func:`~rslora_colab.compare_ranks` calls it once per run.
+    """
     runtime = runtime_of(model)
-    settings = {**resolve_settings(config, runtime), "gpu_plan": plan.message if plan else None}
+    settings = {**resolve_settings(config, runtime), "gpu_plan": gpu_plan}
     checkpoint = prepare_run(config.output_dir, run_manifest(model, dataset, fmt, settings, config), resume)
     warn_if_volatile(config.output_dir)
     model = attach_adapter(model, config, settings)
@@ -213,15 +232,12 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
         write_json({"settings": settings, "history": recorder.history}, out / METRICS_FILE)  # keep the evidence
         raise
     wall = time.perf_counter() - start
-    result = FinetuneResult(
+    return FinetuneResult(
         model=trainer.model, tokenizer=tokenizer, adapter_path=out / ADAPTER_DIR, settings=settings,
-        history=recorder.history, wall_time_s=wall, tokens_per_s=_tokens_seen(trainer, recorder.history) / wall if steps else 0.0,
+        history=recorder.history, wall_time_s=wall,
+        tokens_per_s=_tokens_seen(trainer, recorder.history) / wall if steps else 0.0,
         peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if runtime.on_gpu else None,
     )
-    save_adapter(result.model, tokenizer, result.adapter_path)
-    write_json(result.summary(), out / METRICS_FILE)
-    result.plot(out / LOSS_PLOT_FILE)
-    return result
 
 
 def masked_preview(trainer: Any, index: int = 0) -> tuple[str, str]:

@@ -1,5 +1,5 @@
 """Sub-commands of ``python -m rslora_colab``; each module has ``register(subparsers)``."""
 
-from . import chat, export, plan, train
+from . import chat, compare, export, plan, train
 
-COMMANDS = [train, plan, chat, export]
+COMMANDS = [train, plan, compare, chat, export]

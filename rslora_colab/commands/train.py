@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..demo import DEMO_NAME, demo_dataset, demo_preferences, demo_training
-from ..notebook import GPU_DEFAULT_MODEL, default_model
+from ..notebook import GPU_DEFAULT_MODEL
 from ..presets import METHODS
 from ..runtime import BACKENDS
+from .common import resolve_job
 
+TRAIN_KEYS = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr",
+              "output_dir", "checkpoint_every", "checkpoint_minutes", "beta")
+"""Options passed on to quick_finetune as FinetuneConfig fields when given."""
 SAMPLE_PROMPT = "Give the heading of the Python docs topic 'assert'."
 
 
@@ -56,23 +59,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _job(args) -> tuple[str, object, dict]:
-    """Model, data and setting overrides for this invocation; prints the demo notice."""
-    keys = ("max_steps", "epochs", "batch_size", "grad_accum", "max_seq_length", "seed", "alpha", "lr", "output_dir",
-            "checkpoint_every", "checkpoint_minutes", "beta")
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    model = args.model or default_model()
-    if model == DEMO_NAME:
-        print("rslora-colab: no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) "
-              f"built here and fine-tuned on 158 {'preference pairs' if args.method == 'dpo' else 'rows'} from "
-              "Python's manual. Pass --model and --data for a real run.",
-              flush=True)
-        overrides = {**demo_training(args.method), **overrides}
-    if args.data is None and model != DEMO_NAME and args.model is not None:
-        raise ValueError("--data is required with --model: pass a .jsonl/.json/.csv/.parquet file or a hub dataset id.")
-    return model, (args.data or (demo_preferences() if args.method == "dpo" else demo_dataset())), overrides
-
-
 def run(args) -> int:
     from ..chat import chat
     from ..config import FinetuneConfig
@@ -82,7 +68,7 @@ def run(args) -> int:
     from ..train import quick_finetune
     from ..watch import mean_value
 
-    model_name, data, overrides = _job(args)
+    model_name, data, overrides = resolve_job(args, TRAIN_KEYS)
     settings = {"r": args.rank, "use_rslora": not args.lora, "backend": args.backend, "guard": args.guard,
                 "method": args.method, **overrides}
     config = FinetuneConfig.from_overrides(**settings)  # bad settings fail here, before anything loads
