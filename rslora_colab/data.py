@@ -32,6 +32,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from .demo import DEMO_NAME, demo_dataset, demo_preferences
 from .presets import check_method
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -174,7 +175,12 @@ def source_name(source: Any) -> str:
 
 
 def load_and_validate(source: Any, method: str = "sft"):
-    """Load ``source`` and check every row for ``method`` ('sft' or 'dpo'); returns ``(dataset, format)``."""
+    """Load ``source`` and check every row for ``method`` ('sft' or 'dpo'); returns ``(dataset, format)``.
+
+    ``"demo"`` names the offline demo data: ``demo_dataset()``, or ``demo_preferences()`` for DPO.
+    """
+    if isinstance(source, str) and source == DEMO_NAME:
+        source = demo_preferences() if method == "dpo" else demo_dataset()
     dataset = load_any(source)
     return dataset, validate(dataset, source_name(source), method)
 

@@ -277,6 +277,10 @@ DEMO_DPO_TRAINING = {**DEMO_TRAINING, "max_steps": 60, "lr": 1e-4}
 the demo steps at the SFT rate to show the reward margin grow within a minute; real models use the preset."""
 
 
+DEMO_SWEEP_STEPS = 50
+"""Steps per run of a rank sweep on the demo model (8 runs: about a minute on 2 CPU cores)."""
+
+
 def demo_training(method: str = "sft") -> dict:
     """The demo model's training settings for ``method`` (``"sft"`` or ``"dpo"``), as quick_finetune keywords."""
     return dict(DEMO_DPO_TRAINING if method == "dpo" else DEMO_TRAINING)

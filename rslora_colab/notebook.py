@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .demo import DEMO_NAME, demo_preferences, demo_training
+from .demo import DEMO_NAME, DEMO_SWEEP_STEPS, demo_preferences, demo_training
 from .runtime import detect_runtime
 
 GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
@@ -53,6 +53,12 @@ def run_defaults(model: str, method: str = "sft", max_steps: int | None = None) 
     """``quick_finetune`` keywords to start from: the demo's own settings for ``"demo"``, plus ``max_steps`` if given."""
     defaults = demo_training(method) if model == DEMO_NAME else {}
     return {**defaults, **({"max_steps": max_steps} if max_steps else {})}
+
+
+def sweep_defaults(model: str, max_steps: int | None = None) -> dict:
+    """``compare_ranks`` keywords to start from: the demo's batch and length with 50 steps a run, else 100 steps."""
+    shape = {k: v for k, v in run_defaults(model).items() if k in ("batch_size", "grad_accum", "max_seq_length")}
+    return {**shape, "max_steps": max_steps or (DEMO_SWEEP_STEPS if model == DEMO_NAME else 100)}
 
 
 def preference_data(dataset: str = "auto", model: str = "demo") -> Any:

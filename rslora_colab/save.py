@@ -22,8 +22,9 @@ def save_adapter(model: Any, tokenizer: Any, path: str | Path) -> Path:
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    """Write ``data`` as JSON atomically (temp file, then rename); NaN becomes null."""
+    """Write ``data`` as JSON atomically (temp file, then rename), creating its folder; NaN becomes null."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(_finite(data), indent=2))
     os.replace(tmp, path)

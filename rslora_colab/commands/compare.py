@@ -20,15 +20,12 @@ from pathlib import Path
 
 import torch
 
-from ..demo import DEMO_NAME
+from ..demo import DEMO_NAME, DEMO_SWEEP_STEPS
 from ..runtime import BACKENDS
 from .common import resolve_job
 
 SWEEP_FILE = "sweep.json"
 PLOT_FILE = "sweep.png"
-DEMO_STEPS = 50
-"""Steps per run on the demo model: 8 runs of 50 steps took 1-2 min on 2 shared CPU cores (docs/results.md)."""
-
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="LoRA vs rsLoRA across ranks", description=__doc__,
@@ -40,7 +37,7 @@ def register(subparsers) -> None:
                    help="scalings to compare (default: both; rslora with --presets)")
     p.add_argument("--alpha", type=float, help="alpha shared by every run (default 8; not with --presets)")
     p.add_argument("--lr", type=float, help="learning rate shared by every run (default 1e-3; not with --presets)")
-    p.add_argument("--max-steps", type=int, help=f"steps per run (default 100; {DEMO_STEPS} on the demo)")
+    p.add_argument("--max-steps", type=int, help=f"steps per run (default 100; {DEMO_SWEEP_STEPS} on the demo)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one set of runs per seed (default 0)")
     p.add_argument("--presets", action="store_true", help="alpha = r and lr_for_rank(r) for each rank (rsLoRA)")
     p.add_argument("--batch-size", type=int, help="micro-batch size")
@@ -69,7 +66,7 @@ def run(args) -> int:
     model, data, overrides = resolve_job(args, ("batch_size", "grad_accum", "max_seq_length"))
     one_thread_for_the_demo(model)
     overrides.pop("max_steps", None)  # the demo's single-run length; the sweep sets its own
-    max_steps = args.max_steps or (DEMO_STEPS if model == DEMO_NAME else 100)
+    max_steps = args.max_steps or (DEMO_SWEEP_STEPS if model == DEMO_NAME else 100)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = compare_ranks(model, data, ranks=args.ranks, methods=args.methods, alpha=args.alpha, lr=args.lr,
