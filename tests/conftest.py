@@ -9,8 +9,10 @@ from rslora_colab import demo_model, load_model
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _threads():
-    torch.set_num_threads(2)
+def _one_thread():
+    """One torch thread: on 2 cores a second busy process (a notebook kernel, a CLI run) makes two threads
+    several times slower, and one thread gives the same numbers as the OMP_NUM_THREADS=1 subprocesses."""
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

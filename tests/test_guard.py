@@ -13,15 +13,6 @@ from rslora_colab.guard import judge_step
 TINY = {"max_steps": 24, "batch_size": 2, "grad_accum": 1, "max_seq_length": 128}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: with a second busy process on 2 cores, 2 threads run these steps ~5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class PoisonSteps(TrainerCallback):
     """Multiplies the input embeddings by NaN during the chosen optimizer steps (1-based)."""
 

@@ -53,15 +53,6 @@ SLOW_SAVE = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, like the CLI processes (OMP_NUM_THREADS=1): same numbers, and no oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cli(out: Path, *python: str) -> subprocess.Popen:
     command = [sys.executable, *(python or ["-m", "rslora_colab"]), *ARGS, "--out", str(out)]
     return subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

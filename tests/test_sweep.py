@@ -15,15 +15,6 @@ from rslora_colab.train import build_trainer, resolve_settings
 from rslora_colab.watch import ADAPTER_PARAM_MARK, AdapterGradNormCallback
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A sweep trains several tiny models; with two threads on a shared 2-core machine a step took ~2.7 s, not 0.1 s."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_small_sweep_runs_and_tabulates(demo_path, tmp_path):
     saved = tmp_path / "sweep.json"
     result = compare_ranks(demo_path, demo_dataset(n=16), ranks=(2, 8), max_steps=3, batch_size=4, grad_accum=1,
