@@ -1,7 +1,8 @@
-"""Benchmark: how much of the adapter moves when TRL keeps it in bf16 (4-bit base) vs fp32 (full-precision base).
+"""Benchmark: how much of the adapter moves in training, with a 4-bit base and with a full-precision one.
 
 With a quantized base, TRL's SFTTrainer casts the LoRA weights to bf16. At a small learning rate Adam's step
-(~lr) can be smaller than half the bf16 spacing of an entry, which then never changes. This trains the demo
+(~lr) can be smaller than half the bf16 spacing of an entry, which then never changes; the kit therefore
+casts the adapter back to fp32 (``adapt.keep_adapter_fp32``), and this checks that it trains. This trains the demo
 model with the kit's presets (rsLoRA, alpha = r, lr_for_rank(r)) through ``train_adapter`` and reports the
 share of lora_A / lora_B entries that changed, and the final loss.
 
