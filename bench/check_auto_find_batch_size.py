@@ -5,7 +5,7 @@ real ``torch.OutOfMemoryError`` from a forward pre-hook while step 4 is being
 built, and prints the (global step, micro-batch) of every forward pass, the
 gradient accumulation after the retry, and a ``lora_B`` norm before and after.
 
-    OMP_NUM_THREADS=1 python docs/check_auto_find_batch_size.py
+    OMP_NUM_THREADS=1 python bench/check_auto_find_batch_size.py
 """
 
 from __future__ import annotations

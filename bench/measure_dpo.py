@@ -1,6 +1,6 @@
 """DPO on the demo preference pairs: reward margin by rank and learning rate, and how much of lora_A moves.
 
-    OMP_NUM_THREADS=1 python docs/measure_dpo.py
+    OMP_NUM_THREADS=1 python bench/measure_dpo.py
 
 Each run: 158 pairs, batch 8, 60 steps (about 3 passes), rsLoRA alpha = r.
 The margin and accuracy are TRL's, measured after training on all 158 pairs

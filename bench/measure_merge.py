@@ -1,6 +1,6 @@
 """How far each way of merging an rsLoRA adapter lands from the model as trained (4-bit base + adapter).
 
-    OMP_NUM_THREADS=1 python docs/measure_merge.py
+    OMP_NUM_THREADS=1 python bench/measure_merge.py
 
 Results and the machine they were measured on: docs/dpo_chat_export.md.
 """
