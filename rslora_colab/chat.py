@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from transformers import TrainerCallback
 
 from .data import ROLES, _turn_problems, check_chat_template
 from .load import runtime_of
@@ -71,3 +72,22 @@ def chat(result_or_model: Any, tokenizer: Any, prompt_or_messages: str | list[di
         elif was_training:
             model.train()
     return tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+class SampleCallback(TrainerCallback):
+    """Prints the model's reply to ``prompt`` once, as training starts, to compare with the reply after.
+
+    The adapter's B matrices start at zero, so on a fresh run this is the base
+    model's own answer; a resumed run answers with the checkpoint's adapter.
+    """
+
+    def __init__(self, prompt: str, max_new_tokens: int = 40) -> None:
+        self.prompt, self.max_new_tokens, self.shown = prompt, max_new_tokens, False
+
+    def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
+        if self.shown:  # train() starts again after an out-of-memory recovery
+            return
+        self.shown = True
+        when = f"At step {state.global_step} (resumed)" if state.global_step else "Before training"
+        print(f"\n{when}, {self.prompt!r} ->", flush=True)
+        chat(model, processing_class, self.prompt, max_new_tokens=self.max_new_tokens)

@@ -60,27 +60,14 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..chat import chat
-    from ..config import FinetuneConfig
-    from ..data import load_and_validate
-    from ..fit import fit_to_gpu
-    from ..load import load_model
+    from ..chat import SampleCallback, chat
     from ..train import quick_finetune
     from ..watch import mean_value
 
     model_name, data, overrides = resolve_job(args, TRAIN_KEYS)
-    settings = {"r": args.rank, "use_rslora": not args.lora, "backend": args.backend, "guard": args.guard,
-                "method": args.method, **overrides}
-    config = FinetuneConfig.from_overrides(**settings)  # bad settings fail here, before anything loads
-    dataset, _ = load_and_validate(data, args.method)  # and so does bad data
-    config, _ = fit_to_gpu(model_name, config)  # and, on a GPU, a run that cannot fit
-    settings.update(batch_size=config.batch_size, grad_accum=config.grad_accum,
-                    max_seq_length=config.max_seq_length, plan=False)  # planned once
-    model, tokenizer = load_model(model_name, config.max_seq_length, config.load_in_4bit, config.backend)
-    if args.sample:
-        print(f"\nBefore training, {args.sample!r} ->", flush=True)
-        chat(model, tokenizer, args.sample, max_new_tokens=40)
-    result = quick_finetune((model, tokenizer), dataset, resume=args.resume, **settings)
+    sample = [SampleCallback(args.sample)] if args.sample else []
+    result = quick_finetune(model_name, data, r=args.rank, use_rslora=not args.lora, backend=args.backend,
+                            guard=args.guard, method=args.method, resume=args.resume, callbacks=sample, **overrides)
     if args.sample:
         print(f"\nAfter training, {args.sample!r} ->", flush=True)
         chat(result, None, args.sample, max_new_tokens=40)
@@ -89,5 +76,6 @@ def run(args) -> int:
     if args.method == "dpo":
         print(f"reward margin (chosen - rejected) {mean_value(result.history, 'reward_margin', True):.3f} -> "
               f"{mean_value(result.history, 'reward_margin', False):.3f} (mean of first/last 5 steps)")
-    print(f"saved: {result.adapter_path}/, {config.output_dir}/metrics.json, {config.output_dir}/loss.png")
+    out = result.adapter_path.parent
+    print(f"saved: {result.adapter_path}/, {out}/metrics.json, {out}/loss.png")
     return 0
