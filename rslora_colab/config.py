@@ -98,39 +98,40 @@ class FinetuneConfig:
     def problems(self) -> list[str]:
         """Every problem with these settings, one readable line each."""
         checks = [
-            (_is_int(self.r) and MIN_RANK <= self.r <= MAX_RANK, "r", f"an integer from {MIN_RANK} to {MAX_RANK}"),
-            (self.alpha is None or _is_pos(self.alpha), "alpha", "a positive number, or None for alpha = r"),
-            (self.lr is None or (_is_pos(self.lr) and self.lr < 1), "lr", "a number in (0, 1), e.g. 1e-4"),
-            (self.max_steps is None or (_is_int(self.max_steps) and self.max_steps > 0), "max_steps",
+            (is_int(self.r) and MIN_RANK <= self.r <= MAX_RANK, "r", f"an integer from {MIN_RANK} to {MAX_RANK}"),
+            (self.alpha is None or is_positive(self.alpha), "alpha", "a positive number, or None for alpha = r"),
+            (self.lr is None or (is_positive(self.lr) and self.lr < 1), "lr", "a number in (0, 1), e.g. 1e-4"),
+            (self.max_steps is None or (is_int(self.max_steps) and self.max_steps > 0), "max_steps",
              "a positive integer, or None to train by epochs"),
-            (_is_pos(self.epochs), "epochs", "a positive number"),
-            (_is_int(self.batch_size) and self.batch_size > 0, "batch_size", "a positive integer"),
-            (_is_int(self.grad_accum) and self.grad_accum > 0, "grad_accum", "a positive integer"),
-            (_is_int(self.max_seq_length) and self.max_seq_length >= 16, "max_seq_length", "an integer >= 16"),
+            (is_positive(self.epochs), "epochs", "a positive number"),
+            (is_int(self.batch_size) and self.batch_size > 0, "batch_size", "a positive integer"),
+            (is_int(self.grad_accum) and self.grad_accum > 0, "grad_accum", "a positive integer"),
+            (is_int(self.max_seq_length) and self.max_seq_length >= 16, "max_seq_length", "an integer >= 16"),
             (isinstance(self.output_dir, str) and self.output_dir != "", "output_dir", "a folder path"),
-            (_is_int(self.seed), "seed", "an integer"),
+            (is_int(self.seed), "seed", "an integer"),
             (self.warmup_ratio is None or (isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1),
              "warmup_ratio", "a fraction in [0, 1)"),
             (self.lr_scheduler is None or self.lr_scheduler in SCHEDULERS, "lr_scheduler", f"one of {SCHEDULERS}"),
             (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay", "a number >= 0"),
-            (_is_pos(self.max_grad_norm), "max_grad_norm", "a positive number"),
+            (is_positive(self.max_grad_norm), "max_grad_norm", "a positive number"),
             (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"),
             (len(self.target_modules) > 0 and all(isinstance(t, str) for t in self.target_modules),
              "target_modules", "a non-empty list of layer names such as 'q_proj'"),
             (self.backend in BACKENDS, "backend", f"one of {BACKENDS}"),
-            (_is_int(self.logging_steps) and self.logging_steps > 0, "logging_steps", "a positive integer"),
+            (is_int(self.logging_steps) and self.logging_steps > 0, "logging_steps", "a positive integer"),
             (isinstance(self.plan, bool), "plan", "True or False"),
-            (_is_pos(self.gpu) or (isinstance(self.gpu, str) and self.gpu.strip().lower() in ("auto", *GPU_BUDGETS)),
+            (is_positive(self.gpu)
+             or (isinstance(self.gpu, str) and self.gpu.strip().lower() in ("auto", *GPU_BUDGETS)),
              "gpu", '"auto", "T4" or the usable GPU memory in GiB, e.g. 14.74'),
             (isinstance(self.guard, bool), "guard", "True or False"),
-            (_is_int(self.max_rollbacks) and self.max_rollbacks >= 0, "max_rollbacks", "an integer >= 0"),
-            (_is_pos(self.checkpoint_minutes) or self.checkpoint_minutes == 0, "checkpoint_minutes",
+            (is_int(self.max_rollbacks) and self.max_rollbacks >= 0, "max_rollbacks", "an integer >= 0"),
+            (is_positive(self.checkpoint_minutes) or self.checkpoint_minutes == 0, "checkpoint_minutes",
              "minutes > 0 between checkpoints, e.g. 4, or 0 to save only by step and at the end"),
-            (self.checkpoint_every is None or (_is_int(self.checkpoint_every) and self.checkpoint_every > 0),
+            (self.checkpoint_every is None or (is_int(self.checkpoint_every) and self.checkpoint_every > 0),
              "checkpoint_every", "a positive number of steps, or None"),
-            (_is_int(self.keep_checkpoints) and self.keep_checkpoints > 0, "keep_checkpoints", "an integer >= 1"),
+            (is_int(self.keep_checkpoints) and self.keep_checkpoints > 0, "keep_checkpoints", "an integer >= 1"),
             (self.method in METHODS, "method", f"one of {METHODS}"),
-            (_is_pos(self.beta), "beta", "a positive number, e.g. 0.1"),
+            (is_positive(self.beta), "beta", "a positive number, e.g. 0.1"),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
 
@@ -146,9 +147,11 @@ class FinetuneConfig:
         return cls(**overrides)
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
+    """True for an int that is not a bool (True would pass as 1)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_pos(value: Any) -> bool:
+def is_positive(value: Any) -> bool:
+    """True for a number > 0 that is not a bool."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .config import FinetuneConfig
+from .config import FinetuneConfig, is_int, is_positive
 from .data import load_and_validate
 from .load import load_model
 from .presets import MAX_RANK, MIN_RANK
@@ -89,17 +89,17 @@ class SweepConfig:
         presets = self.mode == "presets"
         checks = [
             (len(self.ranks) > 0 and len(set(self.ranks)) == len(self.ranks)
-             and all(_is_int(r) and MIN_RANK <= r <= MAX_RANK for r in self.ranks),
+             and all(is_int(r) and MIN_RANK <= r <= MAX_RANK for r in self.ranks),
              "ranks", f"distinct integers from {MIN_RANK} to {MAX_RANK}, e.g. (4, 16, 64, 256)"),
             (len(self.methods) > 0 and len(set(self.methods)) == len(self.methods)
              and all(m in METHODS for m in self.methods), "methods", f"some of {tuple(METHODS)}"),
             (self.mode in MODES, "mode", f"one of {MODES}"),
-            (self.alpha is None if presets else self.alpha is None or _is_pos(self.alpha), "alpha",
+            (self.alpha is None if presets else self.alpha is None or is_positive(self.alpha), "alpha",
              "None in presets mode (alpha = r there)" if presets else "a positive number, e.g. 8"),
-            (self.lr is None if presets else self.lr is None or (_is_pos(self.lr) and self.lr < 1), "lr",
+            (self.lr is None if presets else self.lr is None or (is_positive(self.lr) and self.lr < 1), "lr",
              "None in presets mode (lr_for_rank(r) there)" if presets else "a number in (0, 1), e.g. 1e-3"),
-            (_is_int(self.max_steps) and self.max_steps > 0, "max_steps", "a positive integer, e.g. 100"),
-            (len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and all(_is_int(s) for s in self.seeds),
+            (is_int(self.max_steps) and self.max_steps > 0, "max_steps", "a positive integer, e.g. 100"),
+            (len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds) and all(is_int(s) for s in self.seeds),
              "seeds", "distinct integers, e.g. (0, 1, 2)"),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
@@ -115,14 +115,6 @@ class SweepConfig:
         if self.mode == "controlled":
             settings.update(alpha=self.alpha, lr=self.lr)
         return settings
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_pos(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
 
 
 def _as_tuple(value: Any) -> tuple:
