@@ -9,6 +9,7 @@ from transformers import TrainerCallback
 
 from .data import ROLES, _turn_problems, check_chat_template
 from .load import runtime_of
+from .train import model_and_tokenizer
 
 
 def _messages(prompt_or_messages: str | list[dict]) -> list[dict]:
@@ -37,11 +38,7 @@ def chat(result_or_model: Any, tokenizer: Any, prompt_or_messages: str | list[di
 
     >>> chat(result, None, "Give the heading of the Python docs topic 'assert'.")  # doctest: +SKIP
     """
-    model = result_or_model
-    if hasattr(model, "adapter_path") and hasattr(model, "model"):  # a FinetuneResult
-        model, tokenizer = model.model, tokenizer or model.tokenizer
-    if tokenizer is None:
-        raise ValueError("tokenizer: pass the model's tokenizer (or pass a FinetuneResult, which carries it).")
+    model, tokenizer = model_and_tokenizer(result_or_model, tokenizer)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: pass a positive integer, e.g. 128.")
     messages = _messages(prompt_or_messages)

@@ -43,6 +43,7 @@ from .adapt import is_peft_model
 from .load import ADAPTER_CONFIG, _load_transformers, adapter_base, is_quantized, load_adapter, runtime_of
 from .runtime import Runtime, detect_runtime
 from .save import METRICS_FILE, save_adapter
+from .train import model_and_tokenizer
 
 HOW = ("adapter", "merged_16bit", "gguf")
 TOKEN_NAME = "HF_TOKEN"
@@ -60,11 +61,7 @@ def check_how(how: str, runtime: Runtime) -> None:
 
 
 def _model_and_tokenizer(result_or_model: Any, tokenizer: Any) -> tuple[Any, Any]:
-    model = result_or_model
-    if hasattr(model, "adapter_path") and hasattr(model, "model"):  # a FinetuneResult
-        model, tokenizer = model.model, tokenizer or model.tokenizer
-    if tokenizer is None:
-        raise ValueError("tokenizer: pass the tokenizer with a model (or pass the FinetuneResult itself).")
+    model, tokenizer = model_and_tokenizer(result_or_model, tokenizer)
     if not is_peft_model(model):
         raise ValueError(f"result_or_model: this {type(model).__name__} has no adapter to save; pass what "
                          "quick_finetune returned, or a model from add_rslora() or load_adapter().")

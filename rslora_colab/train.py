@@ -72,6 +72,15 @@ class FinetuneResult:
         return plot_loss(self.history, path, title=f"rsLoRA r={self.settings['r']}, lr={self.settings['lr']:.2g}")
 
 
+def model_and_tokenizer(result_or_model: Any, tokenizer: Any = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from a :class:`FinetuneResult`, or from a model and its tokenizer."""
+    if isinstance(result_or_model, FinetuneResult):
+        return result_or_model.model, tokenizer or result_or_model.tokenizer
+    if tokenizer is None:
+        raise ValueError("tokenizer: pass the model's tokenizer (or pass a FinetuneResult, which carries it).")
+    return result_or_model, tokenizer
+
+
 def resolve_settings(config: FinetuneConfig, runtime: Runtime) -> dict:
     """Fill the config's open fields from the rank preset and the machine."""
     preset = preset_for_rank(config.r, config.alpha, config.use_rslora, config.method)
