@@ -39,7 +39,9 @@ def _plain(path: str, rows: list[dict]) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
     from trl import SFTConfig, SFTTrainer
 
-    bf16 = torch.cuda.is_bf16_supported()
+    from rslora_colab.runtime import has_native_bf16
+
+    bf16 = has_native_bf16()  # not torch.cuda.is_bf16_supported(): that says True on a T4 (emulation)
     dtype = torch.bfloat16 if bf16 else torch.float16
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype)

@@ -76,9 +76,9 @@ Command line: ``python -m rslora_colab {train,plan,compare,chat,export} --help``
 
 import logging
 
-from ._unsloth_first import import_unsloth_first
+from .runtime import import_unsloth_first
 
-import_unsloth_first()  # Unsloth patches transformers/TRL/PEFT only if imported before them
+import_unsloth_first()  # Unsloth patches transformers/TRL/PEFT only if imported before them (GPU or CPU backend)
 # bitsandbytes logs a harmless notice on CPUs with AVX512-BF16 about an optional hub kernel it cannot fetch.
 logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 

@@ -145,7 +145,7 @@ def add_rslora(
         if _same_adapter(model, r, alpha, targets, dropout, use_rslora):
             print("rslora-colab: the model already has this adapter; reusing it", flush=True)
             return model
-        if runtime.backend == "unsloth":
+        if runtime.unsloth_gpu:  # Unsloth's GPU models are patched in place; its CPU backend is stock PEFT
             raise ValueError("This Unsloth model already has a different adapter: reload it with load_model() first.")
         print("rslora-colab: replacing the model's previous adapter", flush=True)
         model = model.unload()

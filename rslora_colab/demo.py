@@ -264,6 +264,19 @@ def demo_model(pretrain_steps: int = 300) -> str:
     return str(target)
 
 
+def demo_threads() -> int:
+    """Train the demo on one torch thread unless ``OMP_NUM_THREADS`` says otherwise; returns the thread count.
+
+    The demo model is tiny: a second thread buys nothing, and torch's default
+    (a thread per core) fights any other busy process. On a shared 2-core
+    machine a 60-step run took 2-3 min instead of ~10 s (docs/results.md).
+    """
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() != 1:
+        torch.set_num_threads(1)
+        print("rslora-colab: demo on CPU: training with 1 torch thread (set OMP_NUM_THREADS to choose)", flush=True)
+    return torch.get_num_threads()
+
+
 def resolve_model_name(name: str) -> str:
     """Map the alias ``"demo"`` to the demo model's path; other names pass through."""
     return demo_model() if name == DEMO_NAME else name

@@ -1,7 +1,7 @@
 """Export a trained adapter: as an adapter, merged into 16-bit weights, or as GGUF; and push it to the Hub.
 
 =================  =========================================  ==============================================
-``how``            Unsloth backend (GPU)                      transformers backend (CPU, or no Unsloth)
+``how``            Unsloth on a GPU                           elsewhere (transformers, or Unsloth's CPU backend)
 =================  =========================================  ==============================================
 ``adapter``        PEFT ``save_pretrained``                   PEFT ``save_pretrained``
 ``merged_16bit``   ``model.save_pretrained_merged(...,        PEFT ``merge_and_unload`` into the base,
@@ -12,6 +12,10 @@
 
 The adapter's ``adapter_config.json`` keeps ``use_rslora: true``, so PEFT and
 vLLM apply alpha/sqrt(r) when they load it; :func:`save` checks that it did.
+
+Unsloth 2026.10.9's CPU backend raises ``NotImplementedError`` when asked to
+merge into a 4-bit model ("not supported on CPU yet"), so off the GPU the kit
+always merges itself, as described next.
 
 Merging without Unsloth: PEFT can merge into a 4-bit layer, but it re-quantizes
 the sum to NF4, which rounds most of the adapter's change away. The kit instead
@@ -53,9 +57,9 @@ def check_how(how: str, runtime: Runtime) -> None:
     """Raise a clear ``ValueError`` for an unknown ``how``, or ``gguf`` outside Unsloth."""
     if how not in HOW:
         raise ValueError(f"how={how!r} is not known: use one of {HOW}.")
-    if how == "gguf" and runtime.backend != "unsloth":
+    if how == "gguf" and not runtime.unsloth_gpu:
         raise ValueError("how='gguf' needs a GPU runtime with Unsloth, which converts through llama.cpp (on Colab: "
-                         "Runtime > Change runtime type > T4 GPU, then pip install -r requirements-gpu.txt). Here "
+                         "Runtime > Change runtime type > T4 GPU, then pip install -r requirements-colab.txt). Here "
                          f"the backend is {runtime.backend} on {runtime.device}: save how='merged_16bit' and convert "
                          "that folder with llama.cpp's convert_hf_to_gguf.py.")
 
@@ -140,7 +144,7 @@ def save(result_or_model: Any, path: str | Path, how: str = "adapter", quantizat
     if how == "adapter":
         save_adapter(model, tokenizer, path)
         _check_rslora_kept(model, path)
-    elif runtime.backend == "unsloth" and how == "merged_16bit":
+    elif runtime.unsloth_gpu and how == "merged_16bit":
         model.save_pretrained_merged(str(path), tokenizer, save_method="merged_16bit")
     elif how == "gguf":
         model.save_pretrained_gguf(str(path), tokenizer, quantization_method=quantization)
@@ -165,7 +169,7 @@ def export_adapter(adapter_dir: str | Path, path: str | Path, how: str = "adapte
     if how == "adapter":
         shutil.copytree(adapter_dir, path, dirs_exist_ok=True)
         return Path(path)
-    if runtime.backend == "transformers":
+    if not runtime.unsloth_gpu:  # Unsloth's CPU backend cannot merge into 4-bit: the kit's merge works everywhere
         return merge_adapter(adapter_dir, path)
     model, tokenizer = load_adapter(adapter_dir, backend=backend)
     return save(model, path, how, quantization, tokenizer)
@@ -215,7 +219,7 @@ def push_to_hub(result_or_model: Any, repo_id: str, how: str = "adapter", privat
 
 
 def _push(model, tokenizer, repo_id, how, private, token, quantization, runtime) -> str:
-    if runtime.backend == "unsloth" and how == "merged_16bit":
+    if runtime.unsloth_gpu and how == "merged_16bit":
         model.push_to_hub_merged(repo_id, tokenizer, save_method="merged_16bit", token=token, private=private)
         return f"https://huggingface.co/{repo_id}"
     if how == "gguf":

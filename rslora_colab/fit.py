@@ -61,15 +61,13 @@ def estimate_settings(config: FinetuneConfig, runtime: Runtime) -> dict[str, Any
     ``prepare_model_for_kbit_training`` upcasts them) and uses plain gradient
     checkpointing; Unsloth keeps them 16-bit and offloads checkpoints.
     """
-    from .train import resolve_settings  # the one place the optimizer is chosen
-
     unsloth = runtime.backend == "unsloth"
     wide = runtime.precision == "fp32" or (not unsloth and config.load_in_4bit)
     checkpointing = ("unsloth" if unsloth else True) if config.gradient_checkpointing else False
     return {
         "target_modules": [t for t in config.target_modules if t in STANDARD_MODULES + FUSED_MODULES],
         "load_in_4bit": config.load_in_4bit,
-        "optimizer": resolve_settings(config, runtime)["optimizer"],
+        "optimizer": runtime.optimizer,
         "gradient_checkpointing": checkpointing,
         "dtype_bytes": 4 if wide else 2,
     }

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .demo import resolve_model_name
+from .demo import DEMO_NAME, demo_threads, resolve_model_name
 from .runtime import Runtime, detect_runtime
 
 RUNTIME_ATTR = "rslora_colab_runtime"
@@ -65,11 +65,13 @@ def load_model(
     * ``backend="unsloth"``: ``unsloth.FastLanguageModel.from_pretrained``.
     * ``backend="transformers"``: ``AutoModelForCausalLM`` with an NF4,
       double-quantised ``BitsAndBytesConfig`` (4-bit also works on CPU).
-    * ``backend="auto"``: Unsloth when a CUDA GPU is present and unsloth is
-      installed, else transformers. One line says which and why.
+    * ``backend="auto"``: Unsloth wherever it is installed (its GPU path on
+      CUDA, its CPU backend elsewhere), else transformers. One line says which
+      and why (see :mod:`rslora_colab.runtime`).
 
-    Precision is automatic: bf16 where the GPU supports it, fp16 on older GPUs
+    Precision is automatic: bf16 on compute capability >= 8, fp16 on older GPUs
     (T4), fp32 on CPU; ``precision="fp16"`` forces T4 behaviour on a bigger GPU.
+    The demo model on CPU trains with one torch thread (see :func:`demo_threads`).
     Returns ``(model, tokenizer)``.
 
     >>> model, tokenizer = load_model("demo")  # doctest: +SKIP
@@ -77,6 +79,8 @@ def load_model(
     if not isinstance(max_seq_length, int) or max_seq_length < 16:
         raise ValueError(f"max_seq_length={max_seq_length!r}: pass an integer >= 16, e.g. 2048.")
     runtime = detect_runtime(backend, precision)
+    if model_name == DEMO_NAME and not runtime.on_gpu:
+        demo_threads()
     name = resolve_model_name(model_name)
     quant = "4-bit NF4" if load_in_4bit else "16-bit" if runtime.on_gpu else "full precision"
     print(f"rslora-colab: loading {model_name} with {runtime.backend} ({runtime.reason}); "

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from .demo import DEMO_NAME, DEMO_SWEEP_STEPS, demo_preferences, demo_training
-from .runtime import detect_runtime
+from .runtime import detect_runtime, gpu_capability, precision_reason
 
 GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
 """The model ``"auto"`` picks on a GPU: small, instruction-tuned, pre-quantized to 4-bit."""
@@ -94,6 +94,10 @@ class RuntimeCheck:
     """``"unsloth"`` or ``"transformers"``, and why: see :attr:`reason`."""
     reason: str
     """Why that backend."""
+    optimizer: str
+    """The transformers ``optim`` training will use (``adamw_8bit`` on a GPU)."""
+    precision_reason: str
+    """Why that precision, e.g. ``"no bf16 on this GPU (compute capability 7.5 < 8)"``."""
     notice: str
     """The CPU fallback notice; empty on a GPU."""
 
@@ -103,21 +107,21 @@ class RuntimeCheck:
             head = ["GPU: none (CPU only)"]
         else:
             head = [f"GPU: {self.gpu}, {self.vram_gib:.2f} GiB, compute capability {self.compute_capability}"]
-        why_precision = {"bf16": "this GPU supports bf16", "fp16": "no bf16 on this GPU (compute capability < 8)",
-                         "fp32": "CPU"}[self.precision]
-        lines = head + [f"precision: {self.precision} ({why_precision})", f"backend: {self.backend} ({self.reason})"]
+        lines = head + [f"precision: {self.precision} ({self.precision_reason})",
+                        f"backend: {self.backend} ({self.reason})", f"optimizer: {self.optimizer}"]
         return lines + ([self.notice] if self.notice else [])
 
 
 def check_runtime() -> RuntimeCheck:
     """Print and return what this runtime offers: GPU, memory, bf16/fp16, backend; on CPU, the demo notice."""
     runtime = detect_runtime()
-    gpu = vram = capability = None
-    if torch.cuda.is_available():
+    gpu = vram = shown = None
+    capability = gpu_capability()
+    if capability is not None:
         props = torch.cuda.get_device_properties(0)
-        gpu, vram, capability = props.name, props.total_memory / 2**30, f"{props.major}.{props.minor}"
-    check = RuntimeCheck(gpu, vram, capability, runtime.precision, runtime.backend, runtime.reason,
-                         "" if gpu else CPU_NOTICE)
+        gpu, vram, shown = props.name, props.total_memory / 2**30, f"{capability[0]}.{capability[1]}"
+    check = RuntimeCheck(gpu, vram, shown, runtime.precision, runtime.backend, runtime.reason, runtime.optimizer,
+                         precision_reason(runtime.precision, capability), "" if gpu else CPU_NOTICE)
     print("rslora-colab runtime check\n  " + "\n  ".join(check.lines()), flush=True)
     return check
 

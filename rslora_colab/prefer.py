@@ -144,9 +144,11 @@ def build_dpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, config
                       callbacks: list | None = None):
     """TRL's ``DPOTrainer`` over an rsLoRA-adapted model; the reference is the base, adapter disabled."""
     if runtime_of(model).backend == "unsloth":
-        from unsloth import PatchDPOTrainer
+        import unsloth
 
-        PatchDPOTrainer()  # before TRL's DPOTrainer is imported
+        patch = getattr(unsloth, "PatchDPOTrainer", None)  # a no-op on GPU in 2026.10.9; its CPU backend has none
+        if patch is not None:
+            patch()
     from trl import DPOTrainer
 
     fresh = is_fresh_adapter(model)

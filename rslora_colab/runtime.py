@@ -1,8 +1,33 @@
-"""What this machine can do: backend (Unsloth or transformers) and precision."""
+"""What this machine can do: backend (Unsloth or transformers), precision and optimizer.
+
+Every decision the kit takes about the device is made here, from facts torch
+reports, so that tests can simulate any GPU (``tests/conftest.py``):
+
+* **precision** — bf16 on GPUs with compute capability >= 8 (Ampere and
+  newer), fp16 below (T4, V100, P100), fp32 on CPU. Not
+  ``torch.cuda.is_bf16_supported()``: its default ``including_emulation=True``
+  answers True on a T4, where a bf16 tensor can be created but bf16 matmuls
+  are not supported; Unsloth's ``is_bfloat16_supported`` uses the same
+  ``major >= 8`` rule, and its trainer refuses bf16 arguments on an fp16 model.
+* **backend** — Unsloth wherever it is installed and importable (its GPU
+  path on CUDA, its CPU backend elsewhere: Unsloth 2026.10.9 runs stock
+  transformers + PEFT + TRL on CPU and patches what TRL 1.15 cannot run
+  there); transformers + PEFT when it is not installed, failed to import, or
+  ``RSLORA_COLAB_NO_UNSLOTH=1`` is set.
+* **optimizer** — bitsandbytes' 8-bit AdamW on a GPU; on CPU plain AdamW
+  (Unsloth's CPU backend swaps any AdamW for ``adamw_torch_fused``, so the
+  kit asks for that one there and records what really runs).
+
+Unsloth patches transformers, TRL and PEFT when it is imported and warns when
+they were imported first: :func:`import_unsloth_first` runs as the package is
+imported, before any of them.
+"""
 
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,6 +36,88 @@ import torch
 Backend = Literal["unsloth", "transformers"]
 Precision = Literal["bf16", "fp16", "fp32"]
 BACKENDS = ("auto", "unsloth", "transformers")
+PRECISIONS = ("bf16", "fp16", "fp32")
+NO_UNSLOTH_ENV = "RSLORA_COLAB_NO_UNSLOTH"
+"""Set to 1 to keep the kit from importing or using Unsloth (the transformers + PEFT branch everywhere)."""
+BF16_MIN_CAPABILITY = (8, 0)
+"""Compute capability from which a GPU has real bf16 matmuls (Ampere)."""
+
+_unsloth_import_error: str | None = None
+"""Why ``import unsloth`` failed, when it was tried and failed (the backend reason quotes it)."""
+
+
+def unsloth_disabled() -> bool:
+    """True when ``RSLORA_COLAB_NO_UNSLOTH`` is set to anything but ``""``/``0``."""
+    return os.environ.get(NO_UNSLOTH_ENV, "").strip() not in ("", "0")
+
+
+def unsloth_installed() -> bool:
+    """True when the ``unsloth`` package can be found (without importing it)."""
+    return "unsloth" in sys.modules or importlib.util.find_spec("unsloth") is not None
+
+
+def import_unsloth_first() -> bool:
+    """Import ``unsloth`` now, on any device, if it is installed and not switched off; True when imported.
+
+    A broken installation is reported once and the kit carries on with
+    transformers + PEFT (:func:`detect_runtime` says why).
+    """
+    global _unsloth_import_error
+    if "unsloth" in sys.modules:
+        return True
+    if unsloth_disabled() or not unsloth_installed():
+        return False
+    try:
+        import unsloth  # noqa: F401
+    except Exception as err:  # noqa: BLE001 - any import failure means: no Unsloth here
+        _unsloth_import_error = f"{type(err).__name__}: {err}"
+        print(f"rslora-colab: WARNING: unsloth is installed but failed to import ({_unsloth_import_error}); "
+              "using transformers + PEFT", file=sys.stderr, flush=True)
+        return False
+    return True
+
+
+def unsloth_usable() -> tuple[bool, str]:
+    """Whether the Unsloth branch can run here, and why not when it cannot."""
+    if unsloth_disabled():
+        return False, f"{NO_UNSLOTH_ENV} is set"
+    if not unsloth_installed():
+        return False, "unsloth is not installed"
+    if _unsloth_import_error is not None:
+        return False, f"unsloth failed to import ({_unsloth_import_error})"
+    return True, ""
+
+
+def gpu_capability() -> tuple[int, int] | None:
+    """Compute capability of CUDA device 0, e.g. ``(7, 5)`` for a T4; None without a CUDA GPU."""
+    if not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(0))
+
+
+def has_native_bf16() -> bool:
+    """True on a CUDA GPU with real bf16 support (compute capability >= 8.0)."""
+    capability = gpu_capability()
+    return capability is not None and capability >= BF16_MIN_CAPABILITY
+
+
+def detect_precision() -> Precision:
+    """bf16 on compute capability >= 8, fp16 on older GPUs (T4, V100), fp32 on CPU."""
+    if not torch.cuda.is_available():
+        return "fp32"
+    return "bf16" if has_native_bf16() else "fp16"
+
+
+def precision_reason(precision: str, capability: tuple[int, int] | None) -> str:
+    """Why this precision, in a few words (for the runtime check)."""
+    if capability is None:
+        return "CPU"
+    shown = f"compute capability {capability[0]}.{capability[1]}"
+    if precision == "bf16":
+        return f"{shown} >= 8: real bf16"
+    if precision == "fp16" and capability < BF16_MIN_CAPABILITY:
+        return f"no bf16 on this GPU ({shown} < 8)"
+    return f"{precision} requested"
 
 
 @dataclass(frozen=True)
@@ -18,9 +125,9 @@ class Runtime:
     """The backend and precision chosen for this machine, and why."""
 
     backend: Backend
-    """``"unsloth"`` (FastLanguageModel, GPU only) or ``"transformers"``."""
+    """``"unsloth"`` (FastLanguageModel: its GPU path, or its CPU backend) or ``"transformers"``."""
     precision: Precision
-    """bf16 on GPUs that support it, fp16 on older GPUs (T4), fp32 on CPU."""
+    """bf16 on GPUs with compute capability >= 8, fp16 on older GPUs (T4), fp32 on CPU."""
     device: str
     """A human name for the device, e.g. ``"Tesla T4"`` or ``"cpu"``."""
     reason: str
@@ -32,39 +139,42 @@ class Runtime:
         return self.device != "cpu"
 
     @property
+    def unsloth_gpu(self) -> bool:
+        """True on Unsloth's GPU path: its kernels, its trainer patches, its merged and GGUF export."""
+        return self.backend == "unsloth" and self.on_gpu
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         """The torch dtype matching :attr:`precision`."""
         return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[self.precision]
 
-
-def detect_precision() -> Precision:
-    """bf16 where the GPU supports it (compute capability >= 8), fp16 on older GPUs, fp32 on CPU."""
-    if not torch.cuda.is_available():
-        return "fp32"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
-def unsloth_installed() -> bool:
-    """True when the ``unsloth`` package can be found (without importing it)."""
-    return importlib.util.find_spec("unsloth") is not None
+    @property
+    def optimizer(self) -> str:
+        """The transformers ``optim`` the trainer gets: 8-bit AdamW on a GPU, AdamW on CPU."""
+        if self.on_gpu:
+            return "adamw_8bit"
+        return "adamw_torch_fused" if self.backend == "unsloth" else "adamw_torch"
 
 
 def _check_precision(precision: str, cuda: bool) -> None:
-    if precision not in ("bf16", "fp16", "fp32"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not known: use 'bf16', 'fp16', 'fp32' or None (automatic).")
     if precision != "fp32" and not cuda:
         raise ValueError(f"precision={precision!r} needs a CUDA GPU; on CPU use None or 'fp32'.")
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ValueError("precision='bf16' is not supported by this GPU (compute capability < 8): use 'fp16'.")
+    if precision == "bf16" and not has_native_bf16():
+        major, minor = gpu_capability()
+        raise ValueError(f"precision='bf16' needs compute capability >= 8 (Ampere or newer); this GPU has "
+                         f"{major}.{minor}: use 'fp16' or None (automatic).")
 
 
 def detect_runtime(backend: str = "auto", precision: str | None = None) -> Runtime:
-    """Pick the backend: Unsloth when CUDA is present and unsloth is installed, else transformers.
+    """Pick the backend and precision for this machine.
 
-    ``precision=None`` picks it automatically; ``"fp16"`` forces T4 behaviour on
-    a bigger GPU (for emulation and benchmarks). ``backend="unsloth"`` on a
-    machine without CUDA or without unsloth raises a ``ValueError`` that says
-    what is missing.
+    ``backend="auto"``: Unsloth wherever it is usable (GPU or CPU), else
+    transformers + PEFT. ``precision=None`` picks it from the device;
+    ``"fp16"`` forces T4 behaviour on a bigger GPU (for emulation and
+    benchmarks). ``backend="unsloth"`` where Unsloth cannot run raises a
+    ``ValueError`` saying why.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not known: use one of {BACKENDS}.")
@@ -73,12 +183,13 @@ def detect_runtime(backend: str = "auto", precision: str | None = None) -> Runti
     if precision is not None:
         _check_precision(precision, cuda)
     precision = precision or detect_precision()
-    if backend == "unsloth" and not (cuda and unsloth_installed()):
-        missing = "a CUDA GPU" if not cuda else "the unsloth package (pip install unsloth)"
-        raise ValueError(f"backend='unsloth' needs {missing}; use backend='transformers' or 'auto'.")
+    usable, why_not = unsloth_usable()
+    if backend == "unsloth" and not usable:
+        fix = "unset it" if unsloth_disabled() else "pip install -r requirements-colab.txt"
+        raise ValueError(f"backend='unsloth' cannot run here: {why_not} ({fix}); use backend='transformers' or 'auto'.")
     if backend == "transformers":
         return Runtime("transformers", precision, device, "transformers backend requested")
-    if cuda and unsloth_installed():
-        return Runtime("unsloth", precision, device, f"CUDA GPU found ({device}) and unsloth is installed")
-    why = "no CUDA GPU found" if not cuda else "unsloth is not installed"
-    return Runtime("transformers", precision, device, f"{why}; using transformers + PEFT")
+    if usable:
+        where = f"its GPU path on {device}" if cuda else "its CPU backend (no CUDA GPU)"
+        return Runtime("unsloth", precision, device, f"unsloth is installed: {where}")
+    return Runtime("transformers", precision, device, f"{why_not}; using transformers + PEFT")

@@ -90,7 +90,7 @@ def resolve_settings(config: FinetuneConfig, runtime: Runtime) -> dict:
         "lr": config.lr if config.lr is not None else preset.lr,
         "warmup_ratio": config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
         "lr_scheduler": config.lr_scheduler or preset.lr_scheduler,
-        "optimizer": "adamw_8bit" if runtime.on_gpu else "adamw_torch",
+        "optimizer": runtime.optimizer,
         "batch_size": config.batch_size, "grad_accum": config.grad_accum,
         "max_seq_length": config.max_seq_length, "max_steps": config.max_steps, "epochs": config.epochs,
         "seed": config.seed, "target_modules": list(config.target_modules), "load_in_4bit": config.load_in_4bit,
@@ -146,8 +146,8 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
         train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
         trainer = SFTTrainer(model=model, args=sft_config(config, settings, **extra), train_dataset=train_dataset,
                              processing_class=tokenizer, callbacks=callbacks or [])
-    if runtime_of(model).backend == "transformers":
-        keep_adapter_fp32(trainer.model)  # undo TRL's bf16 cast of QLoRA adapters
+    if not runtime_of(model).unsloth_gpu:
+        keep_adapter_fp32(trainer.model)  # undo TRL's bf16 cast of QLoRA adapters (Unsloth's CPU backend too)
     return make_checkpoints_atomic(trainer)
 
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the offline demo model (built once per machine, then cached)."""
+"""Shared fixtures: the offline demo model (built once per machine, then cached) and a simulated GPU."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from rslora_colab import demo_model, load_model
+from rslora_colab.runtime import detect_runtime
+from simulated_gpu import GPUS, FakeGPU, simulate_gpu
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,3 +26,16 @@ def demo_path() -> str:
 def demo_pair(demo_path):
     """A fresh 4-bit demo model and its tokenizer."""
     return load_model(demo_path, max_seq_length=256)
+
+
+@pytest.fixture(scope="session")
+def cpu_backend() -> str:
+    """The backend this test environment trains with on CPU: "unsloth" (the Colab-stack lane, Unsloth's CPU
+    backend) or "transformers" (the CPU lane)."""
+    return detect_runtime().backend
+
+
+@pytest.fixture
+def simulated_gpu(monkeypatch, request) -> FakeGPU:
+    """A simulated CUDA GPU (see ``simulated_gpu.py``); parametrize indirectly with a key of ``GPUS``, e.g. "T4"."""
+    return simulate_gpu(monkeypatch, GPUS[request.param])

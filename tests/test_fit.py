@@ -28,7 +28,7 @@ def test_too_small_gpu_raises_before_any_weights_load(capsys):
 
 def test_tight_gpu_shrinks_the_micro_batch_and_keeps_the_effective_batch(demo_path, tmp_path, capsys):
     config = FinetuneConfig(r=8, max_seq_length=64)
-    kwargs = estimate_settings(config, detect_runtime("transformers"))
+    kwargs = estimate_settings(config, detect_runtime())  # the backend quick_finetune will train with here
     one, two = (estimate_vram(demo_path, r=8, max_seq_length=64, batch_size=b, **kwargs).total_gib for b in (1, 2))
     result = quick_finetune(demo_path, demo_dataset(n=16), r=8, max_steps=1, batch_size=4, grad_accum=1,
                             max_seq_length=64, output_dir=str(tmp_path), gpu=(one + two) / 2)

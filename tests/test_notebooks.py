@@ -47,3 +47,42 @@ def test_quickstart_has_the_sections_in_order():
     headings = [line[3:].strip() for c in _cells(path) if c["cell_type"] == "markdown"
                 for line in c["text"].splitlines() if line.startswith("## ")]
     assert headings == QUICKSTART_SECTIONS
+
+
+def _install_cell(path: Path) -> str:
+    return next(c["text"] for c in _cells(path) if c["cell_type"] == "code" and "pip" in c["text"])
+
+
+def test_every_notebook_installs_the_pinned_kit_from_the_one_location():
+    import tomllib
+
+    project = tomllib.loads((NOTEBOOKS[0].parents[1] / "pyproject.toml").read_text())
+    repo = project["project"]["urls"]["Repository"]
+    cells = {_install_cell(p) for p in NOTEBOOKS}
+    assert len(cells) == 1, "the three install cells must be the same"
+    kit = re.search(r'^KIT = "(.+)"$', cells.pop(), re.M).group(1)
+    assert kit == f"rslora-colab[colab] @ git+{repo}"  # [colab]: the extra made of requirements-colab.txt
+    extra = project["tool"]["setuptools"]["dynamic"]["optional-dependencies"]["colab"]
+    assert extra == {"file": ["requirements-colab.txt"]}
+
+
+def test_a_failed_install_stops_run_all_with_pips_message(monkeypatch):
+    import importlib.util
+    import subprocess
+    import sys
+    import types
+
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "rslora_colab" else real_find_spec(name, *a))
+    calls = []
+
+    def failing_pip(cmd, **kwargs):
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies unsloth")
+
+    monkeypatch.setattr(subprocess, "run", failing_pip)
+    with pytest.raises(RuntimeError, match="(?s)pip install failed.*Could not find a version.*Run all again"):
+        exec(_install_cell(NOTEBOOKS[0]), {})
+    assert calls and calls[0][1:4] == ["-m", "pip", "install"]

@@ -99,7 +99,7 @@ def test_cli_compare_presets(tmp_path, capsys, monkeypatch, demo_path):
     assert torch.get_num_threads() == 1  # the demo on CPU trains with one thread unless told otherwise
     assert code == 0
     printed = capsys.readouterr().out
-    assert "training with 1 thread" in printed
+    assert "training with 1 torch thread" in printed
     assert "| rslora | 4 |" in printed and "| rslora | 16 |" in printed and "| lora |" not in printed
     table = json.loads((out / "sweep.json").read_text())["table"]
     expected = [(4, 4.0, lr_for_rank(4)), (16, 16.0, lr_for_rank(16))]

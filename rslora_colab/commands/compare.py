@@ -15,10 +15,7 @@ examples:
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
-
-import torch
 
 from ..demo import DEMO_NAME, DEMO_SWEEP_STEPS
 from ..runtime import BACKENDS
@@ -48,23 +45,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def one_thread_for_the_demo(model: str) -> None:
-    """On CPU, train the demo with one thread unless OMP_NUM_THREADS says otherwise.
-
-    The demo model is tiny, and torch's default (a thread per core) fights any
-    other busy process: on a shared 2-core machine a 60-step run took 2-3 min
-    instead of ~10 s (docs/results.md).
-    """
-    if model == DEMO_NAME and not torch.cuda.is_available() and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-        print("rslora-colab: demo on CPU: training with 1 thread (set OMP_NUM_THREADS to choose)", flush=True)
-
-
 def run(args) -> int:
     from ..sweep import compare_ranks
 
     model, data, overrides = resolve_job(args, ("batch_size", "grad_accum", "max_seq_length"))
-    one_thread_for_the_demo(model)
     overrides.pop("max_steps", None)  # the demo's single-run length; the sweep sets its own
     max_steps = args.max_steps or (DEMO_SWEEP_STEPS if model == DEMO_NAME else 100)
     out = Path(args.out)
