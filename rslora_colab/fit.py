@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .catalog import STANDARD_MODULES, ModelSpec, resolve_spec, spec_from_config
+from .catalog import STANDARD_MODULES, ModelSpec, resolve_spec, spec_from_config, unsloth_maps_to_dynamic
 from .config import FinetuneConfig
 from .load import runtime_of
 from .plan import TrainPlan, plan_for_gpu
@@ -97,6 +97,9 @@ def fit_to_gpu(model: Any, config: FinetuneConfig) -> tuple[FinetuneConfig, Trai
     if spec is None:
         return config, None
     runtime = runtime_of(model[0]) if isinstance(model, tuple) else detect_runtime(config.backend)
+    if runtime.backend != "unsloth" and isinstance(model, str) and unsloth_maps_to_dynamic(model):
+        # Only Unsloth's mapper swaps a hub id for its dynamic 4-bit repo; transformers quantizes every linear.
+        spec = dataclasses.replace(spec, dynamic_quant=False)
     kwargs = estimate_settings(config, runtime)
     if not kwargs["target_modules"]:
         print(f"rslora-colab: no memory plan: the estimator does not know target_modules "

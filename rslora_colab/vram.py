@@ -2,9 +2,12 @@
 
 Every number here is arithmetic on the model's ``config.json`` plus the
 constants in :class:`Calibration`. **The constants are taken from papers and
-library documentation; none has been checked against a GPU measurement yet.**
-``docs/memory.md`` lists the formulas and sources; pass your own
-``Calibration`` once measurements exist.
+library source code; none has been checked on a GPU of ours yet.** The static
+part (what is resident after loading and adding LoRA) matches the figures
+Unsloth's own T4 notebooks print for Llama and Qwen models within 1 % when the
+constants describe the library versions those notebooks ran
+(:data:`STACK_CALIBRATIONS`); ``docs/memory.md`` lists the formulas, sources
+and that comparison. Pass your own ``Calibration`` once measurements exist.
 
 Notation: h hidden size, i intermediate size, L layers, a attention heads,
 d head_dim, V vocabulary, s sequence length, b micro-batch, r LoRA rank.
@@ -16,9 +19,21 @@ Terms (bytes), each summed into :class:`VramEstimate`:
   ``nf4_bytes_per_param`` = 0.516 B in 4-bit (QLoRA, Dettmers et al. 2023,
   arXiv:2305.14314: 4-bit codes 0.5 B + 8-bit absmax per 64 weights 1/64 B +
   fp32 second-level constant per 256 blocks 4/16384 B = 0.5159 B), else
-  ``dtype_bytes``.
+  ``dtype_bytes``. The published sizes of Unsloth's plain 4-bit repos agree to
+  0.1 % (Meta-Llama-3.1-8B-bnb-4bit 5.70 GB, Qwen2.5-7B-bnb-4bit 5.55 GB);
+  bitsandbytes' per-matrix code tables (16 + 256 floats) are noise.
+* 16-bit layers of a dynamic quant: the linears an ``-unsloth-bnb-4bit`` repo
+  keeps unquantized (its ``llm_int8_skip_modules``), at ``dtype_bytes``
+  instead of NF4 (:func:`dynamic_16bit_params`).
 * embeddings: embedding + lm_head (V*h tied, 2*V*h untied) + RMSNorm weights,
-  kept in 16-bit by bitsandbytes (only linear layers are quantized).
+  kept in 16-bit by bitsandbytes (only linear layers are quantized). Neither
+  loader unties a tied head: Unsloth re-ties it (``unsloth_zoo`` patching_utils,
+  ``patch_model_and_tokenizer``: ``lm_head.weight = ... old_input_embedding``,
+  ``model.tie_weights()``), PEFT's ``prepare_model_for_kbit_training`` casts the
+  one shared parameter in place (``param.data = param.data.to(float32)``).
+* RoPE caches (Unsloth): cos and sin tables of min(32768, max_position) rows x
+  head_dim in fp16 (Unsloth's ``LlamaRotaryEmbedding``); one shared table now,
+  one per attention layer in Unsloth 2024.x (see ``Calibration``).
 * LoRA weights / grads / optimizer: r*(d_in + d_out) params per adapted
   module per layer; fp32 weights and grads (fp16 mixed precision keeps fp32
   masters); AdamW keeps 8 B/param (two fp32 moments), bitsandbytes 8-bit
@@ -32,20 +47,29 @@ Terms (bytes), each summed into :class:`VramEstimate`:
   checkpointing keeps only each layer's 16-bit input (2*s*b*h) plus one
   layer's full activations during recompute; Unsloth's ``"unsloth"`` mode
   moves those per-layer inputs to CPU RAM, leaving a couple on the GPU.
-* logits: b*s*V elements; transformers' loss keeps fp16 logits (2 B) + an
-  fp32 upcast (4 B) + its fp32 gradient (4 B) = 10 B; Unsloth's fused
-  cross-entropy works on the fp16 logits and writes the gradient in place
-  (we count 4 B).
+* logits: transformers' loss keeps all b*s*V logits: fp16 (2 B) + an fp32
+  upcast (4 B) + its fp32 gradient (4 B) = 10 B. Unsloth's fused linear
+  cross-entropy (``unsloth_zoo.fused_losses.fused_linear``) computes the logits
+  one chunk of rows at a time and writes the hidden-state gradient in forward:
+  one chunk of :func:`fused_ce_rows` rows x V plus b*s*h*2 B
+  (:func:`logits_bytes`).
 * workspace: bitsandbytes dequantizes one NF4 matrix to 16-bit per matmul;
   two of the largest are counted (forward and backward).
 * CUDA context + cuBLAS workspaces (~0.3-0.5 GB, not in PyTorch's
   ``max_memory_reserved``) and an allocator fragmentation margin (10 % of
   the tensors).
+* load-time peak: a loader that casts a 16-bit tensor on the GPU holds two
+  copies of it for a moment (transformers 4.51); the freed block is reused by
+  the first step, so only its excess over the step's own tensors counts.
+
+:meth:`VramEstimate.static_gib` is the part that is resident after loading and
+adding LoRA, before the first step: what Unsloth's notebooks print as
+"X GB of memory reserved." ``docs/memory.md`` compares it with those figures.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Union
 
 from .catalog import STANDARD_MODULES, ModelSpec, resolve_spec
@@ -64,8 +88,9 @@ Checkpointing = Union[str, bool]
 class Calibration:
     """Every tunable constant of the estimator, in one place.
 
-    Defaults come from the sources cited per field. **Not calibrated on a
-    GPU yet**: once real peaks are measured, fit these and pass the result as
+    Defaults come from the sources cited per field and describe the stack the
+    kit installs. **Not checked on a GPU of ours yet**: once real peaks are
+    measured (``bench/gpu_memory.py``), fit these and pass the result as
     ``calibration=`` to :func:`estimate_vram` / ``plan_for_gpu``.
     """
 
@@ -95,8 +120,40 @@ class Calibration:
     """Layer inputs still on the GPU in Unsloth's offloaded mode (in use + prefetched)."""
     logits_bytes_unfused: float = 10.0
     """Per logit, transformers loss: fp16 logits 2 + fp32 upcast 4 + fp32 grad 4."""
-    logits_bytes_fused: float = 4.0
-    """Per logit, Unsloth fused cross-entropy: fp16 logits + fp16 grad written in place."""
+    fused_ce_bytes_per_logit: float = 8.0
+    """Per logit of one Unsloth cross-entropy chunk: its fp32 logits (4 B, what ``fused_linear_rows`` budgets) and
+    the gradient the op forms from them in forward; 8 B is the sibling path's own figure (``_BYTES_PER_LOGIT = 8.0``,
+    unsloth_zoo 2026.10.9 ``fused_losses/chunked_logprob.py``, "one chunk's logits")."""
+    fused_ce_min_logits: int = 512 * 151936
+    """Fewest logits per chunk (``_MIN_LOGITS``, ``fused_losses/fused_linear.py``: "Fewer than 512 rows starve
+    the K = vocab GEMM"): min rows = the power of two at or below this / V, clamped to [512, max rows]."""
+    fused_ce_max_rows: int = 4096
+    """Most rows per chunk (``_MAX_ROWS``, ``UNSLOTH_FUSED_LINEAR_MAX_ROWS`` default, ``fused_linear.py``)."""
+    fused_ce_chunk_gib: float = 2.0
+    """Budget of one chunk's fp32 logits (``_CHUNK_GB``, ``UNSLOTH_LOGPROB_CHUNK_GB`` default 2.0; Unsloth also caps
+    it at half the free memory, which only shrinks chunks)."""
+    dynamic_16bit_fraction: float = 0.0607
+    """Share of linear weights a dynamic ``-unsloth-bnb-4bit`` repo keeps 16-bit when its count is not known:
+    Qwen3-14B's 803 M of 13,212 M (the catalog's Qwen3-14B entry, from its published shard sizes). Its skip list
+    style (whole ``mlp``/``self_attn`` blocks of a few layers) is the same in the lists quoted in
+    vllm-project/vllm#12974 and unslothai/unsloth#8968 (Qwen3-0.6B: at least 25 M of 440 M, 5.7 %)."""
+    rope_cache_max_rows: int = 32768
+    """Rows of Unsloth's RoPE cos/sin tables: ``current_rope_size = min(4 * 8192, max_position_embeddings)``
+    (``LlamaRotaryEmbedding.__init__``, unsloth/models/llama.py, 2024.5 through 2026.10.9)."""
+    rope_cache_bytes: float = 2.0
+    """Bytes per cos/sin entry: built in ``torch.get_default_dtype()``, which transformers sets to the load dtype
+    (fp16 on a T4) while it builds the model; Unsloth downcasts them to the model dtype (``downcast_rope``)."""
+    rope_caches_shared: float = 1.0
+    """RoPE tables shared by all layers: Unsloth sets every ``layer.self_attn.rotary_emb = model.model.rotary_emb``
+    ("For transformers > 4.47.1", unsloth/models/llama.py); 2026.10.9 builds it lazily at the first forward."""
+    rope_caches_per_layer: float = 0.0
+    """RoPE tables per attention layer: 0 now; 1 for Unsloth 2024.x with transformers < 4.48, whose attention
+    ``__init__`` built its own ``self.rotary_emb`` (``patch_llama_rope_scaling`` / ``patch_linear_scaling``)."""
+    load_cast_copies: float = 0.0
+    """Extra copies of the last-loaded 16-bit tensor (an untied lm_head, last shard) alive while the loader casts
+    it: 0 for transformers 5.x (one ``tensor.to(device=, dtype=)``, converted on the CPU: PyTorch ``Copy.cu``
+    "Type conversions are performed on the CPU for CPU-GPU copies") and 4.44 (cast on the CPU); 1 for 4.51.3,
+    whose ``_load_state_dict_into_meta_model`` moves the bf16 tensor to the GPU, then casts it there."""
     dequant_buffers: float = 2.0
     """16-bit copies of the largest NF4 matrix alive at once (forward + backward matmul)."""
     cuda_context_gib: float = 0.45
@@ -106,7 +163,20 @@ class Calibration:
 
 
 DEFAULT_CALIBRATION = Calibration()
-"""The constants used when no ``calibration`` is passed (uncalibrated, see above)."""
+"""The constants used when no ``calibration`` is passed: the stack the kit installs (Unsloth 2026.x, transformers 5)."""
+
+STACK_CALIBRATIONS: dict[str, Calibration] = {
+    "current": DEFAULT_CALIBRATION,
+    "unsloth-2024": replace(DEFAULT_CALIBRATION, rope_caches_per_layer=1.0),
+    "transformers-4.51": replace(DEFAULT_CALIBRATION, load_cast_copies=1.0),
+}
+"""Calibrations for the library versions behind published figures (``docs/memory.md``), by name.
+
+* ``"unsloth-2024"``: Unsloth 2024.5-2024.10 with transformers 4.4x: one RoPE table per attention
+  layer plus the model's own.
+* ``"transformers-4.51"``: Unsloth 2025.4-2025.5 with transformers 4.51.3: the loader casts each
+  16-bit tensor on the GPU.
+"""
 
 OPTIMIZERS: dict[str, str] = {
     "adamw_8bit": "adam8",
@@ -145,7 +215,7 @@ class VramEstimate:
     lora_params: int
     """Trainable LoRA parameters."""
     base_weights_gib: float
-    """Quantized (or 16-bit) linear projections of all layers."""
+    """Quantized (or 16-bit) linear projections of all layers, less a dynamic quant's 16-bit layers."""
     embeddings_gib: float
     """Embedding + lm_head (tied or not) + norms, 16-bit."""
     lora_weights_gib: float
@@ -168,6 +238,26 @@ class VramEstimate:
     """Sum of all the terms above: the estimated peak."""
     offloaded_cpu_gib: float = 0.0
     """CPU RAM holding offloaded checkpoints (``"unsloth"`` mode); not in ``total_gib``."""
+    dynamic_16bit_gib: float = 0.0
+    """Linears a dynamic 4-bit repo keeps in 16-bit (:func:`dynamic_16bit_params`)."""
+    rope_cache_gib: float = 0.0
+    """Unsloth's RoPE cos/sin tables (:func:`rope_cache_bytes`)."""
+    load_excess_gib: float = 0.0
+    """Load-time transient beyond what the first step allocates into its freed block (0 unless loads cast on GPU)."""
+    load_transient_gib: float = 0.0
+    """Extra copy alive while the loader casts the last 16-bit tensor; freed before training, not in ``total_gib``."""
+
+    @property
+    def static_gib(self) -> float:
+        """Reserved after loading and adding LoRA, before the first step (``max_memory_reserved`` then).
+
+        Base weights, 16-bit layers, embeddings, RoPE tables, and the larger of the LoRA weights
+        and the load-time transient (the LoRA weights are allocated into its freed block). No CUDA
+        context (it lies outside ``max_memory_reserved``) and no fragmentation margin: the caching
+        allocator rounds blocks to 512 B and segments to 2 MiB, under 1 % on every published figure.
+        """
+        resident = self.base_weights_gib + self.dynamic_16bit_gib + self.embeddings_gib + self.rope_cache_gib
+        return resident + max(self.lora_weights_gib, self.load_transient_gib)
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (JSON-friendly)."""
@@ -179,9 +269,11 @@ class VramEstimate:
         head = (f"VRAM estimate for {self.model}: r={self.r}, max_seq_length={self.max_seq_length}, "
                 f"micro-batch {self.batch_size}, {'4-bit' if self.load_in_4bit else '16-bit'} base, "
                 f"{self.optimizer}, gradient_checkpointing={ckpt!r}")
-        rows = [(label, getattr(self, name)) for name, label in TERM_LABELS]
+        rows = [(label, getattr(self, name)) for name, label in TERM_LABELS
+                if getattr(self, name) or name not in OPTIONAL_TERMS]
         lines = [head] + [f"  {label:<34}{value:>8.2f} GiB" for label, value in rows]
         lines.append(f"  {'total':<34}{self.total_gib:>8.2f} GiB")
+        lines.append(f"  (static after load + LoRA: {self.static_gib:.2f} GiB, CUDA context not included)")
         if self.offloaded_cpu_gib:
             lines.append(f"  (plus {self.offloaded_cpu_gib:.2f} GiB of checkpoints in CPU RAM)")
         lines.append(f"  LoRA parameters: {self.lora_params:,}")
@@ -190,17 +282,23 @@ class VramEstimate:
 
 TERM_LABELS: tuple[tuple[str, str], ...] = (
     ("base_weights_gib", "base weights"),
+    ("dynamic_16bit_gib", "16-bit layers (dynamic quant)"),
     ("embeddings_gib", "embeddings + lm_head + norms"),
+    ("rope_cache_gib", "RoPE caches"),
     ("lora_weights_gib", "LoRA weights"),
     ("lora_grads_gib", "LoRA gradients"),
     ("optimizer_gib", "optimizer state"),
     ("activations_gib", "activations"),
     ("logits_gib", "logits + loss"),
     ("workspace_gib", "dequantization workspace"),
+    ("load_excess_gib", "load-time peak excess"),
     ("cuda_context_gib", "CUDA context"),
     ("allocator_margin_gib", "allocator margin"),
 )
 """(field, label) of the terms that add up to ``total_gib``, in table order."""
+
+OPTIONAL_TERMS = frozenset({"dynamic_16bit_gib", "rope_cache_gib", "load_excess_gib"})
+"""Terms :meth:`VramEstimate.table` leaves out when they are zero (most models and backends)."""
 
 
 def _check_int(field_name: str, value: Any, low: int, high: int | None, example: str) -> None:
@@ -322,6 +420,91 @@ def activation_bytes(spec: ModelSpec, r: int, seq: int, batch: int, n_adapters: 
     return resident * ckpt + cal.recompute_layers * full, layers * ckpt
 
 
+def dynamic_16bit_params(spec: ModelSpec, cal: Calibration = DEFAULT_CALIBRATION) -> int:
+    """Linear weights kept in 16-bit when ``spec`` is a dynamic 4-bit repo (0 otherwise).
+
+    The catalog's count where a source gives it (``ModelSpec.dynamic_16bit_params``, or a
+    config's ``llm_int8_skip_modules``), else ``dynamic_16bit_fraction`` of all linear weights.
+
+    >>> dynamic_16bit_params(resolve_spec("Qwen/Qwen3-14B"))  # three MLP blocks
+    802160640
+    >>> dynamic_16bit_params(resolve_spec("unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit"))
+    0
+    """
+    if not spec.dynamic_quant:
+        return 0
+    if spec.dynamic_16bit_params is not None:
+        return spec.dynamic_16bit_params
+    return round(cal.dynamic_16bit_fraction * spec.linear_params_per_layer * spec.num_hidden_layers)
+
+
+def rope_cache_bytes(spec: ModelSpec, cal: Calibration = DEFAULT_CALIBRATION) -> float:
+    """Unsloth's RoPE cos + sin tables: copies * 2 * min(32768, max_position) * head_dim * 2 B.
+
+    copies = ``rope_caches_shared`` + ``rope_caches_per_layer`` * L (1 now; L + 1 in Unsloth 2024.x).
+    A ``"longrope"`` model (Phi-3.5) keeps a short and a long table pair of ``long_rope_rows`` rows
+    (Unsloth's ``LongRopeRotaryEmbedding``).
+
+    >>> rope_cache_bytes(resolve_spec("llama-3.1-8b")) / 2**20  # one shared fp16 table pair
+    16.0
+    """
+    if spec.long_rope_rows:
+        rows = 2 * min(spec.long_rope_rows, spec.max_position_embeddings or spec.long_rope_rows)
+    else:
+        rows = min(cal.rope_cache_max_rows, spec.max_position_embeddings or cal.rope_cache_max_rows)
+    copies = cal.rope_caches_shared + cal.rope_caches_per_layer * spec.num_hidden_layers
+    return copies * 2 * rows * spec.head_dim * cal.rope_cache_bytes
+
+
+def _pow2_floor(x: float) -> int:
+    """The largest power of two at or below ``x`` (0 below 1), as unsloth_zoo's ``_pow2`` then ``//= 2``."""
+    return 1 << (int(x).bit_length() - 1) if x >= 1 else 0
+
+
+def fused_ce_rows(spec: ModelSpec, tokens: int, cal: Calibration = DEFAULT_CALIBRATION) -> int:
+    """Rows per chunk of Unsloth's fused cross-entropy for ``tokens`` = b*s rows.
+
+    ``fused_linear_rows`` (unsloth_zoo 2026.10.9, ``fused_losses/fused_linear.py``): the power of two
+    at or below tokens*h/V, at least the power of two at or below ``fused_ce_min_logits``/V (and 512),
+    at most ``fused_ce_max_rows``, at most ``fused_ce_chunk_gib`` of fp32 logits, at most ``tokens``.
+    Unsloth's trainer sends TRL's fused LM head here too (``patch_trl_fused_lm_head_kernel``).
+
+    >>> fused_ce_rows(resolve_spec("llama-3.1-8b"), 2 * 2048)
+    512
+    """
+    vocab = spec.vocab_size
+    min_rows = min(max(_pow2_floor(cal.fused_ce_min_logits / vocab), 512), cal.fused_ce_max_rows)
+    rows = min(max(_pow2_floor(tokens * spec.hidden_size / vocab), min_rows), cal.fused_ce_max_rows)
+    rows = min(rows, max(int(cal.fused_ce_chunk_gib * GIB) // (vocab * 4), 2))
+    return max(min(rows, tokens), 1)
+
+
+def logits_bytes(spec: ModelSpec, tokens: int, fused: bool, dtype_bytes: int,
+                 cal: Calibration = DEFAULT_CALIBRATION) -> float:
+    """Loss-time memory for ``tokens`` = b*s rows of V logits.
+
+    * transformers (``fused=False``): every logit, ``logits_bytes_unfused`` each.
+    * Unsloth (``fused=True``): one chunk, :func:`fused_ce_rows` x V x ``fused_ce_bytes_per_logit``,
+      plus the hidden-state gradient the op writes in forward (tokens * h * ``dtype_bytes``).
+    """
+    if not fused:
+        return tokens * spec.vocab_size * cal.logits_bytes_unfused
+    chunk = fused_ce_rows(spec, tokens, cal) * spec.vocab_size * cal.fused_ce_bytes_per_logit
+    return chunk + tokens * spec.hidden_size * dtype_bytes
+
+
+def load_transient_bytes(spec: ModelSpec, cal: Calibration = DEFAULT_CALIBRATION) -> float:
+    """Extra copy alive while the loader casts the last-loaded 16-bit tensor on the GPU.
+
+    An untied lm_head sits in the last shard (transformers shards in state-dict order), so all
+    other weights are resident when its bf16 copy (2 B) and fp16 copy coexist; a tied embedding
+    loads first, when nothing else is resident. ``load_cast_copies`` says whether the loader
+    casts on the GPU at all.
+    """
+    late = 0 if spec.tie_word_embeddings else spec.vocab_size * spec.hidden_size
+    return cal.load_cast_copies * late * 2
+
+
 def _validate(r: int, max_seq_length: int, batch_size: int, optimizer: str,
               gradient_checkpointing: Any, dtype_bytes: Any, load_in_4bit: Any) -> None:
     """Raise ``ValueError`` naming the first bad argument and how to fix it."""
@@ -358,10 +541,12 @@ def estimate_vram(
     ``model`` is anything :func:`rslora_colab.catalog.resolve_spec` accepts.
     ``dtype_bytes`` is the width of the non-quantized weights (embeddings,
     lm_head, norms, and the linears when ``load_in_4bit=False``).
-    ``fused_loss=None`` assumes Unsloth's fused cross-entropy exactly when
-    ``gradient_checkpointing="unsloth"`` (i.e. the Unsloth backend), and
-    transformers' fp32 loss otherwise. See the module docstring for every
-    term and its source.
+    ``fused_loss=None`` assumes the Unsloth backend (its fused cross-entropy
+    and RoPE tables) exactly when ``gradient_checkpointing="unsloth"``, and
+    transformers' fp32 loss otherwise. A spec with ``dynamic_quant`` (a hub id
+    Unsloth maps to a dynamic repo, or that repo's id) counts its 16-bit
+    layers when ``load_in_4bit``. See the module docstring for every term and
+    its source.
 
     >>> round(estimate_vram("Llama-3.2-1B-Instruct", r=16).total_gib, 1) > 0
     True
@@ -373,19 +558,26 @@ def estimate_vram(
     s, b, L = max_seq_length, batch_size, spec.num_hidden_layers
 
     linear_params = spec.linear_params_per_layer * L
-    base = linear_params * (cal.nf4_bytes_per_param if load_in_4bit else dtype_bytes)
+    kept_16bit = dynamic_16bit_params(spec, cal) if load_in_4bit else 0
+    base = (linear_params - kept_16bit) * (cal.nf4_bytes_per_param if load_in_4bit else dtype_bytes)
+    dynamic_16bit = kept_16bit * dtype_bytes
     embeddings = (spec.embedding_params + spec.norm_params) * dtype_bytes
+    unsloth = (gradient_checkpointing == "unsloth") if fused_loss is None else bool(fused_loss)
+    rope = rope_cache_bytes(spec, cal) if unsloth else 0.0
     lora_params = L * sum(r * (d_in + d_out) for d_in, d_out in modules.values())
     lora_weights = lora_params * cal.lora_weight_bytes
     lora_grads = lora_params * cal.lora_grad_bytes
     optim = _optimizer_bytes(spec, r, modules, OPTIMIZERS[optimizer], cal)
     acts_gpu, acts_cpu = activation_bytes(spec, r, s, b, len(modules), gradient_checkpointing, cal)
-    fused = (gradient_checkpointing == "unsloth") if fused_loss is None else bool(fused_loss)
-    logits = b * s * spec.vocab_size * (cal.logits_bytes_fused if fused else cal.logits_bytes_unfused)
+    logits = logits_bytes(spec, b * s, unsloth, dtype_bytes, cal)
     largest = max(d_in * d_out for d_in, d_out in _module_shapes(spec).values())
     workspace = cal.dequant_buffers * largest * dtype_bytes if load_in_4bit else 0.0
+    transient = load_transient_bytes(spec, cal)
+    # The transient's block is freed before LoRA is added; what comes after load is allocated into it.
+    after_load = lora_weights + lora_grads + optim + acts_gpu + logits + workspace
+    load_excess = max(0.0, transient - after_load)
 
-    tensors = base + embeddings + lora_weights + lora_grads + optim + acts_gpu + logits + workspace
+    tensors = base + dynamic_16bit + embeddings + rope + after_load + load_excess
     margin = tensors * cal.fragmentation
     total = tensors + margin + cal.cuda_context_gib * GIB
     return VramEstimate(
@@ -396,6 +588,8 @@ def estimate_vram(
         optimizer_gib=optim / GIB, activations_gib=acts_gpu / GIB, logits_gib=logits / GIB,
         workspace_gib=workspace / GIB, cuda_context_gib=cal.cuda_context_gib,
         allocator_margin_gib=margin / GIB, total_gib=total / GIB, offloaded_cpu_gib=acts_cpu / GIB,
+        dynamic_16bit_gib=dynamic_16bit / GIB, rope_cache_gib=rope / GIB,
+        load_excess_gib=load_excess / GIB, load_transient_gib=transient / GIB,
     )
 
 

@@ -60,6 +60,14 @@ def test_backend_decides_what_is_estimated():
     assert (fast["dtype_bytes"], fast["gradient_checkpointing"]) == (2, "unsloth")
 
 
+def test_transformers_backend_plans_a_hub_id_without_dynamic_16bit_layers():
+    # Unsloth would load unsloth/Qwen3-8B-unsloth-bnb-4bit (some linears 16-bit); transformers quantizes them all.
+    config = FinetuneConfig(r=16, gpu=80, backend="transformers")
+    _, plan = fit_to_gpu("Qwen/Qwen3-8B", config)
+    assert plan.fits and plan.estimate.dynamic_16bit_gib == 0.0
+    assert estimate_vram("Qwen/Qwen3-8B", r=16).dynamic_16bit_gib > 0
+
+
 def test_gpu_and_plan_settings_are_validated():
     with pytest.raises(ValueError) as err:
         FinetuneConfig(gpu="A100", plan="yes")

@@ -40,7 +40,7 @@ def test_8b_at_8192_by_8_does_not_fit_and_says_why():
     assert panel.gauge_bar.bar_style == "danger" and panel.fit.fits is False
     assert "won't fit" in text and "14.74 GiB" in text
     assert "logits" in text and "8192 x 8" in text  # the reason: what grows with the batch shape
-    assert "micro-batch 1" in text  # and what would fit
+    assert "micro-batch 2" in text  # and what would fit
     assert panel.gauge_bar.value == panel.gauge_bar.max == pytest.approx(14.74)
     panel.model.value = "someone/unknown-model"
     assert panel.gauge_bar.bar_style == "warning" and "no estimate" in panel.gauge_text.value

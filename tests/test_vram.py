@@ -11,6 +11,7 @@ from rslora_colab.catalog import CATALOG, STANDARD_MODULES, find_in_catalog, res
 from rslora_colab.vram import (
     DEFAULT_CALIBRATION,
     GIB,
+    TERM_LABELS,
     Calibration,
     estimate_vram,
     lora_modules,
@@ -30,40 +31,53 @@ def test_llama_8b_total_params_match_published_count():
 
 
 def test_every_term_hand_computed_llama_8b():
-    """Each term of Llama-3.1-8B, r=16, s=2048, b=2, 4-bit, adamw_8bit, "unsloth"."""
+    """Each term of Llama-3.1-8B, r=16, s=2048, b=2, 4-bit, adamw_8bit, "unsloth".
+
+    The hub id is what Unsloth maps to the dynamic repo, so the 16-bit layers follow the rule.
+    """
     cal = DEFAULT_CALIBRATION
     s, b, h, i, L, V = 2048, 2, 4096, 14336, 32, 128256
     est = estimate_vram(LLAMA_8B, r=16, max_seq_length=s, batch_size=b)
 
     per_layer = 2 * h * h + 2 * h * 1024 + 3 * h * i  # q,o + k,v (8 kv heads * 128) + MLP
     assert per_layer == 218_103_808
-    base = L * per_layer * 0.516
+    kept_16bit = round(0.0607 * L * per_layer)  # dynamic-quant rule: 6.07 % of the linears stay 16-bit
+    assert kept_16bit == 423_644_837
+    base = (L * per_layer - kept_16bit) * 0.516
+    dynamic_16bit = kept_16bit * 2
     embeddings = (2 * V * h + (2 * L + 1) * h) * 2  # untied embedding + lm_head, norms, 16-bit
+    rope = 2 * 32768 * 128 * 2  # one shared fp16 cos + sin table, min(32768, 131072) rows x head_dim
     lora = 41_943_040
     lora_w = lora * 4.0
     lora_g = lora * 4.0
     optim = lora * 2.0  # every A/B tensor has >= 16*1024 elements: all 8-bit
     full_layer = 34 * s * b * h + 2 * s * b * 16 * 7
     acts = 2 * (2 * s * b * h) + full_layer  # two resident checkpoints + one recomputed layer
-    logits = b * s * V * 4.0  # fused loss under "unsloth"
+    # Unsloth's fused CE: 4096 rows; 4096*4096/V = 131 -> 128, raised to the 512-row floor
+    # (512*151936/V = 607 -> 512); one chunk of 512 x V logits at 8 B + the fp16 hidden gradient.
+    logits = 512 * V * 8.0 + b * s * h * 2
     workspace = 2 * h * i * 2
-    tensors = base + embeddings + lora_w + lora_g + optim + acts + logits + workspace
+    tensors = base + dynamic_16bit + embeddings + rope + lora_w + lora_g + optim + acts + logits + workspace
     total = tensors * 1.10 + 0.45 * GIB
 
     assert est.lora_params == lora
     assert est.base_weights_gib == pytest.approx(base / GIB)
+    assert est.dynamic_16bit_gib == pytest.approx(dynamic_16bit / GIB)
     assert est.embeddings_gib == pytest.approx(embeddings / GIB)
+    assert est.rope_cache_gib == pytest.approx(rope / GIB)
     assert est.lora_weights_gib == pytest.approx(lora_w / GIB)
     assert est.lora_grads_gib == pytest.approx(lora_g / GIB)
     assert est.optimizer_gib == pytest.approx(optim / GIB)
     assert est.activations_gib == pytest.approx(acts / GIB)
     assert est.logits_gib == pytest.approx(logits / GIB)
     assert est.workspace_gib == pytest.approx(workspace / GIB)
+    assert est.load_excess_gib == 0.0 and est.load_transient_gib == 0.0  # transformers 5.x casts on the CPU
     assert est.cuda_context_gib == pytest.approx(cal.cuda_context_gib)
     assert est.allocator_margin_gib == pytest.approx(tensors * 0.10 / GIB)
     assert est.total_gib == pytest.approx(total / GIB)
     assert est.offloaded_cpu_gib == pytest.approx(L * 2 * s * b * h / GIB)
-    terms = sum(v for k, v in est.as_dict().items() if k.endswith("_gib") and k not in ("total_gib", "offloaded_cpu_gib"))
+    assert est.static_gib == pytest.approx((base + dynamic_16bit + embeddings + rope + lora_w) / GIB)
+    terms = sum(getattr(est, name) for name, _ in TERM_LABELS)
     assert terms == pytest.approx(est.total_gib)
 
 
@@ -130,7 +144,8 @@ def test_monotone_in_rank_seq_and_batch(model):
 def test_16bit_base_costs_more_than_4bit():
     q = estimate_vram(LLAMA_8B, r=16)
     f = estimate_vram(LLAMA_8B, r=16, load_in_4bit=False)
-    assert f.base_weights_gib == pytest.approx(q.base_weights_gib * 2 / 0.516)
+    assert f.base_weights_gib == pytest.approx(q.base_weights_gib * 2 / 0.516 + q.dynamic_16bit_gib)
+    assert f.dynamic_16bit_gib == 0.0  # a 16-bit load has no quantized layers to skip
     assert f.workspace_gib == 0.0 and f.total_gib > q.total_gib
 
 
@@ -157,7 +172,8 @@ def _fields(est):
 def test_dict_config_and_path_inputs_agree(tmp_path, name):
     from transformers import AutoConfig
 
-    spec = resolve_spec(name)
+    # A config.json without a quantization skip list describes a model quantized on the fly: no 16-bit layers.
+    spec = dataclasses.replace(resolve_spec(name), dynamic_quant=False)
     data = spec.to_config_dict()
     config = AutoConfig.for_model(data["model_type"], **{k: v for k, v in data.items() if k != "model_type"})
     config.save_pretrained(tmp_path)
@@ -178,7 +194,7 @@ def test_catalog_lookup_is_case_insensitive_and_complete():
     assert len(CATALOG) == 16
     for spec in CATALOG:
         assert spec.bnb_4bit_id.startswith("unsloth/") and "4bit" in spec.bnb_4bit_id
-        for key in (spec.name, spec.hub_id.upper(), spec.bnb_4bit_id, *spec.aliases):
+        for key in (spec.name, spec.hub_id.upper(), spec.bnb_4bit_id, *spec.aliases, spec.dynamic_4bit_id or spec.name):
             found = find_in_catalog(key)
             assert found is not None and found.name == spec.name
         assert spec.q_dim == spec.num_attention_heads * spec.head_dim
