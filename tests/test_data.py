@@ -86,6 +86,11 @@ def test_invalid_json_line_is_named(tmp_path):
     ([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}], r"conversations\[1\].value"),
     ([{"prompt": "p", "chosen": "a", "rejected": "b"}], "preference data for DPO"),
     ([{"text": ""}], "row 0: field 'text' must be a non-empty string"),
+    # an empty assistant turn is refused like an empty Alpaca output (it would teach the model to say nothing)
+    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}],
+     r"row 0: messages\[1\].content is empty: an assistant turn needs text to learn from"),
+    ([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": ""}]}],
+     r"row 0: conversations\[1\].value is empty"),
 ])
 def test_malformed_rows_raise_named_errors(rows, match):
     with pytest.raises(ValueError, match=match):
@@ -98,6 +103,32 @@ def test_missing_and_unsupported_files(tmp_path):
     (tmp_path / "data.txt").write_text("hello")
     with pytest.raises(ValueError, match="data.txt: unsupported file type"):
         load_and_validate(str(tmp_path / "data.txt"))
+
+
+def test_a_folder_says_it_is_a_folder_and_names_the_files_in_it(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [{"text": "hi"}])
+    with pytest.raises(ValueError, match=rf"{tmp_path}: is a folder; pass one data file .* it holds train.jsonl; "
+                                         rf"pass one of those, e.g. {tmp_path / 'train.jsonl'}"):
+        load_and_validate(str(tmp_path))
+
+
+@pytest.mark.parametrize("typo", ["./my_data", "../my_data", "~/my_data", "data/sub/my_data"])
+def test_a_path_typo_is_not_sent_to_the_hub(typo, monkeypatch):
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("sent to the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    with pytest.raises(ValueError, match=f"{typo.split('/')[-1]}: no such file or folder"):
+        load_and_validate(typo)
+
+
+def test_a_jsonl_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"instruction": "hi", "output": "yo"}\n{"instruction": "a", "output": "b"}\n')
+    dataset, fmt = load_and_validate(str(path))
+    assert fmt == "alpaca" and dataset[0] == {"instruction": "hi", "output": "yo"}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
@@ -114,3 +145,4 @@ def test_bad_data_fails_before_the_model_loads(tmp_path):
     path = _write_jsonl(tmp_path / "bad.jsonl", [{"text": ""}])
     with pytest.raises(ValueError, match="bad.jsonl line 1"):
         quick_finetune("no-such-org/no-such-model", str(path), r=16)
+
