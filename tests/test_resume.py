@@ -11,22 +11,28 @@ One scenario, so that the few CLI processes (each pays ~5 s of imports) serve ev
    adapter loads with PEFT.
 """
 
+import contextlib
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from rslora_colab import demo_dataset, latest_valid_checkpoint, quick_finetune
-from rslora_colab.checkpoints import checkpoint_problem
+from rslora_colab.checkpoints import OutputWriteError, checkpoint_problem
+from rslora_colab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -90,7 +96,7 @@ def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
     shutil.copytree(out / "checkpoint-5", out / "checkpoint-7")
     weights = out / "checkpoint-7" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    assert "unreadable" in checkpoint_problem(out / "checkpoint-7")
+    assert "adapter_model.safetensors cannot be loaded" in checkpoint_problem(out / "checkpoint-7")
     assert latest_valid_checkpoint(out).name == "checkpoint-5"
     with pytest.raises(ValueError, match=r"unfinished run .*step 5 of 40.*resume=True \(CLI: --resume\)"):
         quick_finetune(demo_path, demo_dataset(), output_dir=str(out), **SAME)
@@ -130,3 +136,112 @@ def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_path), out / "adapter")
     lora = [p for n, p in loaded.named_parameters() if "lora_B" in n]
     assert lora and all(torch.isfinite(p).all() and p.abs().sum() > 0 for p in lora)
+
+
+# ---------------------------------------------------------------- checkpoints that do not load are skipped
+
+QUICK = {"r": 8, "batch_size": 2, "grad_accum": 1, "max_seq_length": 64, "checkpoint_minutes": 0}
+
+
+class StopAt(TrainerCallback):
+    """Ends training after ``step`` (a run that was cut off there)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _corrupt_after_header(path: Path) -> None:
+    """Overwrite a safetensors file's tensor bytes with 0xFF (NaN in fp32), leaving its header intact."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    path.write_bytes(bytes(data))
+
+
+def _pickled_object(path: Path) -> None:
+    torch.save({"state": {}, "hook": Path("not a tensor")}, path)  # loads only by unpickling an arbitrary object
+
+
+def _no_step(path: Path) -> None:
+    path.write_text(json.dumps({"max_steps": 8, "log_history": []}))
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory, demo_path) -> Path:
+    out = tmp_path_factory.mktemp("good")
+    quick_finetune(demo_path, demo_dataset(n=16), output_dir=str(out), max_steps=4, checkpoint_every=4, **QUICK)
+    return out / "checkpoint-4"
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:-500]),
+     "optimizer.pt cannot be loaded (RuntimeError: PytorchStreamReader failed"),
+    (lambda c: _corrupt_after_header(c / "adapter_model.safetensors"),
+     "adapter_model.safetensors holds NaN or inf values"),
+    (lambda c: (c / "scheduler.pt").write_bytes(b"PK\x03\x04 truncated"), "scheduler.pt cannot be loaded"),
+    (lambda c: (c / "rng_state.pth").write_bytes(b"\x80\x04garbage"), "rng_state.pth cannot be loaded"),
+    (lambda c: _pickled_object(c / "optimizer.pt"), "optimizer.pt cannot be loaded (UnpicklingError: Weights only"),
+    (lambda c: _no_step(c / "trainer_state.json"), "trainer_state.json is unreadable (KeyError: 'global_step')"),
+    (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json is unreadable (JSONDecodeError"),
+], ids=["truncated-optimizer", "nan-adapter", "bad-scheduler", "bad-rng", "pickled-object", "no-step", "bad-json"])
+def test_a_checkpoint_counts_only_if_every_file_loads_and_is_finite(good_checkpoint, tmp_path, damage, expected):
+    assert checkpoint_problem(good_checkpoint) is None
+    copy = tmp_path / "checkpoint-4"
+    shutil.copytree(good_checkpoint, copy)
+    damage(copy)
+    assert expected in checkpoint_problem(copy)
+
+
+def test_resume_falls_back_past_a_truncated_optimizer_and_a_nan_adapter(demo_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    data = demo_dataset(n=16)
+    settings = dict(output_dir=str(out), max_steps=12, checkpoint_every=4, keep_checkpoints=3, **QUICK)
+    cut = quick_finetune(demo_path, data, callbacks=[StopAt(8)], **settings)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    optimizer = out / "checkpoint-8" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:-1000])  # a copy cut short
+    shutil.copytree(out / "checkpoint-4", out / "checkpoint-6")
+    _corrupt_after_header(out / "checkpoint-6" / "adapter_model.safetensors")  # bytes gone bad, header intact
+    capsys.readouterr()
+    result = quick_finetune(demo_path, data, resume=True, **settings)
+    printed = capsys.readouterr().out
+    assert f"skipping {out / 'checkpoint-8'}: optimizer.pt cannot be loaded (RuntimeError: " in printed
+    assert f"skipping {out / 'checkpoint-6'}: adapter_model.safetensors holds NaN or inf values" in printed
+    assert f"resuming from {out / 'checkpoint-4'} (step 4 of 12)" in printed
+    steps = [h for h in result.history if "loss" in h]
+    assert [h["step"] for h in steps] == list(range(1, 13)) and all(math.isfinite(h["loss"]) for h in steps)
+    assert [h["loss"] for h in steps[:4]] == [h["loss"] for h in cut.history[:4]]
+    assert not [h for h in result.history if "event" in h]  # no NaN reached training: nothing to roll back
+
+
+# ---------------------------------------------------------------- saves that fail say how to go on
+
+class ReadOnlyAt(TrainerCallback):
+    """Makes the output folder read-only after ``step``, as when a Drive mount goes read-only mid-run."""
+
+    def __init__(self, folder: Path, step: int, stack: contextlib.ExitStack, read_only):
+        self.folder, self.step, self.stack, self.read_only = folder, step, stack, read_only
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.stack.enter_context(self.read_only(self.folder))
+
+
+def test_a_folder_that_turns_read_only_mid_run_stops_with_how_to_resume(demo_path, tmp_path, read_only):
+    out = tmp_path / "run"
+    settings = dict(output_dir=str(out), max_steps=8, checkpoint_every=2, **QUICK)
+    with contextlib.ExitStack() as stack:
+        with pytest.raises(OutputWriteError) as err:
+            quick_finetune(demo_path, demo_dataset(n=16), callbacks=[ReadOnlyAt(out, 3, stack, read_only)],
+                           **settings)
+    message = str(err.value)
+    assert message.startswith(f"could not write checkpoint-4 to {out} (PermissionError")
+    assert "training stopped at step 4" in message and "--resume" in message
+    assert f"continues from {out / 'checkpoint-2'}" in message
+    result = quick_finetune(demo_path, demo_dataset(n=16), resume=True, **settings)  # writable again
+    assert [h["step"] for h in result.history if "loss" in h] == list(range(1, 9))
+
