@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .demo import resolve_model_name
+from .demo import DEMO_NAME, resolve_model_name
 from .runtime import Runtime, detect_runtime
 
 RUNTIME_ATTR = "rslora_colab_runtime"
@@ -133,7 +133,7 @@ def load_adapter(path: str | Path, max_seq_length: int = 2048, load_in_4bit: boo
 
     base = adapter_base(path)
     runtime = detect_runtime(backend)
-    if runtime.backend == "unsloth":
+    if runtime.backend == "unsloth" and base != DEMO_NAME:  # Unsloth reads the base from the adapter folder
         return load_model(str(path), max_seq_length, load_in_4bit, "unsloth")
     model, tokenizer = load_model(base, max_seq_length, load_in_4bit, backend)
     model = PeftModel.from_pretrained(model, str(path))
