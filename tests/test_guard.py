@@ -69,6 +69,29 @@ def test_judge_step_rules(loss, grad_norm, weights_ok, expected):
     assert judge_step(loss, grad_norm, [2.0] * 20, lambda: weights_ok)[0] == expected
 
 
+@pytest.mark.parametrize("loss, recent, expected", [
+    (10.0, [3.4, 3.3], "diverged"),        # the lr=0.9, r=256 blow-up at step 3
+    (6.5, [3.4], "ok"),                    # 1.9x the start: not yet 2x
+    (2.5, [1.0], "ok"),                    # 2.5x an easy first batch, but only 1.5 nats above it
+    (3.5, [1.0] + [1.5] * 8, "diverged"),  # 9 healthy steps: still judged against the start ...
+    (3.5, [1.0] + [1.5] * 9, "ok"),        # ... from 10 on, the median rule: 3.5 is under 3x the median 1.5
+])
+def test_first_steps_are_judged_against_the_starting_loss(loss, recent, expected):
+    assert judge_step(loss, 1.0, recent, lambda: True, start=recent[0])[0] == expected
+
+
+@pytest.mark.parametrize("precision, weights_ok, expected, words", [
+    ("fp16", True, "skip", "the fp16 loss scaler skipped this update"),
+    ("fp16", False, "diverged", "adapter weights are no longer finite"),
+    ("fp32", True, "diverged", "in fp32, which has no loss scaler"),
+    ("bf16", True, "diverged", "in bf16, which has no loss scaler"),
+])
+def test_a_non_finite_grad_norm_is_worded_by_the_real_precision(precision, weights_ok, expected, words):
+    verdict, reason = judge_step(2.0, math.inf, [2.0] * 20, lambda: weights_ok, precision=precision)
+    assert verdict == expected and words in reason
+    assert precision == "fp16" or "fp16" not in reason
+
+
 def test_spikes_need_history_and_a_real_margin():
     assert judge_step(50.0, 1.0, [2.0] * 9, lambda: True)[0] == "ok"       # fewer than 10 healthy steps
     assert judge_step(0.5, 1.0, [0.05] * 20, lambda: True)[0] == "ok"      # 10x, but only 0.45 nat above
