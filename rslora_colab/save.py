@@ -12,6 +12,8 @@ from typing import Any, Iterator
 from .demo import DEMO_NAME, portable_model_name
 
 ADAPTER_DIR = "adapter"
+LAST_GOOD_DIR = "last_good_adapter"
+"""Where a run the divergence guard gave up on keeps its last good adapter (in ``output_dir``)."""
 METRICS_FILE = "metrics.json"
 LOSS_PLOT_FILE = "loss.png"
 

@@ -54,7 +54,28 @@ def test_guard_gives_up_with_a_clear_message(demo_path, tmp_path):
     assert "lower lr" in message and "check the data" in message
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert [h["event"] for h in history if "event" in h] == ["rollback", "gave_up"]
-    assert not (tmp_path / "adapter").exists()  # no NaN adapter is handed back
+    assert not (tmp_path / "adapter").exists()  # no NaN adapter is handed back as the run's result ...
+    saved = tmp_path / "last_good_adapter"  # ... but the last good one is kept, and the message says where
+    assert f"The last good adapter (step 10) is saved in {saved}." in message
+    assert "fp16" not in message  # an fp32 run gets no advice about fp16 overflow
+    from safetensors.torch import load_file
+
+    weights = load_file(saved / "adapter_model.safetensors")
+    assert weights and all(torch.isfinite(w).all() for w in weights.values())
+    assert any(w.abs().sum() > 0 for n, w in weights.items() if "lora_B" in n)  # trained for 10 steps, not fresh
+
+
+def test_an_early_blow_up_is_judged_against_the_starting_loss(demo_path, tmp_path):
+    """lr=0.9 at r=256: 3.5 -> 10.0 at step 3, before 10 healthy steps exist to take a median of."""
+    with pytest.raises(DivergenceError, match="last good adapter"):
+        quick_finetune(demo_path, demo_dataset(), r=256, lr=0.9, max_steps=6, batch_size=8, grad_accum=1,
+                       max_seq_length=128, output_dir=str(tmp_path), max_rollbacks=1)
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    events = [h for h in history if "event" in h]
+    assert [(e["step"], e["event"]) for e in events] == [(3, "rollback"), (5, "gave_up")]
+    assert "in the first steps, over 2x the starting loss 3.4" in events[0]["reason"]
+    losses = {h["step"]: h["loss"] for h in history if "loss" in h}
+    assert events[0]["restored_step"] == 0 and losses[4] < 4  # step 4 trains from the good weights again
 
 
 @pytest.mark.parametrize("loss, grad_norm, weights_ok, expected", [

@@ -245,3 +245,67 @@ def test_a_folder_that_turns_read_only_mid_run_stops_with_how_to_resume(demo_pat
     result = quick_finetune(demo_path, demo_dataset(n=16), resume=True, **settings)  # writable again
     assert [h["step"] for h in result.history if "loss" in h] == list(range(1, 9))
 
+
+def test_a_failed_final_save_is_resumed_not_retrained(demo_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "adapter").write_text("a file where the adapter folder goes")
+    args = ["train", "--max-steps", "6", "--batch-size", "2", "--grad-accum", "1", "--seq", "64", "--rank", "8",
+            "--sample", "", "--out", str(out)]
+    assert main(args) == 4
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in errors[0]  # one line, no traceback
+    assert errors[0].startswith("error: training finished, but saving the adapter and metrics to")
+    assert "--resume" in errors[0]
+    (out / "adapter").unlink()
+    with pytest.raises(ValueError, match="finished training .step 6 of 6. but whose adapter and metrics were never "
+                                         "saved.*resume=True"):
+        quick_finetune(demo_path, demo_dataset(), output_dir=str(out))
+    assert (out / "checkpoint-6").is_dir()  # not deleted
+    assert main([*args, "--resume"]) == 0
+    assert "nothing left to train" in capsys.readouterr().out
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "run_manifest.json").read_text())["final_save"] == "done"
+    assert [h["step"] for h in json.loads((out / "metrics.json").read_text())["history"]] == list(range(1, 7))
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def _read_into(stream, sink: list) -> threading.Thread:
+    def pump():
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            sink.append(chunk)
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ctrl_c_stops_after_the_step_saves_a_checkpoint_and_resume_finishes(tmp_path, demo_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "rslora_colab", "train", "--max-steps", "400", "--batch-size", "1",
+               "--grad-accum", "1", "--seq", "64", "--rank", "4", "--sample", "", "--checkpoint-minutes", "60",
+               "--out", str(out)]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = [], []
+    readers = [_read_into(proc.stdout, stdout), _read_into(proc.stderr, stderr)]
+    deadline = time.monotonic() + 120
+    while not re.search(rb"\| +[3-9]/400 ", b"".join(stderr)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait for the third step on the progress bar
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    for reader in readers:
+        reader.join(timeout=10)
+    printed, errors = b"".join(stdout).decode(), b"".join(stderr).decode()
+    assert "Ctrl-C: stopping after this step and saving a checkpoint" in printed
+    assert "Traceback" not in errors
+    stopped = re.search(r"interrupted: stopped by Ctrl-C after step (\d+) of 400; the checkpoint (\S+) holds it\. "
+                        r"Run the same command with --resume", errors)
+    assert stopped, errors[-2000:]
+    step = int(stopped.group(1))
+    assert 3 <= step < 400 and Path(stopped.group(2)) == out / f"checkpoint-{step}"
+    assert checkpoint_problem(out / f"checkpoint-{step}") is None
+    final = subprocess.run([*command, "--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"resuming from {out / f'checkpoint-{step}'} (step {step} of 400)" in final.stdout
+    history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
+    assert [h["step"] for h in history] == list(range(1, 401))
