@@ -178,7 +178,7 @@ def check_truncation(lengths: TokenLengths, max_seq_length: int, source: str = "
     dropped, cut = lengths.dropped(max_seq_length), lengths.cut(max_seq_length)
     measured = len(lengths.rows)
     about = f" (estimated from {measured:,} evenly spaced {unit})" if lengths.sampled else ""
-    longest = max((p for p in lengths.prompt), default=0)
+    longest = max(lengths.prompt, default=0)
     fix = (f"Raise max_seq_length (CLI: --seq) above the longest prompt, {longest} tokens, or shorten those "
            "prompts")
     if dropped and len(dropped) == measured:
