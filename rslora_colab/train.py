@@ -271,49 +271,52 @@ def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
     guard gives up, the last good adapter is saved to ``output_dir/last_good_adapter``
     and ``DivergenceError`` says so.
     """
-    return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False)
+    with run_lock(config.output_dir):
+        return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False)
 
 
 def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig, callbacks: list | None,
            resume: bool, gpu_plan: str | None, saves_outputs: bool) -> FinetuneResult:
-    """:func:`train_adapter`; ``saves_outputs``: the caller saves final files, so the manifest marks that pending."""
-    with run_lock(config.output_dir):
-        runtime = runtime_of(model)
-        settings = {**resolve_settings(config, runtime), "gpu_plan": gpu_plan}
-        manifest = run_manifest(model, dataset, fmt, settings, config)
-        checkpoint = prepare_run(config.output_dir, {**manifest, FINAL_SAVE: "pending"} if saves_outputs else manifest,
-                                 resume)
-        warn_if_volatile(config.output_dir)
-        model = attach_adapter(model, config, settings)
-        recorder = HistoryCallback(history_until(checkpoint))
-        timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
-        interrupt = InterruptCallback()
-        trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings,
-                                [recorder, *timer, interrupt, *(callbacks or [])])
-        guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
-        quiet_progress(trainer)
-        kept = len(trainer.train_dataset)  # after TRL dropped the rows truncation left nothing to learn in
-        rows = f"{kept} of {len(dataset)}" if kept != len(dataset) else f"{kept}"
-        print(f"rslora-colab: training r={config.r} alpha={settings['alpha']:g} (scale {settings['scale']:.3g}) "
-              f"lr={settings['lr']:.3g} on {rows} {fmt} rows, {settings['precision']} on {runtime.device}",
-              flush=True)
-        if runtime.on_gpu:
-            torch.cuda.reset_peak_memory_stats()
-        start = time.perf_counter()
-        out = Path(config.output_dir)
-        try:
-            with stop_on_interrupt(interrupt):
-                steps = resume_training(trainer, checkpoint, lambda resume_from: train_with_oom_recovery(
-                    trainer, recorder.history, settings, resume_from))
-        except DivergenceError as err:
-            raise _gave_up(err, trainer, tokenizer, guard, settings, recorder.history, out) from None
-        wall = time.perf_counter() - start
-        result = FinetuneResult(
-            model=trainer.model, tokenizer=tokenizer, adapter_path=out / ADAPTER_DIR, settings=settings,
-            history=recorder.history, wall_time_s=wall,
-            tokens_per_s=_tokens_seen(trainer, recorder.history) / wall if steps else 0.0,
-            peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if runtime.on_gpu else None,
-        )
+    """:func:`train_adapter` in a folder the caller holds (:func:`~rslora_colab.lock.run_lock`).
+
+    ``saves_outputs``: the caller writes the final files, so the manifest marks that save pending until then.
+    """
+    runtime = runtime_of(model)
+    settings = {**resolve_settings(config, runtime), "gpu_plan": gpu_plan}
+    manifest = run_manifest(model, dataset, fmt, settings, config)
+    checkpoint = prepare_run(config.output_dir, {**manifest, FINAL_SAVE: "pending"} if saves_outputs else manifest,
+                             resume)
+    warn_if_volatile(config.output_dir)
+    model = attach_adapter(model, config, settings)
+    recorder = HistoryCallback(history_until(checkpoint))
+    timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
+    interrupt = InterruptCallback()
+    trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings,
+                            [recorder, *timer, interrupt, *(callbacks or [])])
+    guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
+    quiet_progress(trainer)
+    kept = len(trainer.train_dataset)  # after TRL dropped the rows truncation left nothing to learn in
+    rows = f"{kept} of {len(dataset)}" if kept != len(dataset) else f"{kept}"
+    print(f"rslora-colab: training r={config.r} alpha={settings['alpha']:g} (scale {settings['scale']:.3g}) "
+          f"lr={settings['lr']:.3g} on {rows} {fmt} rows, {settings['precision']} on {runtime.device}",
+          flush=True)
+    if runtime.on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    out = Path(config.output_dir)
+    try:
+        with stop_on_interrupt(interrupt):
+            steps = resume_training(trainer, checkpoint, lambda resume_from: train_with_oom_recovery(
+                trainer, recorder.history, settings, resume_from))
+    except DivergenceError as err:
+        raise _gave_up(err, trainer, tokenizer, guard, settings, recorder.history, out) from None
+    wall = time.perf_counter() - start
+    result = FinetuneResult(
+        model=trainer.model, tokenizer=tokenizer, adapter_path=out / ADAPTER_DIR, settings=settings,
+        history=recorder.history, wall_time_s=wall,
+        tokens_per_s=_tokens_seen(trainer, recorder.history) / wall if steps else 0.0,
+        peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if runtime.on_gpu else None,
+    )
     if interrupt.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
         saved = out / f"checkpoint-{interrupt.stopped_at}"
         raise TrainingInterrupted(
