@@ -21,7 +21,9 @@ Presets
 Data
     :func:`load_and_validate` — read and check text / Alpaca / prompt-completion
     / chat / ShareGPT data, or with ``method="dpo"`` prompt/chosen/rejected
-    preference data (strings, messages, UltraFeedback), before any model loads.
+    preference data (strings, messages, UltraFeedback), before any model loads;
+    :func:`token_lengths` — per-row prompt and total tokens as TRL will build
+    them, from the tokenizer alone.
 Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
     lists every setting it takes. ``method="dpo"`` tunes on preference pairs
@@ -42,6 +44,9 @@ Survive
     (:func:`make_checkpoints_atomic`, :class:`CheckpointTimer`,
     :func:`latest_valid_checkpoint`); ``quick_finetune(..., resume=True)``
     continues after a disconnect; :func:`mount_drive` keeps runs on Google Drive.
+    One live run per ``output_dir`` (a lock); Ctrl-C stops after the step and
+    saves a checkpoint (:class:`TrainingInterrupted`); :class:`OutputWriteError`
+    when a checkpoint cannot be written.
 Watch
     :class:`LivePlotCallback` — progress bar and loss curve redrawn in the
     notebook during training (``quick_finetune(..., callbacks=[LivePlotCallback()])``);
@@ -84,7 +89,8 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .adapt import DEFAULT_TARGETS, adapter_scales, add_rslora  # noqa: E402
 from .chat import chat  # noqa: E402
-from .checkpoints import CheckpointTimer, latest_valid_checkpoint, make_checkpoints_atomic  # noqa: E402
+from .checkpoints import (CheckpointTimer, OutputWriteError, latest_valid_checkpoint,  # noqa: E402
+                          make_checkpoints_atomic)
 from .colab import default_output_dir, mount_drive  # noqa: E402
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
@@ -92,6 +98,8 @@ from .demo import DEMO_NAME, demo_dataset, demo_model, demo_preferences  # noqa:
 from .export import push_to_hub, save  # noqa: E402  (the function shadows the rslora_colab.save module's name)
 from .gauge import FitCheck, check_fit  # noqa: E402
 from .guard import DivergenceError, DivergenceGuard  # noqa: E402
+from .interrupt import TrainingInterrupted  # noqa: E402
+from .lengths import TokenLengths, token_lengths  # noqa: E402
 from .load import load_adapter, load_model  # noqa: E402
 from .notebook import RuntimeCheck, check_runtime, save_outputs  # noqa: E402
 from .oom import train_with_oom_recovery  # noqa: E402
@@ -116,7 +124,8 @@ __all__ = [
     "preset_for_rank", "push_to_hub", "quick_finetune", "save",
     "TrainPlan", "VramEstimate", "estimate_vram", "plan_for_gpu", "train_with_oom_recovery",
     "CheckpointTimer", "DivergenceError", "DivergenceGuard", "default_output_dir", "latest_valid_checkpoint",
-    "make_checkpoints_atomic", "mount_drive",
+    "make_checkpoints_atomic", "mount_drive", "OutputWriteError", "TrainingInterrupted",
+    "TokenLengths", "token_lengths",
     "ControlPanel", "DataPreview", "FitCheck", "HistoryCallback", "LivePlotCallback", "RuntimeCheck", "StopCallback",
     "check_fit", "check_runtime", "control_panel", "preview_data", "save_outputs",
 ]

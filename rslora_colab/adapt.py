@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 from .load import RUNTIME_ATTR, is_quantized, model_device, runtime_of
@@ -9,6 +10,16 @@ from .presets import check_rank
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """All attention and MLP projections, as in Unsloth's and QLoRA's recipes."""
+
+
+def module_names(value: Any) -> tuple:
+    """``target_modules`` as a tuple of names: one string ("q_proj", or "q_proj, v_proj") is not split into letters."""
+    if isinstance(value, str):
+        return tuple(name for name in re.split(r"[,\s]+", value) if name)
+    try:
+        return tuple(value)
+    except TypeError:  # not a sequence: FinetuneConfig.problems() names it
+        return (value,)
 
 
 def is_peft_model(model: Any) -> bool:
@@ -136,6 +147,7 @@ def add_rslora(
     adapters never stack. ``use_rslora=False`` gives classic LoRA (alpha/r).
     """
     check_rank(r)
+    target_modules = module_names(target_modules)
     if dropout < 0 or dropout >= 1:
         raise ValueError(f"dropout={dropout!r}: pass a probability in [0, 1), e.g. 0.0.")
     alpha = float(r if alpha is None else alpha)

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from .config import is_number
 from .data import ROLES, _turn_problems, check_chat_template
 from .load import runtime_of
 from .train import model_and_tokenizer
@@ -41,6 +42,8 @@ def chat(result_or_model: Any, tokenizer: Any, prompt_or_messages: str | list[di
     model, tokenizer = model_and_tokenizer(result_or_model, tokenizer)
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}: pass a positive integer, e.g. 128.")
+    if not is_number(temperature) or temperature < 0:
+        raise ValueError(f"temperature={temperature!r}: pass a finite number >= 0 (0 decodes greedily).")
     messages = _messages(prompt_or_messages)
     check_chat_template(tokenizer, "chat")
     was_training = model.training

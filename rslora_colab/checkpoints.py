@@ -12,8 +12,10 @@ but cannot be loaded. This module adds the missing pieces:
   hidden staging folder; only a complete one is renamed to ``checkpoint-<step>``.
 * :class:`CheckpointTimer` — also save every ``checkpoint_minutes`` of wall
   time, so a disconnect loses minutes, whatever a step costs.
-* :func:`latest_valid_checkpoint` — the newest checkpoint that is complete,
-  skipping (and naming) any that is not.
+* :func:`latest_valid_checkpoint` — the newest checkpoint whose every file
+  loads and whose weights are finite, skipping (and naming) any that is not.
+* :class:`OutputWriteError` — a checkpoint that cannot be written (read-only
+  folder, full disk) stops training with one message saying how to resume.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from safetensors import SafetensorError
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
 
@@ -33,8 +36,21 @@ STAGING_PREFIX = ".staging-"
 NEVER = 2**31 - 1
 """``save_steps`` when only the timer and the end of training should save."""
 TRAINER_STATE = "trainer_state.json"
-REQUIRED_FILES = (TRAINER_STATE, "optimizer.pt", "scheduler.pt")
+OPTIMIZER_FILE, SCHEDULER_FILE, SCALER_FILE, RNG_FILE = "optimizer.pt", "scheduler.pt", "scaler.pt", "rng_state.pth"
+REQUIRED_FILES = (TRAINER_STATE, OPTIMIZER_FILE, SCHEDULER_FILE)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+class OutputWriteError(OSError):
+    """A checkpoint or the final outputs could not be written (read-only folder, full disk, a file in the way).
+
+    The message names the folder, the cause, and how to go on (``--resume``).
+    """
+
+
+WRITE_ERRORS = (OSError, RuntimeError, SafetensorError)
+"""What a failed write raises: ``OSError`` from Python, ``RuntimeError`` from ``torch.save`` ("Parent directory
+... does not exist", "file write failed"), ``SafetensorError`` from safetensors."""
 
 
 def checkpoint_args(checkpoint_every: int | None, keep_checkpoints: int) -> dict:
@@ -80,19 +96,32 @@ def make_checkpoints_atomic(trainer: Any) -> Any:
         run_dir = Path(trainer._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
         staging = run_dir / f"{STAGING_PREFIX}{name}"
-        shutil.rmtree(staging, ignore_errors=True)
-        trainer._get_output_dir = lambda trial=None: str(staging)  # transformers writes staging/checkpoint-N
         try:
-            save(model, trial)
-        finally:
-            del trainer._get_output_dir  # back to the class's method
-        _publish(staging / name, run_dir / name)
-        shutil.rmtree(staging, ignore_errors=True)
-        if trainer.args.should_save:
-            rotate_checkpoints(str(run_dir), trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
+            shutil.rmtree(staging, ignore_errors=True)
+            trainer._get_output_dir = lambda trial=None: str(staging)  # transformers writes staging/checkpoint-N
+            try:
+                save(model, trial)
+            finally:
+                del trainer._get_output_dir  # back to the class's method
+            _publish(staging / name, run_dir / name)
+            shutil.rmtree(staging, ignore_errors=True)
+            if trainer.args.should_save:
+                rotate_checkpoints(str(run_dir), trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
+        except WRITE_ERRORS as err:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise OutputWriteError(checkpoint_write_failure(run_dir, name, trainer.state.global_step, err)) from err
 
     trainer._save_checkpoint = save_atomically
     return trainer
+
+
+def checkpoint_write_failure(run_dir: Path, name: str, step: int, err: Exception) -> str:
+    """The message for a checkpoint that could not be written: the cause, and where ``--resume`` will continue."""
+    saved = sort_checkpoints(str(run_dir)) if run_dir.is_dir() else []
+    since = f"from {saved[-1]}" if saved else "from step 0 (no checkpoint was saved yet)"
+    return (f"could not write {name} to {run_dir} ({type(err).__name__}: {err}); training stopped at step {step}. "
+            f"Make the folder writable again (or free some space), then run the same command with --resume "
+            f"(Python: resume=True): it continues {since}.")
 
 
 def _publish(src: Path, dst: Path) -> None:
@@ -103,8 +132,73 @@ def _publish(src: Path, dst: Path) -> None:
     os.replace(src, dst)
 
 
+def _load_torch(path: Path) -> Any:
+    """``torch.load`` of a checkpoint file as the Trainer loads it: tensors and plain containers only, on the CPU."""
+    import torch
+    from transformers.trainer_pt_utils import safe_globals  # numpy's RNG state, as transformers allows it
+
+    with safe_globals():
+        return torch.load(path, weights_only=True, map_location="cpu")
+
+
+def _non_finite(tree: Any, prefix: str = "") -> list[str]:
+    """Names of the floating-point tensors in a (nested) state that hold NaN or inf."""
+    import torch
+
+    if isinstance(tree, torch.Tensor):
+        return [prefix or "tensor"] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    if isinstance(tree, dict):
+        return [n for k, v in tree.items() for n in _non_finite(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(tree, (list, tuple)):
+        return [n for i, v in enumerate(tree) for n in _non_finite(v, f"{prefix}[{i}]")]
+    return []
+
+
+def _load_weights(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path), device="cpu")
+    return _load_torch(path)
+
+
+def _file_problem(path: Path, load: Callable[[Path], Any], check_finite: bool) -> str | None:
+    """Why one checkpoint file is unusable: it does not load, or (``check_finite``) holds NaN/inf."""
+    try:
+        content = load(path)
+    except Exception as err:  # noqa: BLE001 — any failure to load makes the checkpoint unusable
+        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        return f"{path.name} cannot be loaded ({type(err).__name__}: {reason})"
+    bad = _non_finite(content) if check_finite else []
+    if bad:
+        return f"{path.name} holds NaN or inf values ({len(bad)} tensor(s), e.g. {bad[0]})"
+    return None
+
+
+def _state_problem(path: Path) -> str | None:
+    try:
+        state = json.loads(path.read_text())
+        int(state["global_step"]), int(state["max_steps"])
+        if not isinstance(state.get("log_history", []), list):
+            raise ValueError("log_history is not a list")
+    except Exception as err:  # noqa: BLE001 — unreadable, not JSON, or missing the step
+        return f"{path.name} is unreadable ({type(err).__name__}: {err})"
+    return None
+
+
 def checkpoint_problem(path: str | Path) -> str | None:
-    """Why the checkpoint folder ``path`` cannot be resumed from, or None when it is complete."""
+    """Why the checkpoint folder ``path`` cannot be resumed from, or None when it can: a message naming the file.
+
+    A checkpoint counts only if every file a resume reads loads, and its
+    weights are finite: ``trainer_state.json`` parses and records the step;
+    the adapter weights load and hold no NaN/inf; ``optimizer.pt`` loads and
+    its state is finite; ``scheduler.pt`` and, when present, ``scaler.pt``
+    and ``rng_state.pth`` load. ``.pt`` files are read with
+    ``torch.load(weights_only=True, map_location="cpu")``: tensors and plain
+    containers, never arbitrary pickled objects. Cost: one read of the
+    checkpoint (for a LoRA run the adapter and its optimizer state, a few MB
+    to a few hundred MB), only for the checkpoint a resume is about to use.
+    """
     path = Path(path)
     missing = [f for f in REQUIRED_FILES if not (path / f).is_file() or (path / f).stat().st_size == 0]
     if missing:
@@ -112,28 +206,23 @@ def checkpoint_problem(path: str | Path) -> str | None:
     adapter = next((path / f for f in ADAPTER_FILES if (path / f).is_file()), None)
     if adapter is None:
         return "no adapter weights"
-    try:
-        state = json.loads((path / TRAINER_STATE).read_text())
-        int(state["global_step"])
-        if adapter.suffix == ".safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(adapter), framework="pt") as weights:
-                weights.keys()
-    except Exception as err:  # noqa: BLE001 — any unreadable file makes the checkpoint unusable
-        return f"unreadable ({type(err).__name__}: {err})"
-    return None
+    checks = [(adapter, _load_weights, True), (path / OPTIMIZER_FILE, _load_torch, True),
+              (path / SCHEDULER_FILE, _load_torch, False)]
+    checks += [(path / name, _load_torch, False) for name in (SCALER_FILE, RNG_FILE) if (path / name).exists()]
+    return _state_problem(path / TRAINER_STATE) or next(
+        (problem for file, load, finite in checks if (problem := _file_problem(file, load, finite))), None)
 
 
 def latest_valid_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete ``checkpoint-<step>`` in ``output_dir``; incomplete ones are named and skipped."""
+    """The newest ``checkpoint-<step>`` in ``output_dir`` that :func:`checkpoint_problem` accepts; the others
+    are named (with the file and why) and skipped, so a resume falls back to the one before."""
     if not Path(output_dir).is_dir():
         return None
     for path in reversed(sort_checkpoints(str(output_dir))):
         problem = checkpoint_problem(path)
         if problem is None:
             return Path(path)
-        print(f"rslora-colab: skipping {path}: {problem}", flush=True)
+        print(f"rslora-colab: skipping {path}: {problem}; trying the one before", flush=True)
     return None
 
 

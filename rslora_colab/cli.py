@@ -1,6 +1,19 @@
 """``python -m rslora_colab <command>``: the kit from a terminal.
 
     python -m rslora_colab train --help
+
+Errors the kit expects are one line, ``error: ...`` saying what to do, and an exit status:
+
+===  ==========================================================================================
+0    done
+1    ``plan``: nothing fits the GPU
+2    bad settings, data, model name or output folder (also: the folder is in use by a live run);
+     nothing was trained
+3    training diverged past the divergence guard (the last good adapter is saved)
+4    a checkpoint or the final outputs could not be written (read-only folder, full disk);
+     fix the folder and run again with ``--resume``
+130  interrupted by Ctrl-C: a checkpoint was saved after the current step; ``--resume`` continues
+===  ==========================================================================================
 """
 
 from __future__ import annotations
@@ -9,8 +22,13 @@ import argparse
 import sys
 import warnings
 
+from .checkpoints import OutputWriteError
 from .commands import COMMANDS
 from .guard import DivergenceError
+from .interrupt import INTERRUPTED_EXIT
+
+EXIT_SETTINGS, EXIT_DIVERGED, EXIT_WRITE = 2, 3, 4
+"""Exit statuses (see the module docstring); Ctrl-C is ``INTERRUPTED_EXIT`` (130)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,10 +47,17 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ValueError as err:  # our errors name the field and the fix: no traceback needed
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_SETTINGS
     except DivergenceError as err:  # the guard's message names the step, the lr and what to try
         print(f"error: {err}", file=sys.stderr)
-        return 3
+        return EXIT_DIVERGED
+    except OutputWriteError as err:  # names the folder, the cause and what --resume will continue from
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_WRITE
+    except KeyboardInterrupt as err:  # the kit's own (TrainingInterrupted) says where the checkpoint is
+        print(f"interrupted: {err}" if str(err) else "interrupted (Ctrl-C). What was saved is kept: after `train`, "
+              "run the same command with --resume to continue from its newest checkpoint.", file=sys.stderr)
+        return INTERRUPTED_EXIT
 
 
 if __name__ == "__main__":

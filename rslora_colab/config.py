@@ -3,16 +3,27 @@
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .adapt import DEFAULT_TARGETS
+from .adapt import DEFAULT_TARGETS, module_names
 from .colab import default_output_dir
 from .plan import GPU_BUDGETS
 from .presets import MAX_RANK, METHODS, MIN_RANK
 from .runtime import BACKENDS
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+HF_NAMES = {
+    "learning_rate": "lr", "num_train_epochs": "epochs", "num_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum", "lora_r": "r", "rank": "r", "lora_rank": "r",
+    "lora_alpha": "alpha", "lora_dropout": "dropout", "max_length": "max_seq_length", "max_seq_len": "max_seq_length",
+    "lr_scheduler_type": "lr_scheduler", "random_state": "seed", "save_steps": "checkpoint_every",
+    "save_total_limit": "keep_checkpoints",
+}
+"""Names from transformers' ``TrainingArguments``, PEFT's ``LoraConfig`` and Unsloth's notebooks, and the field
+each one means here: an unknown keyword among them gets that field as its "did you mean"."""
 
 
 @dataclass
@@ -88,7 +99,7 @@ class FinetuneConfig:
     """DPO only: how far the policy may move from the reference (TRL's default; smaller lets it move further)."""
 
     def __post_init__(self) -> None:
-        self.target_modules = tuple(self.target_modules)
+        self.target_modules = module_names(self.target_modules)
         if self.output_dir is None:
             self.output_dir = default_output_dir()
         problems = self.problems()
@@ -109,12 +120,12 @@ class FinetuneConfig:
             (is_int(self.max_seq_length) and self.max_seq_length >= 16, "max_seq_length", "an integer >= 16"),
             (isinstance(self.output_dir, str) and self.output_dir != "", "output_dir", "a folder path"),
             (is_int(self.seed), "seed", "an integer"),
-            (self.warmup_ratio is None or (isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1),
+            (self.warmup_ratio is None or (is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1),
              "warmup_ratio", "a fraction in [0, 1)"),
             (self.lr_scheduler is None or self.lr_scheduler in SCHEDULERS, "lr_scheduler", f"one of {SCHEDULERS}"),
-            (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "a number >= 0"),
             (is_positive(self.max_grad_norm), "max_grad_norm", "a positive number"),
-            (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"),
+            (is_number(self.dropout) and 0 <= self.dropout < 1, "dropout", "a probability in [0, 1)"),
             (len(self.target_modules) > 0 and all(isinstance(t, str) for t in self.target_modules),
              "target_modules", "a non-empty list of layer names such as 'q_proj'"),
             (self.backend in BACKENDS, "backend", f"one of {BACKENDS}"),
@@ -141,10 +152,17 @@ class FinetuneConfig:
         known = [f.name for f in fields(cls)]
         unknown = [k for k in overrides if k not in known]
         if unknown:
-            hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
-                     for k in unknown]
+            hints = [f"{k!r}" + (f" (did you mean {m!r}?)" if (m := suggest_name(k, known)) else "") for k in unknown]
             raise ValueError(f"Unknown setting(s) {', '.join(hints)}. Known settings: {', '.join(known)}.")
         return cls(**overrides)
+
+
+def suggest_name(name: str, known: list[str]) -> str | None:
+    """The known setting ``name`` was probably meant to be: its transformers/PEFT meaning, else the closest spelling."""
+    if HF_NAMES.get(name) in known:
+        return HF_NAMES[name]
+    close = difflib.get_close_matches(name, known, 1)
+    return close[0] if close else None
 
 
 def is_int(value: Any) -> bool:
@@ -152,6 +170,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_number(value: Any) -> bool:
+    """True for a finite int or float that is not a bool (inf and NaN make no sense as a setting)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def is_positive(value: Any) -> bool:
-    """True for a number > 0 that is not a bool."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    """True for a finite number > 0 that is not a bool."""
+    return is_number(value) and value > 0

@@ -43,8 +43,13 @@ MAX_REPORTED = 5
 
 
 def load_any(source: Any, split: str = "train"):
-    """A ``datasets.Dataset`` from a Dataset, a list of dicts, a local file, or a hub id."""
-    from datasets import Dataset, load_dataset
+    """A ``datasets.Dataset`` from a Dataset, a list of dicts, a local file, or a hub id.
+
+    A string that looks like a path (``./data``, ``../x``, ``/abs``, ``~/x``, a
+    known file suffix, or more than one ``/``) is never sent to the Hub: a typo
+    there gets "no such file", not a network error.
+    """
+    from datasets import Dataset
 
     if isinstance(source, Dataset):
         return source
@@ -54,20 +59,52 @@ def load_any(source: Any, split: str = "train"):
         return Dataset.from_list(source)
     if not isinstance(source, (str, Path)):
         raise ValueError(f"dataset: got a {type(source).__name__}; pass a Dataset, a list of dicts, a file or a hub id.")
-    path = Path(source)
-    if path.suffix.lower() in FILE_BUILDERS or path.exists():
+    path = Path(source).expanduser()
+    if path.is_dir():
+        raise ValueError(_folder_message(path))
+    if path.suffix.lower() in FILE_BUILDERS or path.exists() or isinstance(source, Path) or looks_like_path(source):
         return _load_file(path)
-    return load_dataset(str(source), split=split)
+    return _load_hub(str(source), split)
+
+
+def looks_like_path(name: str) -> bool:
+    """True for a string that can only be a local path, not a hub id (``name`` or ``namespace/name``)."""
+    return name.startswith((".", "/", "~", "\\")) or "\\" in name or name.count("/") > 1
+
+
+def _folder_message(path: Path) -> str:
+    found = sorted(p.name for p in path.iterdir() if p.suffix.lower() in FILE_BUILDERS)
+    inside = (f"it holds {', '.join(found[:MAX_REPORTED])}{' ...' if len(found) > MAX_REPORTED else ''}; pass one of "
+              f"those, e.g. {path / found[0]}" if found else f"it holds no {'/'.join(FILE_BUILDERS)} file")
+    return (f"{path}: is a folder; pass one data file ({', '.join(FILE_BUILDERS)}) instead: {inside}. Nothing was "
+            "trained yet.")
+
+
+def _load_hub(name: str, split: str):
+    """``load_dataset(name, split=split)``; any failure becomes one ``ValueError`` saying what to check."""
+    from datasets import load_dataset
+
+    try:
+        return load_dataset(name, split=split)
+    except Exception as err:  # noqa: BLE001 — not found, offline, no such split, gated: one message for all
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ValueError(
+            f"dataset {name!r}: not a local file, and the Hugging Face Hub could not provide it "
+            f"({type(err).__name__}: {reason}). If it is a file, check the path (e.g. ./my_data.jsonl); if it is a "
+            "hub dataset id, check its spelling, the network, and the split "
+            f"{split!r} (offline, HF_HUB_OFFLINE=1 reads only the local cache). Nothing was trained yet: fix it and "
+            "run again.") from err
 
 
 def _load_file(path: Path):
     from datasets import load_dataset
 
     builder = FILE_BUILDERS.get(path.suffix.lower())
+    if not path.exists():
+        raise ValueError(f"{path}: no such file or folder (current folder: {Path.cwd()}). Check the path; a hub "
+                         "dataset id looks like 'namespace/name'.")
     if builder is None:
         raise ValueError(f"{path}: unsupported file type; use one of {sorted(FILE_BUILDERS)}.")
-    if not path.is_file():
-        raise ValueError(f"{path}: no such file.")
     if path.suffix.lower() == ".jsonl":
         _check_jsonl(path)
     try:
@@ -77,8 +114,8 @@ def _load_file(path: Path):
 
 
 def _check_jsonl(path: Path) -> None:
-    """Name the first line of a .jsonl file that is not a JSON object."""
-    with path.open(encoding="utf-8") as handle:
+    """Name the first line of a .jsonl file that is not a JSON object (a UTF-8 byte-order mark is allowed)."""
+    with path.open(encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -125,6 +162,10 @@ def _turn_problems(turns: Any, field: str, role_key: str, text_key: str, roles: 
     assistant = {"assistant", "gpt"}
     if need_assistant and not problems and not any(turn[role_key] in assistant for turn in turns):
         problems.append(f"field '{field}' has no assistant turn to learn from")
+    if need_assistant and not problems:  # the trained turns: an empty one teaches the model to say nothing
+        problems += [f"{field}[{j}].{text_key} is empty: an assistant turn needs text to learn from (fill it in, or "
+                     "drop the turn or the row)" for j, turn in enumerate(turns)
+                     if turn[role_key] in assistant and not turn[text_key].strip()]
     return problems
 
 
@@ -159,14 +200,17 @@ def validate(dataset, source: str = "dataset", method: str = "sft") -> str:
         fmt, check = detect_preference_format(dataset.column_names, dataset[0], source), preference_row_problems
     else:
         fmt, check = detect_format(dataset.column_names, source), row_problems
-    where = "line" if source.endswith(".jsonl") else "row"
-    offset = 1 if where == "line" else 0
-    problems = [f"{source} {where} {i + offset}: {p}" for i, row in enumerate(dataset) for p in check(row, fmt)]
+    problems = [f"{source} {row_label(source, i)}: {p}" for i, row in enumerate(dataset) for p in check(row, fmt)]
     if problems:
         more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
         raise ValueError(f"{source} ({fmt} format) has {len(problems)} problem(s):\n  "
                          + "\n  ".join(problems[:MAX_REPORTED]) + more)
     return fmt
+
+
+def row_label(source: str, index: int) -> str:
+    """How messages name row ``index`` of ``source``: ``line N`` (from 1) in a .jsonl file, else ``row N`` (from 0)."""
+    return f"line {index + 1}" if source.endswith(".jsonl") else f"row {index}"
 
 
 def source_name(source: Any) -> str:

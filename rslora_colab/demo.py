@@ -250,7 +250,7 @@ def demo_model(pretrain_steps: int = 300) -> str:
     The folder holds a normal transformers checkpoint and tokenizer, so every
     function that takes a model name takes this path too.
     """
-    target = cache_dir() / f"demo-model-{DEMO_VERSION}-{pretrain_steps}"
+    target = demo_model_path(pretrain_steps)
     if (target / "config.json").exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -277,9 +277,25 @@ def demo_threads() -> int:
     return torch.get_num_threads()
 
 
+def demo_model_path(pretrain_steps: int = 300) -> Path:
+    """Where :func:`demo_model` keeps (or will build) the demo model; builds nothing."""
+    return cache_dir() / f"demo-model-{DEMO_VERSION}-{pretrain_steps}"
+
+
 def resolve_model_name(name: str) -> str:
     """Map the alias ``"demo"`` to the demo model's path; other names pass through."""
     return demo_model() if name == DEMO_NAME else name
+
+
+def portable_model_name(name: str) -> str:
+    """``"demo"`` for the demo model (the alias, or its cache folder); other names unchanged.
+
+    Saved adapters record this as their base model, so a pushed demo adapter
+    carries no local path and :func:`resolve_model_name` finds the model again.
+    """
+    if name == DEMO_NAME:
+        return name
+    return DEMO_NAME if Path(name).expanduser().resolve() == demo_model_path().resolve() else name
 
 
 DEMO_TRAINING = {"max_steps": 150, "batch_size": 8, "grad_accum": 1, "max_seq_length": 256}

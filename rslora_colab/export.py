@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from .adapt import is_peft_model
+from .demo import resolve_model_name
 from .load import ADAPTER_CONFIG, _load_transformers, adapter_base, is_quantized, load_adapter, runtime_of
 from .runtime import Runtime, detect_runtime
 from .save import METRICS_FILE, save_adapter
@@ -111,10 +112,11 @@ def merge_adapter(adapter_dir: str | Path, path: str | Path, quantized: bool | N
     quantized = run.get("load_in_4bit", True) if quantized is None else quantized
     precision = precision or run.get("precision") or detect_runtime("transformers").precision
     base = adapter_base(adapter_dir)
-    dtype = merged_dtype(base)
+    files = resolve_model_name(base)  # "demo" is the demo model's cache folder
+    dtype = merged_dtype(files)
     name = str(dtype).removeprefix("torch.")
     print(f"rslora-colab: merging {adapter_dir} into {base}, dequantized to {name} on the CPU", flush=True)
-    model, tokenizer = _load_transformers(base, quantized, Runtime("transformers", precision, "cpu", "merge"))
+    model, tokenizer = _load_transformers(files, quantized, Runtime("transformers", precision, "cpu", "merge"))
     if is_quantized(model):  # trained in 4-bit, or a pre-quantized checkpoint
         model = model.dequantize(dtype=dtype)
     merged = PeftModel.from_pretrained(model.to(dtype), str(adapter_dir)).merge_and_unload()

@@ -14,12 +14,21 @@ by default (``guard=False`` turns it off). It judges every logged step with
   median ignores one odd batch, the 10-step minimum leaves the first steep
   fall alone, and the 1-nat margin keeps a run that has memorised its data
   (loss 0.05 -> 0.2) from counting as diverged.
+* **Diverged early**, before those 10 healthy losses exist: when the loss
+  rises above ``early_factor`` (2) times the run's starting loss (its first
+  healthy one) *and* at least ``early_margin`` (2 nats) above it. Too high a
+  learning rate blows up within a few steps (lr=0.9 at r=256: 3.4 -> 10.0 at
+  step 3), long before a median of 10 steps exists. The rule is looser than
+  the spike rule (one starting loss is a noisier yardstick than a median of
+  ten) but catches a jump of that size.
 * **Not divergence: fp16 loss-scaler skips.** With fp16 (a T4), the loss
   scaler starts high and skips the optimizer step whenever the scaled
   gradients overflow — mostly in the first few steps. Such a step has a
   finite loss, an inf/NaN gradient norm, and unchanged (finite) weights. It is
   recorded as a ``scaler_skip`` event and training goes on; only more than
-  ``max_skips`` (10) skips in a row count as divergence.
+  ``max_skips`` (10) skips in a row count as divergence. In bf16 and fp32
+  there is no loss scaler, so nothing skips the step: a non-finite gradient
+  norm there is divergence. Events name the run's real precision.
 
 On divergence the guard restores the last good adapter weights and optimizer
 state (kept in CPU memory, taken every ``snapshot_every`` steps and trusted
@@ -27,8 +36,10 @@ once the next step's loss is healthy), multiplies the learning rate by
 ``lr_factor`` (0.5) in the optimizer and in the scheduler's ``base_lrs`` so the
 schedule continues lower, and lets training go on. After ``max_rollbacks``
 rollbacks the next divergence stops training with a :class:`DivergenceError`
-naming the step, the learning rate and what to try. Every event goes into
-``history`` and the trainer's ``log_history`` (so it is in every checkpoint).
+naming the step, the learning rate and what to try; the model then holds the
+last good weights (:attr:`DivergenceGuard.last_good_step`), which
+``train_adapter`` saves to ``output_dir/last_good_adapter``. Every event goes
+into ``history`` and the trainer's ``log_history`` (so it is in every checkpoint).
 """
 
 from __future__ import annotations
@@ -49,16 +60,25 @@ class DivergenceError(RuntimeError):
 
 
 def judge_step(loss: float, grad_norm: float | None, recent: list[float], weights_finite: Callable[[], bool],
-               spike_factor: float = 3.0, spike_margin: float = 1.0, min_history: int = 10) -> tuple[Verdict, str]:
+               spike_factor: float = 3.0, spike_margin: float = 1.0, min_history: int = 10,
+               start: float | None = None, precision: str = "fp16", early_factor: float = 2.0,
+               early_margin: float = 2.0) -> tuple[Verdict, str]:
     """Judge one logged step: ``("ok" | "skip" | "diverged", reason)``.
 
-    ``recent`` holds the last healthy losses; ``weights_finite`` is only
-    called when the gradient norm is not finite (to tell an fp16 scaler skip,
-    which leaves the weights alone, from an update that broke them).
+    ``recent`` holds the last healthy losses; ``start`` the run's starting
+    loss (its first healthy one), which the first ``min_history`` steps are
+    judged against; ``precision`` the run's (``"fp16"``, ``"bf16"`` or
+    ``"fp32"``): only fp16 has a loss scaler that skips overflowing steps.
+    ``weights_finite`` is only called for an fp16 step whose gradient norm is
+    not finite (to tell a scaler skip, which leaves the weights alone, from an
+    update that broke them).
     """
     if not math.isfinite(loss):
         return "diverged", f"loss is {loss}"
     if grad_norm is not None and not math.isfinite(grad_norm):
+        if precision != "fp16":
+            return "diverged", (f"grad norm is {grad_norm} in {precision}, which has no loss scaler to skip the "
+                                "step: the gradients overflowed")
         if weights_finite():
             return "skip", f"grad norm is {grad_norm} with a finite loss: the fp16 loss scaler skipped this update"
         return "diverged", f"grad norm is {grad_norm} and the adapter weights are no longer finite"
@@ -67,6 +87,9 @@ def judge_step(loss: float, grad_norm: float | None, recent: list[float], weight
         if loss > spike_factor * median and loss > median + spike_margin:
             return "diverged", (f"loss spiked to {loss:.4g}, over {spike_factor:g}x the median {median:.4g} "
                                 f"of the last {len(recent)} steps")
+    elif start is not None and loss > early_factor * start and loss > start + early_margin:
+        return "diverged", (f"loss rose to {loss:.4g} in the first steps, over {early_factor:g}x the starting "
+                            f"loss {start:.4g}")
     return "ok", ""
 
 
@@ -132,13 +155,18 @@ class DivergenceGuard(TrainerCallback):
 
     def __init__(self, max_rollbacks: int = 3, history: list[dict] | None = None, lr_factor: float = 0.5,
                  spike_factor: float = 3.0, spike_margin: float = 1.0, window: int = 20, min_history: int = 10,
-                 snapshot_every: int = 10, max_skips: int = 10) -> None:
+                 snapshot_every: int = 10, max_skips: int = 10, early_factor: float = 2.0,
+                 early_margin: float = 2.0) -> None:
         self.max_rollbacks = max_rollbacks
         self.history = history if history is not None else []
         self.lr_factor, self.spike_factor, self.spike_margin = lr_factor, spike_factor, spike_margin
         self.window, self.min_history, self.snapshot_every, self.max_skips = window, min_history, snapshot_every, max_skips
+        self.early_factor, self.early_margin = early_factor, early_margin
         self.rollbacks = 0
         self.failure: str | None = None
+        self.precision = "fp32"
+        """The run's precision, read from the trainer's arguments when training begins."""
+        self._start: float | None = None
         self._recent: deque[float] = deque(maxlen=window)
         self._skips = 0
         self._good: Snapshot | None = None
@@ -158,9 +186,16 @@ class DivergenceGuard(TrainerCallback):
                                "instead of passing it in callbacks=[...].")
         past = state.log_history
         self.rollbacks = sum(1 for h in past if h.get("event") == "rollback")
+        self.precision = "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
         healthy = [h["loss"] for h in past if "loss" in h and math.isfinite(h["loss"])]
         self._recent.extend(healthy[-self.window:])
+        self._start = healthy[0] if healthy else None
         self._good, self._pending = Snapshot(state.global_step, model, optimizer), None
+
+    @property
+    def last_good_step(self) -> int | None:
+        """The step of the weights the guard restores (and holds after giving up); None before training."""
+        return self._good.step if self._good is not None else None
 
     def on_log(self, args, state, control, logs=None, model=None, optimizer=None, lr_scheduler=None, **kwargs):
         if not logs or "loss" not in logs or self.failure:
@@ -168,7 +203,8 @@ class DivergenceGuard(TrainerCallback):
         loss, grad_norm = float(logs["loss"]), logs.get("grad_norm")
         verdict, reason = judge_step(loss, None if grad_norm is None else float(grad_norm), list(self._recent),
                                      lambda: _weights_finite(model), self.spike_factor, self.spike_margin,
-                                     self.min_history)
+                                     self.min_history, self._start, self.precision, self.early_factor,
+                                     self.early_margin)
         if verdict == "skip":
             self._skips += 1
             self._record(state, "scaler_skip", reason, optimizer.param_groups[0]["lr"])
@@ -179,6 +215,8 @@ class DivergenceGuard(TrainerCallback):
         if verdict == "diverged":
             return self._recover(state, control, reason, model, optimizer, lr_scheduler)
         self._recent.append(loss)
+        if self._start is None:
+            self._start = loss
         if self._pending is not None:  # this healthy loss was computed with the pending weights
             self._good, self._pending = self._pending, None
         if state.global_step - self._good.step >= self.snapshot_every:
@@ -193,12 +231,14 @@ class DivergenceGuard(TrainerCallback):
         if self.rollbacks >= self.max_rollbacks:
             for group in optimizer.param_groups:
                 group["lr"] = lr  # the restored state carries an older lr; keep the current one
+            fp16 = ("on fp16 (a T4), a lower lr usually stops the overflow, or use a bf16 GPU (L4, A100); "
+                    if self.precision == "fp16" else "")
             self.failure = (
                 f"Training diverged at step {step} ({reason}) after {self.rollbacks} rollback(s), each cutting the "
                 f"learning rate by {self.lr_factor:g}x (now {lr:.3g}). The model holds the last good weights "
                 f"(step {self._good.step}). Try: a lower lr (e.g. lr={lr * self.lr_factor:.1e}) or a lower rank r; "
-                "on fp16 (a T4), a lower lr usually stops the overflow, or use a bf16 GPU (L4, A100); check the data "
-                "for empty, huge or garbled rows. Start that run in a new output_dir (resuming keeps the old settings).")
+                f"{fp16}check the data for empty, huge or garbled rows. Start that run in a new output_dir (resuming "
+                "keeps the old settings).")
             self._record(state, "gave_up", reason, lr, restored_step=self._good.step)
             control.should_training_stop, control.should_save = True, False
             return control

@@ -95,6 +95,34 @@ def load_model(
     return model, tokenizer
 
 
+def load_tokenizer(model: Any):
+    """The tokenizer of a hub id, local folder, ``"demo"`` or ``(model, tokenizer)`` pair, with no model weights.
+
+    Raises a ``ValueError`` naming the model when its files cannot be read (a
+    misspelt hub id, no network, a wrong folder). Returns None for anything
+    else that is not a model name (loading it says what is wrong) and, with a
+    notice, when the tokenizer needs more than ``AutoTokenizer`` (the checks
+    that need it are then skipped).
+    """
+    if isinstance(model, tuple) and len(model) == 2:
+        return model[1]
+    if not isinstance(model, (str, Path)):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve_model_name(str(model)))
+    except OSError as err:
+        reason = (str(err).strip().splitlines() or [""])[0][:300]
+        raise ValueError(f"model {str(model)!r}: its tokenizer cannot be read ({type(err).__name__}: {reason}). "
+                         "Check the hub id's spelling and the network (offline, HF_HUB_OFFLINE=1 reads only the "
+                         "local cache), or the folder's path. Nothing was trained yet.") from err
+    except Exception as err:  # noqa: BLE001 — e.g. a tokenizer needing a package AutoTokenizer lacks
+        print(f"rslora-colab: could not read {model}'s tokenizer before loading ({type(err).__name__}); the row "
+              "lengths are not checked in advance", flush=True)
+        return None
+
+
 def is_quantized(model: Any) -> bool:
     """True when the model holds bitsandbytes 4-bit (or 8-bit) layers."""
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
@@ -137,7 +165,7 @@ def load_adapter(path: str | Path, max_seq_length: int = 2048, load_in_4bit: boo
 
     base = adapter_base(path)
     runtime = detect_runtime(backend)
-    if runtime.backend == "unsloth":
+    if runtime.backend == "unsloth" and base != DEMO_NAME:  # Unsloth reads the base from the adapter folder
         return load_model(str(path), max_seq_length, load_in_4bit, "unsloth")
     model, tokenizer = load_model(base, max_seq_length, load_in_4bit, backend)
     model = PeftModel.from_pretrained(model, str(path))

@@ -16,6 +16,7 @@ manager would not work there, since the front end drops output whose request
 from __future__ import annotations
 
 import contextlib
+import html
 import io
 import sys
 import threading
@@ -25,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from .catalog import CATALOG
+from .checkpoints import OutputWriteError
 from .colab import default_output_dir, enable_colab_widgets
 from .config import FinetuneConfig
 from .demo import DEMO_NAME, DEMO_TRAINING
 from .gauge import FitCheck, check_fit
+from .guard import DivergenceError
 from .notebook import resolve_choices
 from .presets import lr_for_rank
 from .watch import LivePlotCallback, StopCallback
@@ -44,6 +47,8 @@ DEFAULT_MAX_STEPS = 60
 GAUGE_COLOURS = {True: "success", False: "danger", None: "warning"}
 """Progress-bar style of the VRAM gauge: fits, won't fit, unknown."""
 WIDE = {"description_width": "110px"}
+EXPECTED_ERRORS = (ValueError, DivergenceError, OutputWriteError)
+"""Errors whose message says what to do: the log shows that line, not a traceback (as the CLI does)."""
 
 
 def model_choices() -> list[str]:
@@ -316,10 +321,14 @@ class ControlPanel:
                 self.status.value = (f"<span style='color:green'>done{stopped}: loss {self.result.first_loss:.3f} "
                                      f"&rarr; {self.result.final_loss:.3f} in {self.result.wall_time_s:.0f} s; "
                                      f"adapter in {self.result.adapter_path}</span>")
-            except Exception as err:  # shown in the panel; the traceback goes to the log
+            except Exception as err:  # shown in the panel; the log gets the message, or the traceback if unexpected
                 self.error = err
-                traceback.print_exc()
-                self.status.value = f"<span style='color:#c62828'>failed: {type(err).__name__}: {err}</span>"
+                if isinstance(err, EXPECTED_ERRORS):  # they name the setting or folder and the fix
+                    print(f"error: {err}", file=sys.stderr)
+                else:
+                    traceback.print_exc()
+                self.status.value = (f"<span style='color:#c62828'>failed: {type(err).__name__}: "
+                                     f"{html.escape(str(err))}</span>")
             finally:
                 self.train_button.disabled, self.stop_button.disabled = False, True
 

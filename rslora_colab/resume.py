@@ -28,6 +28,9 @@ MANIFEST_SETTINGS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_sch
 """Resolved settings a resumed run must share with the run it continues."""
 MANIFEST_CONFIG = ("weight_decay", "max_grad_norm", "dropout")
 """Config fields a resumed run must share too."""
+FINAL_SAVE = "final_save"
+"""Manifest key of a run whose caller saves final outputs (``quick_finetune``): ``"pending"`` from the start of
+the run until the adapter and metrics are written, then ``"done"``. Not compared on resume."""
 FINGERPRINT_ROWS = 2048
 """Rows hashed into a dataset fingerprint (evenly spaced; all of them for smaller datasets)."""
 
@@ -61,8 +64,8 @@ def run_manifest(model: Any, dataset: Any, fmt: str, settings: dict, config: Any
 
 
 def manifest_differences(saved: dict, current: dict) -> list[str]:
-    """One line per setting that differs between the saved run and this call."""
-    keys = [k for k in {**saved, **current} if _norm(saved.get(k)) != _norm(current.get(k))]
+    """One line per setting that differs between the saved run and this call (the run's state is not a setting)."""
+    keys = [k for k in {**saved, **current} if k != FINAL_SAVE and _norm(saved.get(k)) != _norm(current.get(k))]
     return [f"{k}: {saved.get(k)!r} in the saved run, {current.get(k)!r} now" for k in keys]
 
 
@@ -77,9 +80,12 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
       manifest matches (a ``ValueError`` lists every difference); None, with a
       notice, when there is no checkpoint yet.
     * ``resume=False``: refuses (``ValueError``) to start over an unfinished
-      run's checkpoints; a finished run's checkpoints are removed.
+      run's checkpoints, or over a finished run whose final save never
+      completed (its manifest still says ``final_save: pending``; a resume saves
+      it without training again); a finished run's checkpoints are removed.
 
-    Writes this run's manifest, then returns.
+    The caller holds the folder's :func:`~rslora_colab.lock.run_lock`, so any
+    run found here is not live. Writes this run's manifest, then returns.
     """
     out = Path(output_dir)
     path = out / MANIFEST_FILE
@@ -95,6 +101,12 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
             raise ValueError(
                 f"output_dir={str(out)!r} holds an unfinished run (newest checkpoint: step {step} of {total}). "
                 "Pass resume=True (CLI: --resume) to continue it, or choose another output_dir to start over.")
+        elif (saved or {}).get(FINAL_SAVE) == "pending":
+            raise ValueError(
+                f"output_dir={str(out)!r} holds a run that finished training (step {step} of {total}) but whose "
+                "adapter and metrics were never saved (the final save failed or was cut short). Pass resume=True "
+                "(CLI: --resume) to save them from its last checkpoint without training again, or choose another "
+                "output_dir to start over.")
         else:
             removed = remove_checkpoints(out)
             print(f"rslora-colab: starting a new run in {out}; removed {len(removed)} checkpoint(s) of the finished "
@@ -105,6 +117,13 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest, path)
     return latest if resume else None
+
+
+def mark_final_save(output_dir: str | Path, state: str) -> None:
+    """Record in the run manifest how far the final save got: ``"pending"`` or ``"done"``."""
+    path = Path(output_dir) / MANIFEST_FILE
+    if path.is_file():
+        write_json({**json.loads(path.read_text()), FINAL_SAVE: state}, path)
 
 
 def _check_same_run(out: Path, saved: dict | None, manifest: dict) -> None:

@@ -27,11 +27,12 @@ from typing import Any, Sequence
 import torch
 
 from .config import FinetuneConfig, is_int, is_positive
-from .data import load_and_validate
+from .data import load_and_validate, source_name
+from .interrupt import TrainingInterrupted
 from .load import load_model
 from .presets import MAX_RANK, MIN_RANK
 from .sweep_result import RunRecord, SweepResult
-from .train import train_adapter
+from .train import check_lengths, train_adapter
 from .watch import AdapterGradNormCallback
 
 METHODS = {"lora": False, "rslora": True}
@@ -177,14 +178,22 @@ def compare_ranks(
                          "the sweep reloads it for every run so all runs start from the same weights.")
     with tempfile.TemporaryDirectory(prefix="rslora-sweep-") as scratch:
         configs = _run_configs(sweep, overrides, scratch)
+        source = source_name(dataset)
         dataset, fmt = load_and_validate(dataset)
+        check_lengths(model, dataset, fmt, configs[0], source)  # before any model loads: rows TRL would drop
         result = SweepResult(settings={"mode": sweep.mode, "model": str(model), "rows": len(dataset), "format": fmt,
                                        "ranks": list(sweep.ranks), "methods": list(sweep.methods),
                                        "seeds": list(sweep.seeds), "max_steps": sweep.max_steps,
                                        "alpha": sweep.alpha, "lr": sweep.lr, "shared": dict(overrides)})
         for number, ((method, r, seed), config) in enumerate(zip(sweep.runs(), configs), 1):
             print(f"\nrslora-colab: sweep run {number}/{len(configs)}: {method} r={r} seed={seed}", flush=True)
-            result.runs.append(_train_one(str(model), dataset, fmt, config, method))
+            try:
+                result.runs.append(_train_one(str(model), dataset, fmt, config, method))
+            except TrainingInterrupted:  # its checkpoint is in the scratch folder, which goes now: no --resume
+                kept = f"; the {number - 1} finished run(s) are in {save_to}" if save_to is not None and number > 1 \
+                    else "; no run had finished"
+                raise TrainingInterrupted(f"the sweep was stopped by Ctrl-C during run {number} of {len(configs)}"
+                                          f"{kept}. A sweep cannot be resumed: run it again.", result) from None
             if save_to is not None:
                 result.to_json(save_to)
             _free_memory()

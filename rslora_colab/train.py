@@ -10,18 +10,22 @@ from typing import Any
 import torch
 
 from .adapt import add_rslora, keep_adapter_fp32
-from .checkpoints import CheckpointTimer, checkpoint_args, make_checkpoints_atomic, resume_training
+from .checkpoints import (WRITE_ERRORS, CheckpointTimer, OutputWriteError, checkpoint_args,
+                          make_checkpoints_atomic, resume_training)
 from .colab import warn_if_volatile
 from .config import FinetuneConfig
-from .data import load_and_validate, to_trainer_dataset
+from .data import load_and_validate, source_name, to_trainer_dataset
 from .fit import fit_to_gpu
 from .guard import DivergenceError, DivergenceGuard
-from .load import load_model, runtime_of
+from .interrupt import InterruptCallback, TrainingInterrupted, stop_on_interrupt
+from .lengths import check_truncation, token_lengths
+from .load import load_model, load_tokenizer, runtime_of
+from .lock import run_lock
 from .oom import train_with_oom_recovery
 from .presets import preset_for_rank
-from .resume import history_until, prepare_run, run_manifest
+from .resume import FINAL_SAVE, history_until, mark_final_save, prepare_run, run_manifest
 from .runtime import Runtime
-from .save import ADAPTER_DIR, LOSS_PLOT_FILE, METRICS_FILE, plot_loss, save_adapter, write_json
+from .save import ADAPTER_DIR, LAST_GOOD_DIR, LOSS_PLOT_FILE, METRICS_FILE, plot_loss, save_adapter, write_json
 from .watch import HistoryCallback, mean_loss, quiet_progress
 
 
@@ -192,19 +196,65 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     required) and ends at the same step count. A :class:`DivergenceGuard`
     rolls back NaN/exploding steps; it raises ``DivergenceError`` if that fails.
 
+    Before the model loads: ``output_dir`` must be writable and is locked for
+    the whole run (a second run on it is refused, :mod:`rslora_colab.lock`),
+    and the rows are measured with the tokenizer alone (a warning names those
+    TRL would drop because their prompt fills ``max_seq_length``; a
+    ``ValueError`` if none would remain, :mod:`rslora_colab.lengths`). Ctrl-C
+    stops after the current step, saves a checkpoint and raises
+    :class:`~rslora_colab.interrupt.TrainingInterrupted`; a checkpoint or final
+    save that cannot be written raises
+    :class:`~rslora_colab.checkpoints.OutputWriteError`, saying what
+    ``resume=True`` will continue from.
+
     >>> result = quick_finetune("demo", demo_dataset(), r=16, max_steps=20)  # doctest: +SKIP
     """
     config = FinetuneConfig.from_overrides(r=r, **overrides)
+    source = source_name(dataset)
     dataset, fmt = load_and_validate(dataset, config.method)
     config, plan = fit_to_gpu(model, config)  # before any weights load; raises if nothing fits
-    model, tokenizer = _load_pair(model, config)
-    result = train_adapter(model, tokenizer, dataset, fmt, config, callbacks, resume,
-                           gpu_plan=plan.message if plan else None)
-    out = Path(config.output_dir)
-    save_adapter(result.model, tokenizer, result.adapter_path)
-    write_json(result.summary(), out / METRICS_FILE)
-    result.plot(out / LOSS_PLOT_FILE)
+    with run_lock(config.output_dir):  # a writable folder, and no other live run in it
+        check_lengths(model, dataset, fmt, config, source)  # the tokenizer only: rows TRL would drop
+        model, tokenizer = _load_pair(model, config)
+        result = _train(model, tokenizer, dataset, fmt, config, callbacks, resume, plan.message if plan else None,
+                        saves_outputs=True)
+        save_final_outputs(result, tokenizer, config.output_dir)
     return result
+
+
+def check_lengths(model: Any, dataset: Any, fmt: str, config: FinetuneConfig, source: str = "dataset") -> int:
+    """Before the model loads: warn about rows TRL would drop at ``config.max_seq_length``; raise if all would go.
+
+    Reads only the tokenizer (:func:`~rslora_colab.load.load_tokenizer`); see
+    :mod:`rslora_colab.lengths`. Returns the rows that will be dropped.
+    """
+    tokenizer = load_tokenizer(model)
+    if tokenizer is None:
+        return 0
+    lengths = token_lengths(dataset, fmt, tokenizer, config.method)
+    return check_truncation(lengths, config.max_seq_length, source, "pairs" if config.method == "dpo" else "rows")
+
+
+def save_final_outputs(result: FinetuneResult, tokenizer: Any, output_dir: str | Path) -> None:
+    """The final save: the adapter, ``metrics.json`` and ``loss.png``; the run manifest records when it is done.
+
+    A failure raises :class:`~rslora_colab.checkpoints.OutputWriteError`
+    saying that ``--resume`` saves the finished run without training again
+    (the manifest still says ``final_save: pending``, so a fresh start will
+    not delete that run's last checkpoint).
+    """
+    out = Path(output_dir)
+    try:
+        save_adapter(result.model, tokenizer, result.adapter_path)
+        write_json(result.summary(), out / METRICS_FILE)
+        result.plot(out / LOSS_PLOT_FILE)
+        mark_final_save(out, "done")
+    except (*WRITE_ERRORS, ValueError) as err:  # PEFT: ValueError when a file is where the adapter folder goes
+        raise OutputWriteError(
+            f"training finished, but saving the adapter and metrics to {out} failed ({type(err).__name__}: {err}). "
+            "The trained weights are in the run's last checkpoint there: fix the folder (make it writable, free "
+            "some space, or move away what is in the way), then run the same command with --resume (Python: "
+            "resume=True) to save them without training again.") from err
 
 
 def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig,
@@ -214,39 +264,80 @@ def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
     ``dataset`` must already be validated as format ``fmt`` (see
     :func:`~rslora_colab.data.load_and_validate`). This is :func:`quick_finetune`
     without the loading and the final files (checkpoints are still written to
-    ``config.output_dir``); :func:`~rslora_colab.compare_ranks` calls it once per run.
+    ``config.output_dir``, which it holds with :func:`~rslora_colab.lock.run_lock`
+    while it trains); :func:`~rslora_colab.compare_ranks` calls it once per run.
+    Ctrl-C stops after the current step, saves a checkpoint and raises
+    :class:`~rslora_colab.interrupt.TrainingInterrupted`; when the divergence
+    guard gives up, the last good adapter is saved to ``output_dir/last_good_adapter``
+    and ``DivergenceError`` says so.
+    """
+    with run_lock(config.output_dir):
+        return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False)
+
+
+def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig, callbacks: list | None,
+           resume: bool, gpu_plan: str | None, saves_outputs: bool) -> FinetuneResult:
+    """:func:`train_adapter` in a folder the caller holds (:func:`~rslora_colab.lock.run_lock`).
+
+    ``saves_outputs``: the caller writes the final files, so the manifest marks that save pending until then.
     """
     runtime = runtime_of(model)
     settings = {**resolve_settings(config, runtime), "gpu_plan": gpu_plan}
-    checkpoint = prepare_run(config.output_dir, run_manifest(model, dataset, fmt, settings, config), resume)
+    manifest = run_manifest(model, dataset, fmt, settings, config)
+    checkpoint = prepare_run(config.output_dir, {**manifest, FINAL_SAVE: "pending"} if saves_outputs else manifest,
+                             resume)
     warn_if_volatile(config.output_dir)
     model = attach_adapter(model, config, settings)
     recorder = HistoryCallback(history_until(checkpoint))
     timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
-    trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings, [recorder, *timer, *(callbacks or [])])
-    if config.guard:
-        DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer)
+    interrupt = InterruptCallback()
+    trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings,
+                            [recorder, *timer, interrupt, *(callbacks or [])])
+    guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
     quiet_progress(trainer)
+    kept = len(trainer.train_dataset)  # after TRL dropped the rows truncation left nothing to learn in
+    rows = f"{kept} of {len(dataset)}" if kept != len(dataset) else f"{kept}"
     print(f"rslora-colab: training r={config.r} alpha={settings['alpha']:g} (scale {settings['scale']:.3g}) "
-          f"lr={settings['lr']:.3g} on {len(dataset)} {fmt} rows, {settings['precision']} on {runtime.device}",
+          f"lr={settings['lr']:.3g} on {rows} {fmt} rows, {settings['precision']} on {runtime.device}",
           flush=True)
     if runtime.on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     out = Path(config.output_dir)
     try:
-        steps = resume_training(
-            trainer, checkpoint, lambda resume_from: train_with_oom_recovery(trainer, recorder.history, settings, resume_from))
-    except DivergenceError:
-        write_json({"settings": settings, "history": recorder.history}, out / METRICS_FILE)  # keep the evidence
-        raise
+        with stop_on_interrupt(interrupt):
+            steps = resume_training(trainer, checkpoint, lambda resume_from: train_with_oom_recovery(
+                trainer, recorder.history, settings, resume_from))
+    except DivergenceError as err:
+        raise _gave_up(err, trainer, tokenizer, guard, settings, recorder.history, out) from None
     wall = time.perf_counter() - start
-    return FinetuneResult(
+    result = FinetuneResult(
         model=trainer.model, tokenizer=tokenizer, adapter_path=out / ADAPTER_DIR, settings=settings,
         history=recorder.history, wall_time_s=wall,
         tokens_per_s=_tokens_seen(trainer, recorder.history) / wall if steps else 0.0,
         peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if runtime.on_gpu else None,
     )
+    if interrupt.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
+        saved = out / f"checkpoint-{interrupt.stopped_at}"
+        raise TrainingInterrupted(
+            f"stopped by Ctrl-C after step {interrupt.stopped_at} of {trainer.state.max_steps}; the checkpoint "
+            f"{saved} holds it. Run the same command with --resume (Python: resume=True) to continue from there.",
+            result, saved)
+    return result
+
+
+def _gave_up(err: DivergenceError, trainer: Any, tokenizer: Any, guard: DivergenceGuard | None, settings: dict,
+             history: list[dict], out: Path) -> DivergenceError:
+    """The guard gave up: keep the evidence and the last good adapter (the model holds it), and say where."""
+    write_json({"settings": settings, "history": history}, out / METRICS_FILE)
+    path = out / LAST_GOOD_DIR
+    step = guard.last_good_step if guard is not None else None
+    try:
+        save_adapter(trainer.model, tokenizer, path)
+        kept = f" The last good adapter (step {step}) is saved in {path}."
+    except WRITE_ERRORS as save_err:
+        kept = f" Saving the last good adapter (step {step}) to {path} failed too ({type(save_err).__name__})."
+    return DivergenceError(f"{err}{kept}")
 
 
 def masked_preview(trainer: Any, index: int = 0) -> tuple[str, str]:

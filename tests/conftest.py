@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -39,3 +45,35 @@ def cpu_backend() -> str:
 def simulated_gpu(monkeypatch, request) -> FakeGPU:
     """A simulated CUDA GPU (see ``simulated_gpu.py``); parametrize indirectly with a key of ``GPUS``, e.g. "T4"."""
     return simulate_gpu(monkeypatch, GPUS[request.param])
+
+
+@contextlib.contextmanager
+def _read_only(folder: Path):
+    """Make ``folder`` refuse new files, as a read-only mount does (root ignores chmod: ``chattr +i`` then)."""
+    if os.geteuid() == 0 and shutil.which("chattr"):
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0
+        undo = lambda: subprocess.run(["chattr", "-i", str(folder)], check=False)  # noqa: E731
+    else:
+        mode = folder.stat().st_mode
+        folder.chmod(0o555)
+        done, undo = True, lambda: folder.chmod(mode)  # noqa: E731
+    try:
+        probe = folder / ".probe"
+        try:
+            probe.touch()
+            probe.unlink()
+        except OSError:
+            pass
+        else:
+            done = False
+        if not done:
+            pytest.skip("cannot make a folder read-only here")
+        yield folder
+    finally:
+        undo()
+
+
+@pytest.fixture
+def read_only():
+    """A context manager making a folder read-only for its duration (skips the test where that is impossible)."""
+    return _read_only

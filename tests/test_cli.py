@@ -1,8 +1,12 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 from rslora_colab.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_cli_demo_runs_end_to_end(tmp_path, demo_path):
@@ -50,3 +54,16 @@ def test_cli_dpo_then_chat_then_export(tmp_path, capsys, demo_path):
     assert main(["export", "--adapter", adapter, "--how", "merged_16bit", "--out", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "model.safetensors").exists()
     assert "saved merged_16bit" in capsys.readouterr().out
+
+
+def test_an_unreachable_hub_dataset_is_one_line_and_exit_2(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "rslora_colab", "train", "--model", "demo", "--data",
+                           "no-such-org/no-such-data", "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert line.startswith("error: dataset 'no-such-org/no-such-data': not a local file, and the Hugging Face Hub "
+                           "could not provide it")
+    assert "check its spelling, the network" in line and "Nothing was trained yet" in line
+    assert not (tmp_path / "o").exists()  # refused before anything was written

@@ -1,8 +1,11 @@
 import json
 
 import pytest
+from transformers import AutoTokenizer
 
-from rslora_colab import FinetuneConfig, add_rslora, demo_dataset, detect_format, load_and_validate, quick_finetune
+from rslora_colab import (FinetuneConfig, add_rslora, demo_dataset, demo_preferences, detect_format, load_and_validate,
+                          quick_finetune)
+from rslora_colab.lengths import token_lengths
 from rslora_colab.train import build_trainer, masked_preview, resolve_settings
 from rslora_colab.load import runtime_of
 
@@ -86,6 +89,11 @@ def test_invalid_json_line_is_named(tmp_path):
     ([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt"}]}], r"conversations\[1\].value"),
     ([{"prompt": "p", "chosen": "a", "rejected": "b"}], "preference data for DPO"),
     ([{"text": ""}], "row 0: field 'text' must be a non-empty string"),
+    # an empty assistant turn is refused like an empty Alpaca output (it would teach the model to say nothing)
+    ([{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": " "}]}],
+     r"row 0: messages\[1\].content is empty: an assistant turn needs text to learn from"),
+    ([{"conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": ""}]}],
+     r"row 0: conversations\[1\].value is empty"),
 ])
 def test_malformed_rows_raise_named_errors(rows, match):
     with pytest.raises(ValueError, match=match):
@@ -98,6 +106,32 @@ def test_missing_and_unsupported_files(tmp_path):
     (tmp_path / "data.txt").write_text("hello")
     with pytest.raises(ValueError, match="data.txt: unsupported file type"):
         load_and_validate(str(tmp_path / "data.txt"))
+
+
+def test_a_folder_says_it_is_a_folder_and_names_the_files_in_it(tmp_path):
+    _write_jsonl(tmp_path / "train.jsonl", [{"text": "hi"}])
+    with pytest.raises(ValueError, match=rf"{tmp_path}: is a folder; pass one data file .* it holds train.jsonl; "
+                                         rf"pass one of those, e.g. {tmp_path / 'train.jsonl'}"):
+        load_and_validate(str(tmp_path))
+
+
+@pytest.mark.parametrize("typo", ["./my_data", "../my_data", "~/my_data", "data/sub/my_data"])
+def test_a_path_typo_is_not_sent_to_the_hub(typo, monkeypatch):
+    import datasets
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("sent to the Hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    with pytest.raises(ValueError, match=f"{typo.split('/')[-1]}: no such file or folder"):
+        load_and_validate(typo)
+
+
+def test_a_jsonl_with_a_byte_order_mark_is_read(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"instruction": "hi", "output": "yo"}\n{"instruction": "a", "output": "b"}\n')
+    dataset, fmt = load_and_validate(str(path))
+    assert fmt == "alpaca" and dataset[0] == {"instruction": "hi", "output": "yo"}
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".parquet", ".json"])
@@ -114,3 +148,72 @@ def test_bad_data_fails_before_the_model_loads(tmp_path):
     path = _write_jsonl(tmp_path / "bad.jsonl", [{"text": ""}])
     with pytest.raises(ValueError, match="bad.jsonl line 1"):
         quick_finetune("no-such-org/no-such-model", str(path), r=16)
+
+
+LONG = "Explain, in the words of the Python manual and at length, " + "the assert statement and its uses " * 12
+"""An instruction of about 90 demo tokens: at max_seq_length=64 nothing of the answer survives truncation."""
+
+
+def _mixed_rows(long_every=2, n=12):
+    return [{"instruction": LONG if i % long_every == 0 else f"Heading of topic {i}?", "input": "",
+             "output": ANSWER} for i in range(n)]
+
+
+def test_rows_whose_prompt_fills_max_seq_length_are_named_before_training(demo_path, tmp_path, capsys):
+    result = quick_finetune(demo_path, _mixed_rows(), r=8, max_steps=2, batch_size=2, grad_accum=1,
+                            max_seq_length=64, output_dir=str(tmp_path))
+    printed = capsys.readouterr().out
+    warning = next(line for line in printed.splitlines() if "WARNING" in line)
+    assert "6 of 12 rows will be dropped by TRL: the prompt alone is max_seq_length=64 tokens or more" in warning
+    assert "(row 0, row 2, row 4, row 6, row 8, ...)" in warning and "Raise max_seq_length" in warning
+    assert printed.index("WARNING") < printed.index("loading")  # counted before the model loaded
+    assert "on 6 of 12 alpaca rows" in printed  # and the trainer kept the other 6, as counted
+    assert len(result.history) == 2
+
+
+def test_data_with_no_row_left_after_truncation_fails_before_the_model_loads(demo_path, tmp_path):
+    tokenizer_only = tmp_path / "tokenizer-only"  # no weights: reaching the loader would fail differently
+    AutoTokenizer.from_pretrained(demo_path).save_pretrained(tokenizer_only)
+    with pytest.raises(ValueError, match=r"dataset: every one of the 6 rows has a prompt of max_seq_length=64 tokens "
+                                         r"or more.*Raise max_seq_length \(CLI: --seq\) above the longest prompt"):
+        quick_finetune(str(tokenizer_only), _mixed_rows(long_every=1, n=6), r=8, max_seq_length=64,
+                       output_dir=str(tmp_path / "out"))
+    pairs = [{"prompt": LONG, "chosen": "yes", "rejected": "no"}] * 3
+    with pytest.raises(ValueError, match="every one of the 3 pairs"):
+        quick_finetune(str(tokenizer_only), pairs, r=8, method="dpo", max_seq_length=64,
+                       output_dir=str(tmp_path / "dpo"))
+
+
+@pytest.mark.parametrize("rows, method", [
+    (demo_dataset("alpaca", n=6), "sft"),
+    ([{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "First?"},
+                    {"role": "assistant", "content": "One."}, {"role": "user", "content": LONG},
+                    {"role": "assistant", "content": "Two."}]}], "sft"),
+    (demo_dataset("text", n=6), "sft"),
+    ([{"prompt": "Heading of 'assert'? ", "completion": ANSWER}, {"prompt": LONG, "completion": ANSWER}], "sft"),
+    (demo_preferences("chat", n=6), "dpo"),
+    (demo_preferences("text", n=6), "dpo"),
+], ids=["alpaca", "multi-turn-chat", "text", "prompt-completion", "dpo-chat", "dpo-text"])
+def test_token_lengths_are_what_trl_builds(demo_pair, rows, method):
+    model, tokenizer = demo_pair
+    model = add_rslora(model, r=8)
+    dataset, fmt = load_and_validate(rows, method)
+    config = FinetuneConfig(r=8, max_seq_length=4096, output_dir="unused", method=method)
+    trainer = build_trainer(model, tokenizer, dataset, fmt, config, resolve_settings(config, runtime_of(model)))
+    lengths = token_lengths(dataset, fmt, tokenizer, method)
+    built = trainer.train_dataset
+    if method == "dpo":
+        assert lengths.prompt == [len(r["prompt_ids"]) for r in built]
+        assert lengths.total == [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"]))
+                                 for r in built]
+    else:
+        assert lengths.total == [len(r["input_ids"]) for r in built]
+        assert lengths.prompt == [next(i for i, label in enumerate(r["labels"]) if label != -100) for r in built]
+    assert lengths.rows == list(range(len(dataset))) and not lengths.sampled
+
+
+def test_big_datasets_are_measured_on_an_even_sample(demo_pair):
+    dataset, fmt = load_and_validate(demo_dataset("text"))
+    lengths = token_lengths(dataset, fmt, demo_pair[1], sample=40)
+    assert lengths.sampled and len(lengths.rows) == 40 and lengths.rows[:3] == [0, 3, 7]
+    assert lengths.scaled(10) == round(10 * 158 / 40)

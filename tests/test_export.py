@@ -54,7 +54,11 @@ def test_reloaded_adapter_keeps_the_rslora_scale(demo_pair, tmp_path):
     save(model, tmp_path / "adapter", tokenizer=tokenizer)  # how="adapter"
     config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert (config["use_rslora"], config["r"], config["lora_alpha"]) == (True, 16, 32)
-    reloaded, reloaded_tokenizer = load_adapter(tmp_path / "adapter")
+    # the demo is recorded by its portable name, not this machine's cache folder (which a pushed adapter would carry)
+    assert config["base_model_name_or_path"] == "demo"
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "base_model: demo" in card and str(demo_pair[0].config._name_or_path) not in card
+    reloaded, reloaded_tokenizer = load_adapter(tmp_path / "adapter")  # "demo" resolves to the demo model
     scales = adapter_scales(reloaded)
     assert len(scales) == 7 * reloaded.config.num_hidden_layers
     assert set(scales.values()) == {adapter_scale(32, 16)} == {8.0}  # alpha / sqrt(r), not alpha / r = 2

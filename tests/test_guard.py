@@ -54,7 +54,28 @@ def test_guard_gives_up_with_a_clear_message(demo_path, tmp_path):
     assert "lower lr" in message and "check the data" in message
     history = json.loads((tmp_path / "metrics.json").read_text())["history"]
     assert [h["event"] for h in history if "event" in h] == ["rollback", "gave_up"]
-    assert not (tmp_path / "adapter").exists()  # no NaN adapter is handed back
+    assert not (tmp_path / "adapter").exists()  # no NaN adapter is handed back as the run's result ...
+    saved = tmp_path / "last_good_adapter"  # ... but the last good one is kept, and the message says where
+    assert f"The last good adapter (step 10) is saved in {saved}." in message
+    assert "fp16" not in message  # an fp32 run gets no advice about fp16 overflow
+    from safetensors.torch import load_file
+
+    weights = load_file(saved / "adapter_model.safetensors")
+    assert weights and all(torch.isfinite(w).all() for w in weights.values())
+    assert any(w.abs().sum() > 0 for n, w in weights.items() if "lora_B" in n)  # trained for 10 steps, not fresh
+
+
+def test_an_early_blow_up_is_judged_against_the_starting_loss(demo_path, tmp_path):
+    """lr=0.9 at r=256: 3.5 -> 10.0 at step 3, before 10 healthy steps exist to take a median of."""
+    with pytest.raises(DivergenceError, match="last good adapter"):
+        quick_finetune(demo_path, demo_dataset(), r=256, lr=0.9, max_steps=6, batch_size=8, grad_accum=1,
+                       max_seq_length=128, output_dir=str(tmp_path), max_rollbacks=1)
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    events = [h for h in history if "event" in h]
+    assert [(e["step"], e["event"]) for e in events] == [(3, "rollback"), (5, "gave_up")]
+    assert "in the first steps, over 2x the starting loss 3.4" in events[0]["reason"]
+    losses = {h["step"]: h["loss"] for h in history if "loss" in h}
+    assert events[0]["restored_step"] == 0 and losses[4] < 4  # step 4 trains from the good weights again
 
 
 @pytest.mark.parametrize("loss, grad_norm, weights_ok, expected", [
@@ -67,6 +88,29 @@ def test_guard_gives_up_with_a_clear_message(demo_path, tmp_path):
 ])
 def test_judge_step_rules(loss, grad_norm, weights_ok, expected):
     assert judge_step(loss, grad_norm, [2.0] * 20, lambda: weights_ok)[0] == expected
+
+
+@pytest.mark.parametrize("loss, recent, expected", [
+    (10.0, [3.4, 3.3], "diverged"),        # the lr=0.9, r=256 blow-up at step 3
+    (6.5, [3.4], "ok"),                    # 1.9x the start: not yet 2x
+    (2.5, [1.0], "ok"),                    # 2.5x an easy first batch, but only 1.5 nats above it
+    (3.5, [1.0] + [1.5] * 8, "diverged"),  # 9 healthy steps: still judged against the start ...
+    (3.5, [1.0] + [1.5] * 9, "ok"),        # ... from 10 on, the median rule: 3.5 is under 3x the median 1.5
+])
+def test_first_steps_are_judged_against_the_starting_loss(loss, recent, expected):
+    assert judge_step(loss, 1.0, recent, lambda: True, start=recent[0])[0] == expected
+
+
+@pytest.mark.parametrize("precision, weights_ok, expected, words", [
+    ("fp16", True, "skip", "the fp16 loss scaler skipped this update"),
+    ("fp16", False, "diverged", "adapter weights are no longer finite"),
+    ("fp32", True, "diverged", "in fp32, which has no loss scaler"),
+    ("bf16", True, "diverged", "in bf16, which has no loss scaler"),
+])
+def test_a_non_finite_grad_norm_is_worded_by_the_real_precision(precision, weights_ok, expected, words):
+    verdict, reason = judge_step(2.0, math.inf, [2.0] * 20, lambda: weights_ok, precision=precision)
+    assert verdict == expected and words in reason
+    assert precision == "fp16" or "fp16" not in reason
 
 
 def test_spikes_need_history_and_a_real_margin():

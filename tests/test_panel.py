@@ -75,6 +75,20 @@ def test_stop_ends_training_early_and_keeps_the_adapter(tmp_path):
     assert (tmp_path / "adapter" / "adapter_config.json").exists()
 
 
+def test_train_on_a_folder_in_use_by_a_live_run_shows_the_refusal(tmp_path):
+    from rslora_colab.lock import run_lock
+
+    panel = control_panel("demo", "demo", r=8, max_steps=4, batch_size=2, max_seq_length=64,
+                          output_dir=str(tmp_path))
+    with run_lock(tmp_path):  # another run (here: this cell's) holds the folder
+        panel.train_button.click()
+        with pytest.raises(ValueError, match="in use by a live run"):
+            panel.wait(timeout=120)
+    assert "failed: ValueError: output_dir=" in panel.status.value and "in use by a live run" in panel.status.value
+    assert "error: output_dir=" in _text(panel.log) and "Traceback" not in _text(panel.log)  # one line in the log
+    assert not panel.train_button.disabled and not (tmp_path / "run_manifest.json").exists()
+
+
 def test_bad_choices_do_not_start_and_say_what_to_fix():
     panel = control_panel("demo", "demo")
     panel.dataset.value = ""

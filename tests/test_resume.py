@@ -11,22 +11,28 @@ One scenario, so that the few CLI processes (each pays ~5 s of imports) serve ev
    adapter loads with PEFT.
 """
 
+import contextlib
 import json
+import math
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from rslora_colab import demo_dataset, latest_valid_checkpoint, quick_finetune
-from rslora_colab.checkpoints import checkpoint_problem
+from rslora_colab.checkpoints import OutputWriteError, checkpoint_problem
+from rslora_colab.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -90,7 +96,7 @@ def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
     shutil.copytree(out / "checkpoint-5", out / "checkpoint-7")
     weights = out / "checkpoint-7" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
-    assert "unreadable" in checkpoint_problem(out / "checkpoint-7")
+    assert "adapter_model.safetensors cannot be loaded" in checkpoint_problem(out / "checkpoint-7")
     assert latest_valid_checkpoint(out).name == "checkpoint-5"
     with pytest.raises(ValueError, match=r"unfinished run .*step 5 of 40.*resume=True \(CLI: --resume\)"):
         quick_finetune(demo_path, demo_dataset(), output_dir=str(out), **SAME)
@@ -130,3 +136,176 @@ def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
     loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(demo_path), out / "adapter")
     lora = [p for n, p in loaded.named_parameters() if "lora_B" in n]
     assert lora and all(torch.isfinite(p).all() and p.abs().sum() > 0 for p in lora)
+
+
+# ---------------------------------------------------------------- checkpoints that do not load are skipped
+
+QUICK = {"r": 8, "batch_size": 2, "grad_accum": 1, "max_seq_length": 64, "checkpoint_minutes": 0}
+
+
+class StopAt(TrainerCallback):
+    """Ends training after ``step`` (a run that was cut off there)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def _corrupt_after_header(path: Path) -> None:
+    """Overwrite a safetensors file's tensor bytes with 0xFF (NaN in fp32), leaving its header intact."""
+    data = bytearray(path.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    path.write_bytes(bytes(data))
+
+
+def _pickled_object(path: Path) -> None:
+    torch.save({"state": {}, "hook": Path("not a tensor")}, path)  # loads only by unpickling an arbitrary object
+
+
+def _no_step(path: Path) -> None:
+    path.write_text(json.dumps({"max_steps": 8, "log_history": []}))
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory, demo_path) -> Path:
+    out = tmp_path_factory.mktemp("good")
+    quick_finetune(demo_path, demo_dataset(n=16), output_dir=str(out), max_steps=4, checkpoint_every=4, **QUICK)
+    return out / "checkpoint-4"
+
+
+@pytest.mark.parametrize("damage, expected", [
+    (lambda c: (c / "optimizer.pt").write_bytes((c / "optimizer.pt").read_bytes()[:-500]),
+     "optimizer.pt cannot be loaded (RuntimeError: PytorchStreamReader failed"),
+    (lambda c: _corrupt_after_header(c / "adapter_model.safetensors"),
+     "adapter_model.safetensors holds NaN or inf values"),
+    (lambda c: (c / "scheduler.pt").write_bytes(b"PK\x03\x04 truncated"), "scheduler.pt cannot be loaded"),
+    (lambda c: (c / "rng_state.pth").write_bytes(b"\x80\x04garbage"), "rng_state.pth cannot be loaded"),
+    (lambda c: _pickled_object(c / "optimizer.pt"), "optimizer.pt cannot be loaded (UnpicklingError: Weights only"),
+    (lambda c: _no_step(c / "trainer_state.json"), "trainer_state.json is unreadable (KeyError: 'global_step')"),
+    (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json is unreadable (JSONDecodeError"),
+], ids=["truncated-optimizer", "nan-adapter", "bad-scheduler", "bad-rng", "pickled-object", "no-step", "bad-json"])
+def test_a_checkpoint_counts_only_if_every_file_loads_and_is_finite(good_checkpoint, tmp_path, damage, expected):
+    assert checkpoint_problem(good_checkpoint) is None
+    copy = tmp_path / "checkpoint-4"
+    shutil.copytree(good_checkpoint, copy)
+    damage(copy)
+    assert expected in checkpoint_problem(copy)
+
+
+def test_resume_falls_back_past_a_truncated_optimizer_and_a_nan_adapter(demo_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    data = demo_dataset(n=16)
+    settings = dict(output_dir=str(out), max_steps=12, checkpoint_every=4, keep_checkpoints=3, **QUICK)
+    cut = quick_finetune(demo_path, data, callbacks=[StopAt(8)], **settings)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-4", "checkpoint-8"]
+    optimizer = out / "checkpoint-8" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:-1000])  # a copy cut short
+    shutil.copytree(out / "checkpoint-4", out / "checkpoint-6")
+    _corrupt_after_header(out / "checkpoint-6" / "adapter_model.safetensors")  # bytes gone bad, header intact
+    capsys.readouterr()
+    result = quick_finetune(demo_path, data, resume=True, **settings)
+    printed = capsys.readouterr().out
+    assert f"skipping {out / 'checkpoint-8'}: optimizer.pt cannot be loaded (RuntimeError: " in printed
+    assert f"skipping {out / 'checkpoint-6'}: adapter_model.safetensors holds NaN or inf values" in printed
+    assert f"resuming from {out / 'checkpoint-4'} (step 4 of 12)" in printed
+    steps = [h for h in result.history if "loss" in h]
+    assert [h["step"] for h in steps] == list(range(1, 13)) and all(math.isfinite(h["loss"]) for h in steps)
+    assert [h["loss"] for h in steps[:4]] == [h["loss"] for h in cut.history[:4]]
+    assert not [h for h in result.history if "event" in h]  # no NaN reached training: nothing to roll back
+
+
+# ---------------------------------------------------------------- saves that fail say how to go on
+
+class ReadOnlyAt(TrainerCallback):
+    """Makes the output folder read-only after ``step``, as when a Drive mount goes read-only mid-run."""
+
+    def __init__(self, folder: Path, step: int, stack: contextlib.ExitStack, read_only):
+        self.folder, self.step, self.stack, self.read_only = folder, step, stack, read_only
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            self.stack.enter_context(self.read_only(self.folder))
+
+
+def test_a_folder_that_turns_read_only_mid_run_stops_with_how_to_resume(demo_path, tmp_path, read_only):
+    out = tmp_path / "run"
+    settings = dict(output_dir=str(out), max_steps=8, checkpoint_every=2, **QUICK)
+    with contextlib.ExitStack() as stack:
+        with pytest.raises(OutputWriteError) as err:
+            quick_finetune(demo_path, demo_dataset(n=16), callbacks=[ReadOnlyAt(out, 3, stack, read_only)],
+                           **settings)
+    message = str(err.value)
+    assert message.startswith(f"could not write checkpoint-4 to {out} (PermissionError")
+    assert "training stopped at step 4" in message and "--resume" in message
+    assert f"continues from {out / 'checkpoint-2'}" in message
+    result = quick_finetune(demo_path, demo_dataset(n=16), resume=True, **settings)  # writable again
+    assert [h["step"] for h in result.history if "loss" in h] == list(range(1, 9))
+
+
+def test_a_failed_final_save_is_resumed_not_retrained(demo_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "adapter").write_text("a file where the adapter folder goes")
+    args = ["train", "--max-steps", "6", "--batch-size", "2", "--grad-accum", "1", "--seq", "64", "--rank", "8",
+            "--sample", "", "--out", str(out)]
+    assert main(args) == 4
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in errors[0]  # one line, no traceback
+    assert errors[0].startswith("error: training finished, but saving the adapter and metrics to")
+    assert "--resume" in errors[0]
+    (out / "adapter").unlink()
+    with pytest.raises(ValueError, match="finished training .step 6 of 6. but whose adapter and metrics were never "
+                                         "saved.*resume=True"):
+        quick_finetune(demo_path, demo_dataset(), output_dir=str(out))
+    assert (out / "checkpoint-6").is_dir()  # not deleted
+    assert main([*args, "--resume"]) == 0
+    assert "nothing left to train" in capsys.readouterr().out
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "run_manifest.json").read_text())["final_save"] == "done"
+    assert [h["step"] for h in json.loads((out / "metrics.json").read_text())["history"]] == list(range(1, 7))
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+def _read_into(stream, sink: list) -> threading.Thread:
+    def pump():
+        for chunk in iter(lambda: stream.read1(4096), b""):
+            sink.append(chunk)
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_ctrl_c_stops_after_the_step_saves_a_checkpoint_and_resume_finishes(tmp_path, demo_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "rslora_colab", "train", "--max-steps", "400", "--batch-size", "1",
+               "--grad-accum", "1", "--seq", "64", "--rank", "4", "--sample", "", "--checkpoint-minutes", "60",
+               "--out", str(out)]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = [], []
+    readers = [_read_into(proc.stdout, stdout), _read_into(proc.stderr, stderr)]
+    deadline = time.monotonic() + 120
+    while not re.search(rb"\| +[3-9]/400 ", b"".join(stderr)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait for the third step on the progress bar
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    for reader in readers:
+        reader.join(timeout=10)
+    printed, errors = b"".join(stdout).decode(), b"".join(stderr).decode()
+    assert "Ctrl-C: stopping after this step and saving a checkpoint" in printed
+    assert "Traceback" not in errors
+    stopped = re.search(r"interrupted: stopped by Ctrl-C after step (\d+) of 400; the checkpoint (\S+) holds it\. "
+                        r"Run the same command with --resume", errors)
+    assert stopped, errors[-2000:]
+    step = int(stopped.group(1))
+    assert 3 <= step < 400 and Path(stopped.group(2)) == out / f"checkpoint-{step}"
+    assert checkpoint_problem(out / f"checkpoint-{step}") is None
+    final = subprocess.run([*command, "--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"resuming from {out / f'checkpoint-{step}'} (step {step} of 400)" in final.stdout
+    history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
+    assert [h["step"] for h in history] == list(range(1, 401))

@@ -107,3 +107,13 @@ def test_cli_compare_presets(tmp_path, capsys, monkeypatch, demo_path):
     assert (out / "sweep.png").exists()
     assert main(["compare", "--presets", "--alpha", "8", "--out", str(out)]) == 2
     assert "alpha=8.0: expected None in presets mode" in capsys.readouterr().err
+
+
+def test_sweep_data_with_no_row_left_after_truncation_fails_before_a_model_loads(demo_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer_only = tmp_path / "tokenizer-only"  # no weights: loading a model would fail differently
+    AutoTokenizer.from_pretrained(demo_path).save_pretrained(tokenizer_only)
+    rows = [{"instruction": "Explain the assert statement at length. " * 20, "output": "Assertions."}] * 4
+    with pytest.raises(ValueError, match="every one of the 4 rows has a prompt of max_seq_length=64 tokens"):
+        compare_ranks(str(tokenizer_only), rows, ranks=(4,), max_steps=2, max_seq_length=64)

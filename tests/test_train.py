@@ -53,3 +53,27 @@ def test_settings_problems_are_collected_into_one_error():
 def test_unknown_override_suggests_the_right_name():
     with pytest.raises(ValueError, match="'learning_rate'.*did you mean 'lr'|'max_step' \\(did you mean 'max_steps'"):
         quick_finetune("demo", demo_dataset(n=4), r=16, max_step=3)
+
+
+@pytest.mark.parametrize("typed, meant", [
+    ("learning_rate", "lr"), ("num_train_epochs", "epochs"), ("per_device_train_batch_size", "batch_size"),
+    ("gradient_accumulation_steps", "grad_accum"), ("lora_r", "r"), ("rank", "r"), ("lora_alpha", "alpha"),
+    ("lora_dropout", "dropout"), ("max_length", "max_seq_length"),
+])
+def test_transformers_and_peft_names_suggest_the_kit_s_own(typed, meant):
+    with pytest.raises(ValueError, match=f"Unknown setting\\(s\\) '{typed}' \\(did you mean '{meant}'\\?\\)"):
+        FinetuneConfig.from_overrides(**{typed: 1})
+
+
+def test_one_target_module_name_is_not_split_into_letters():
+    assert FinetuneConfig(target_modules="q_proj").target_modules == ("q_proj",)
+    assert FinetuneConfig(target_modules="q_proj, v_proj").target_modules == ("q_proj", "v_proj")
+    assert FinetuneConfig(target_modules=["q_proj"]).target_modules == ("q_proj",)
+
+
+@pytest.mark.parametrize("field, value", [("alpha", math.inf), ("lr", math.nan), ("epochs", math.inf),
+                                          ("max_grad_norm", math.inf), ("weight_decay", math.inf),
+                                          ("beta", math.nan), ("gpu", math.inf), ("checkpoint_minutes", math.inf)])
+def test_numbers_that_are_not_finite_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value}: expected"):
+        FinetuneConfig(**{field: value})
