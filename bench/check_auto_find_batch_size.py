@@ -13,10 +13,17 @@ from __future__ import annotations
 import torch
 from trl import SFTTrainer
 
-from rslora_colab import FinetuneConfig, add_rslora, demo_dataset, demo_model, load_model
+from rslora_colab import (
+    FinetuneConfig,
+    add_rslora,
+    demo_dataset,
+    demo_model,
+    load_model,
+)
 from rslora_colab.data import load_and_validate, to_trainer_dataset
 from rslora_colab.load import runtime_of
-from rslora_colab.train import resolve_settings, sft_config
+from rslora_colab.settings import resolve_run
+from rslora_colab.train.trainer import sft_config
 
 
 def main() -> None:
@@ -25,10 +32,10 @@ def main() -> None:
     config = FinetuneConfig(r=8, max_steps=6, batch_size=4, grad_accum=2, max_seq_length=128,
                             output_dir="/tmp/auto_find_batch_size_check")
     dataset, fmt = load_and_validate(demo_dataset(n=40))
-    settings = resolve_settings(config, runtime_of(model))
-    model = add_rslora(model, config.r, settings["alpha"])
+    run = resolve_run(config, runtime_of(model))
+    model = add_rslora(model, config.r, run.config.alpha)
     train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
-    trainer = SFTTrainer(model=model, args=sft_config(config, settings, auto_find_batch_size=True, **extra),
+    trainer = SFTTrainer(model=model, args=sft_config(run, auto_find_batch_size=True, **extra),
                          train_dataset=train_dataset, processing_class=tokenizer)
     lora_b = next(p for n, p in trainer.model.named_parameters() if "lora_B" in n)
     passes: list[tuple[int, int]] = []

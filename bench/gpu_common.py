@@ -1,7 +1,7 @@
 """Shared pieces of the GPU benchmarks: random-weight models, full-length data, the T4 memory cap.
 
 Nothing here downloads: models are built from the kit's catalog with random
-weights (``rslora_colab.synthetic``), data is random words long enough to
+weights (``rslora_colab.memory.synthetic``), data is random words long enough to
 fill every sequence.
 """
 
@@ -26,7 +26,7 @@ def cap_like_t4() -> float:
 
 def random_model(catalog_id: str) -> str:
     """Path of a random-weight bf16 checkpoint of ``catalog_id`` (built on the GPU once, then reused)."""
-    from rslora_colab.synthetic import build_random_model
+    from rslora_colab.memory.synthetic import build_random_model
 
     path = MODEL_DIR / catalog_id.replace("/", "__")
     if not (path / "config.json").exists():

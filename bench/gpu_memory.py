@@ -17,7 +17,7 @@ Per point it records two figures:
 
 The estimate is made for the saved folder (``config.json`` of a random model:
 quantized on the fly, no dynamic-quant layers) with the settings of the backend
-that actually trains (``fit.estimate_settings``).
+that actually trains (``memory.plan.training_estimate_kwargs``).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def static_record(estimate_gib: float, reserved_bytes: int, allocated_bytes: int
 
 
 def library_versions() -> dict:
-    """Versions that decide the static terms (see ``STACK_CALIBRATIONS`` in ``rslora_colab.vram``)."""
+    """Versions that decide the static terms (see ``STACK_CALIBRATIONS`` in ``rslora_colab.memory.estimate``)."""
     from importlib.metadata import PackageNotFoundError, version
 
     found = {}
@@ -66,11 +66,13 @@ def run_point(model: str, r: int, seq: int, batch: int, static_only: bool = Fals
 
     sys.path.insert(0, str(Path(__file__).parent))
     from gpu_common import cap_like_t4, long_text_rows, random_model
+
     from rslora_colab import FinetuneConfig, load_model, quick_finetune
-    from rslora_colab.fit import estimate_settings
     from rslora_colab.load import runtime_of
-    from rslora_colab.train import attach_adapter, resolve_settings
-    from rslora_colab.vram import estimate_vram
+    from rslora_colab.memory.estimate import estimate_vram
+    from rslora_colab.memory.plan import training_estimate_kwargs
+    from rslora_colab.settings import resolve_run
+    from rslora_colab.train import attach_adapter
 
     path = random_model(model)
     gc.collect()
@@ -86,12 +88,12 @@ def run_point(model: str, r: int, seq: int, batch: int, static_only: bool = Fals
         runtime = runtime_of(model_obj)
         config = FinetuneConfig.from_overrides(r=r, **overrides)
         estimate = estimate_vram(path, r=r, max_seq_length=seq, batch_size=batch,
-                                 **estimate_settings(config, runtime))
+                                 **training_estimate_kwargs(runtime, config.target_modules))
         record["backend"] = runtime.backend
         record["estimate_gib"] = estimate.total_gib
         record["estimate_no_context_gib"] = estimate.total_gib - estimate.cuda_context_gib
         record["loaded_allocated_gib"] = torch.cuda.memory_allocated() / GIB
-        model_obj = attach_adapter(model_obj, config, resolve_settings(config, runtime))  # quick_finetune reuses it
+        model_obj = attach_adapter(model_obj, resolve_run(config, runtime))  # quick_finetune reuses it
         torch.cuda.synchronize()
         record.update(static_record(estimate.static_gib, torch.cuda.max_memory_reserved(),
                                     torch.cuda.memory_allocated()))
@@ -110,7 +112,7 @@ def run_point(model: str, r: int, seq: int, batch: int, static_only: bool = Fals
 
 def run_plans() -> list[tuple[str, int, int, int]]:
     """The (model, rank, seq, micro-batch) the T4 planner says fit, for the models and ranks above."""
-    from rslora_colab.plan import plan_for_gpu
+    from rslora_colab.memory.plan import plan_for_gpu
 
     points = []
     for model in MODELS:

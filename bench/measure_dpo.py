@@ -12,10 +12,18 @@ import time
 
 import torch
 
-from rslora_colab import FinetuneConfig, add_rslora, demo_model, demo_preferences, load_and_validate, load_model
+from rslora_colab import (
+    FinetuneConfig,
+    add_rslora,
+    demo_model,
+    demo_preferences,
+    load_and_validate,
+    load_model,
+)
+from rslora_colab.data.preference import to_dpo_dataset
 from rslora_colab.load import runtime_of
-from rslora_colab.prefer import to_dpo_dataset
-from rslora_colab.train import build_trainer, resolve_settings
+from rslora_colab.settings import resolve_run
+from rslora_colab.train import build_trainer
 
 RUNS = [(64, None), (64, 1e-4), (16, 1e-4)]  # (rank, lr); None = the DPO preset lr_for_rank(r, "dpo")
 
@@ -27,8 +35,8 @@ def run(r: int, lr: float | None) -> str:
         config = FinetuneConfig(r=r, method="dpo", lr=lr, max_steps=60, batch_size=8, grad_accum=1,
                                 max_seq_length=256, output_dir=tmp)
         pairs, fmt = load_and_validate(demo_preferences(), "dpo")
-        settings = resolve_settings(config, runtime_of(model))
-        trainer = build_trainer(model, tokenizer, pairs, fmt, config, settings)
+        settings = resolve_run(config, runtime_of(model)).as_dict()
+        trainer = build_trainer(model, tokenizer, pairs, fmt, resolve_run(config, runtime_of(model)))
         # after TRL built the trainer: it stores the adapter of a 4-bit model in bf16
         lora_a = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
         start = time.perf_counter()

@@ -1,7 +1,9 @@
 """rslora-colab: fine-tune 1–8B open LLMs on a free Colab T4 with rsLoRA.
 
 The public API follows the path a user walks — load → adapt → data → train →
-watch → save → chat → export:
+watch → save → chat. The folders show the subsystems: ``data/``, ``train/``,
+``memory/``, ``resilience/``, ``notebook/`` (``docs/architecture.md`` draws
+the map and the path of one ``quick_finetune`` call):
 
 >>> from rslora_colab import quick_finetune, demo_dataset
 >>> result = quick_finetune("demo", demo_dataset(), r=64)        # doctest: +SKIP
@@ -55,14 +57,13 @@ Compare
     :func:`compare_ranks` → :class:`SweepResult` — LoRA vs rsLoRA across ranks
     (controlled: same alpha, lr and data order; or the kit's presets), with
     per-step loss and adapter gradient norm, a table and a figure.
+Save
+    :func:`save` — ``how="adapter"`` / ``"merged_16bit"`` / ``"gguf"``;
+    :func:`push_to_hub` — the same to the Hugging Face Hub (token from
+    ``huggingface_hub.get_token()``: ``$HF_TOKEN`` or Colab secrets, never printed).
 Use
     :func:`chat` — generate through the chat template, streamed;
     :func:`load_adapter` — a saved adapter on its base model.
-Export
-    :func:`save` — ``how="adapter"`` / ``"merged_16bit"`` / ``"gguf"``;
-    :func:`push_to_hub` — the same to the Hugging Face Hub (token from
-    ``$HF_TOKEN`` or Colab secrets, never printed).
-    :func:`chat` — generate through the chat template, streamed.
 Notebook
     :func:`control_panel` → :class:`ControlPanel` — ipywidgets panel: model,
     rank, learning rate, data (hub id or upload), VRAM gauge, Train / Stop,
@@ -71,17 +72,27 @@ Notebook
     :func:`check_runtime` — GPU, memory, bf16/fp16, or the CPU demo notice.
     :func:`preview_data` — one row formatted and masked as the trainer sees it.
     :func:`save_outputs` — adapter, merged 16-bit or GGUF, chosen by a list.
+    :func:`resolve_choices`, :func:`run_defaults`, :func:`sweep_defaults`,
+    :func:`preference_data` — what ``"auto"`` means here (the demo on CPU).
 Demo
     :func:`demo_model`, :func:`demo_dataset`, :func:`demo_preferences` — a tiny
     Llama, 158 instruction rows and 158 preference pairs built offline from
     Python's own manual, the CPU fallback.
+
+Messages
+    Everything the kit says goes through ``logging.getLogger("rslora_colab")``
+    (INFO by default); :func:`set_verbosity` (``"warning"``) quiets it.
 
 Command line: ``python -m rslora_colab {train,plan,compare,chat,export} --help``.
 """
 
 import logging
 
-from .runtime import import_unsloth_first
+from .logs import set_verbosity, show_messages
+
+show_messages()  # INFO to stdout: notebooks and the command line show progress; set_verbosity quiets it
+
+from .runtime import import_unsloth_first  # noqa: E402
 
 import_unsloth_first()  # Unsloth patches transformers/TRL/PEFT only if imported before them (GPU or CPU backend)
 # bitsandbytes logs a harmless notice on CPUs with AVX512-BF16 about an optional hub kernel it cannot fetch.
@@ -89,43 +100,57 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .adapt import DEFAULT_TARGETS, adapter_scales, add_rslora  # noqa: E402
 from .chat import chat  # noqa: E402
-from .checkpoints import (CheckpointTimer, OutputWriteError, latest_valid_checkpoint,  # noqa: E402
-                          make_checkpoints_atomic)
-from .colab import default_output_dir, mount_drive  # noqa: E402
+from .choices import preference_data, resolve_choices, run_defaults, sweep_defaults  # noqa: E402
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
 from .demo import DEMO_NAME, demo_dataset, demo_model, demo_preferences  # noqa: E402
-from .export import push_to_hub, save  # noqa: E402  (the function shadows the rslora_colab.save module's name)
-from .gauge import FitCheck, check_fit  # noqa: E402
-from .guard import DivergenceError, DivergenceGuard  # noqa: E402
-from .interrupt import TrainingInterrupted  # noqa: E402
-from .lengths import TokenLengths, token_lengths  # noqa: E402
 from .load import load_adapter, load_model  # noqa: E402
-from .notebook import RuntimeCheck, check_runtime, save_outputs  # noqa: E402
-from .oom import train_with_oom_recovery  # noqa: E402
-from .panel import ControlPanel, control_panel  # noqa: E402
-from .plan import TrainPlan, plan_for_gpu  # noqa: E402
+from .memory import (  # noqa: E402
+                       FitCheck,
+                       TrainPlan,
+                       VramEstimate,
+                       check_fit,
+                       estimate_vram,
+                       plan_for_gpu,
+)
+from .notebook import (  # noqa: E402
+                       ControlPanel,
+                       DataPreview,
+                       LivePlotCallback,
+                       RuntimeCheck,
+                       check_runtime,
+                       control_panel,
+                       preview_data,
+)
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
-from .preview import DataPreview, preview_data  # noqa: E402
+from .resilience.checkpoints import (  # noqa: E402
+                       CheckpointTimer,
+                       latest_valid_checkpoint,
+                       make_checkpoints_atomic,
+)
+from .resilience.drive import default_output_dir, mount_drive  # noqa: E402
+from .resilience.guard import DivergenceError, DivergenceGuard  # noqa: E402
+from .resilience.oom import train_with_oom_recovery  # noqa: E402
+from .result import FinetuneResult  # noqa: E402
 from .runtime import Runtime, detect_runtime  # noqa: E402
-from .sweep import compare_ranks  # noqa: E402
-from .sweep_result import SweepResult  # noqa: E402
-from .train import FinetuneResult, quick_finetune  # noqa: E402
-from .vram import VramEstimate, estimate_vram  # noqa: E402
-from .watch import HistoryCallback, LivePlotCallback, StopCallback  # noqa: E402
+from .save import push_to_hub, save, save_outputs  # noqa: E402
+from .settings import RunSettings  # noqa: E402
+from .sweep import SweepResult, compare_ranks  # noqa: E402
+from .train import quick_finetune  # noqa: E402
+from .watch import HistoryCallback, StopCallback  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime", "SweepResult",
-    "adapter_scale", "adapter_scales", "add_rslora", "chat", "compare_ranks", "demo_dataset", "demo_model",
-    "demo_preferences",
+    "DEFAULT_TARGETS", "DEMO_NAME", "FinetuneConfig", "FinetuneResult", "RankPreset", "Runtime", "RunSettings",
+    "SweepResult", "adapter_scale", "adapter_scales", "add_rslora", "chat", "compare_ranks", "demo_dataset",
+    "demo_model", "demo_preferences",
     "detect_format", "detect_runtime", "load_adapter", "load_and_validate", "load_model", "lr_for_rank",
     "preset_for_rank", "push_to_hub", "quick_finetune", "save",
     "TrainPlan", "VramEstimate", "estimate_vram", "plan_for_gpu", "train_with_oom_recovery",
     "CheckpointTimer", "DivergenceError", "DivergenceGuard", "default_output_dir", "latest_valid_checkpoint",
-    "make_checkpoints_atomic", "mount_drive", "OutputWriteError", "TrainingInterrupted",
-    "TokenLengths", "token_lengths",
+    "make_checkpoints_atomic", "mount_drive",
     "ControlPanel", "DataPreview", "FitCheck", "HistoryCallback", "LivePlotCallback", "RuntimeCheck", "StopCallback",
     "check_fit", "check_runtime", "control_panel", "preview_data", "save_outputs",
+    "preference_data", "resolve_choices", "run_defaults", "sweep_defaults", "set_verbosity",
 ]

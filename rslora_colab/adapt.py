@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any, Sequence
 
 from .load import RUNTIME_ATTR, is_quantized, model_device, runtime_of
+from .memory.catalog import STANDARD_MODULES
 from .presets import check_rank
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-"""All attention and MLP projections, as in Unsloth's and QLoRA's recipes."""
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = STANDARD_MODULES
+"""All attention and MLP projections, as in Unsloth's and QLoRA's recipes (the catalog's ``STANDARD_MODULES``)."""
 
 
 def module_names(value: Any) -> tuple:
@@ -45,7 +49,7 @@ def _present_targets(model: Any, targets: Sequence[str]) -> list[str]:
         raise ValueError(f"target_modules={list(targets)} match no layer of this model; its linear layers are {linear}.")
     missing = [t for t in targets if t not in present]
     if missing:
-        print(f"rslora-colab: this model has no {missing}; adapting {present}", flush=True)
+        logger.info(f"this model has no {missing}; adapting {present}")
     return present
 
 
@@ -155,11 +159,11 @@ def add_rslora(
     targets = _present_targets(model, target_modules)
     if is_peft_model(model):
         if _same_adapter(model, r, alpha, targets, dropout, use_rslora):
-            print("rslora-colab: the model already has this adapter; reusing it", flush=True)
+            logger.info("the model already has this adapter; reusing it")
             return model
         if runtime.unsloth_gpu:  # Unsloth's GPU models are patched in place; its CPU backend is stock PEFT
             raise ValueError("This Unsloth model already has a different adapter: reload it with load_model() first.")
-        print("rslora-colab: replacing the model's previous adapter", flush=True)
+        logger.info("replacing the model's previous adapter")
         model = model.unload()
     if runtime.backend == "unsloth":
         model = _add_with_unsloth(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed)

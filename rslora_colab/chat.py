@@ -8,9 +8,10 @@ import torch
 from transformers import TrainerCallback
 
 from .config import is_number
-from .data import ROLES, _turn_problems, check_chat_template
+from .data.rows import ROLES, turn_problems
+from .data.sft import check_chat_template
 from .load import runtime_of
-from .train import model_and_tokenizer
+from .result import model_and_tokenizer
 
 
 def _messages(prompt_or_messages: str | list[dict]) -> list[dict]:
@@ -19,7 +20,7 @@ def _messages(prompt_or_messages: str | list[dict]) -> list[dict]:
         if not prompt_or_messages.strip():
             raise ValueError("prompt_or_messages: the prompt is empty; pass some text or a list of messages.")
         return [{"role": "user", "content": prompt_or_messages}]
-    problems = _turn_problems(prompt_or_messages, "prompt_or_messages", "role", "content", ROLES, need_assistant=False)
+    problems = turn_problems(prompt_or_messages, "prompt_or_messages", "role", "content", ROLES, need_assistant=False)
     if problems:
         raise ValueError("; ".join(problems) + " (e.g. [{'role': 'user', 'content': 'Hi'}])")
     return list(prompt_or_messages)

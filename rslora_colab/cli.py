@@ -22,10 +22,10 @@ import argparse
 import sys
 import warnings
 
-from .checkpoints import OutputWriteError
 from .commands import COMMANDS
-from .guard import DivergenceError
-from .interrupt import INTERRUPTED_EXIT
+from .resilience.checkpoints import OutputWriteError
+from .resilience.guard import DivergenceError
+from .resilience.interrupt import INTERRUPTED_EXIT
 
 EXIT_SETTINGS, EXIT_DIVERGED, EXIT_WRITE = 2, 3, 4
 """Exit statuses (see the module docstring); Ctrl-C is ``INTERRUPTED_EXIT`` (130)."""

@@ -1,4 +1,9 @@
-"""Settings for one fine-tuning run, validated all at once."""
+"""What the user asks for one fine-tuning run: :class:`FinetuneConfig`, every field validated at once.
+
+Fields left open (``None``) are filled once, before training, into a
+:class:`~rslora_colab.settings.RunSettings` (rank preset, machine, memory plan);
+this class holds only what was asked.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .adapt import DEFAULT_TARGETS, module_names
-from .colab import default_output_dir
-from .plan import GPU_BUDGETS
+from .memory.plan import GPU_BUDGETS
 from .presets import MAX_RANK, METHODS, MIN_RANK
+from .resilience.drive import default_output_dir
 from .runtime import BACKENDS
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
@@ -26,7 +31,7 @@ HF_NAMES = {
 each one means here: an unknown keyword among them gets that field as its "did you mean"."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class FinetuneConfig:
     """Everything ``quick_finetune`` needs besides the model and the data.
 
@@ -99,9 +104,10 @@ class FinetuneConfig:
     """DPO only: how far the policy may move from the reference (TRL's default; smaller lets it move further)."""
 
     def __post_init__(self) -> None:
-        self.target_modules = module_names(self.target_modules)
+        object.__setattr__(self, "target_modules", module_names(self.target_modules))
         if self.output_dir is None:
-            self.output_dir = default_output_dir()
+            object.__setattr__(self, "output_dir", default_output_dir())
+        object.__setattr__(self, "gpu", gpu_budget_value(self.gpu))
         problems = self.problems()
         if problems:
             raise ValueError("Invalid fine-tuning settings:\n  " + "\n  ".join(problems))
@@ -155,6 +161,16 @@ class FinetuneConfig:
             hints = [f"{k!r}" + (f" (did you mean {m!r}?)" if (m := suggest_name(k, known)) else "") for k in unknown]
             raise ValueError(f"Unknown setting(s) {', '.join(hints)}. Known settings: {', '.join(known)}.")
         return cls(**overrides)
+
+
+def gpu_budget_value(gpu: Any) -> Any:
+    """``gpu`` as given, except that text holding a number (``"14.74"``, from the command line) becomes that number."""
+    if isinstance(gpu, str):
+        try:
+            return float(gpu)
+        except ValueError:
+            return gpu
+    return gpu
 
 
 def suggest_name(name: str, known: list[str]) -> str | None:

@@ -18,6 +18,7 @@ in ``$RSLORA_COLAB_CACHE`` (default ``~/.cache/rslora_colab``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
 """Pass this as the model name to get the demo model (``load_model("demo")``)."""
@@ -254,13 +257,13 @@ def demo_model(pretrain_steps: int = 300) -> str:
     if (target / "config.json").exists():
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    print(f"rslora-colab: building the demo model (tiny Llama, {pretrain_steps} pre-training steps) ...", flush=True)
+    logger.info(f"building the demo model (tiny Llama, {pretrain_steps} pre-training steps) ...")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         build_demo_model(Path(tmp) / "model", pretrain_steps)
         if not target.exists():  # another process may have won the race
             shutil.move(str(Path(tmp) / "model"), target)
-    print(f"rslora-colab: demo model ready in {time.perf_counter() - start:.0f} s at {target}", flush=True)
+    logger.info(f"demo model ready in {time.perf_counter() - start:.0f} s at {target}")
     return str(target)
 
 
@@ -273,7 +276,7 @@ def demo_threads() -> int:
     """
     if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() != 1:
         torch.set_num_threads(1)
-        print("rslora-colab: demo on CPU: training with 1 torch thread (set OMP_NUM_THREADS to choose)", flush=True)
+        logger.info("demo on CPU: training with 1 torch thread (set OMP_NUM_THREADS to choose)")
     return torch.get_num_threads()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 
 from .demo import DEMO_NAME, demo_threads, resolve_model_name
 from .runtime import Runtime, detect_runtime
+
+logger = logging.getLogger(__name__)
 
 RUNTIME_ATTR = "rslora_colab_runtime"
 """Attribute on a loaded model recording the :class:`Runtime` it was loaded with."""
@@ -32,7 +35,7 @@ def _load_unsloth(name: str, max_seq_length: int, load_in_4bit: bool, runtime: R
     )
 
 
-def _load_transformers(name: str, load_in_4bit: bool, runtime: Runtime):
+def load_transformers(name: str, load_in_4bit: bool, runtime: Runtime):
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     quant = None
@@ -83,12 +86,12 @@ def load_model(
         demo_threads()
     name = resolve_model_name(model_name)
     quant = "4-bit NF4" if load_in_4bit else "16-bit" if runtime.on_gpu else "full precision"
-    print(f"rslora-colab: loading {model_name} with {runtime.backend} ({runtime.reason}); "
-          f"{runtime.precision} on {runtime.device}, {quant}", flush=True)
+    logger.info(f"loading {model_name} with {runtime.backend} ({runtime.reason}); "
+                f"{runtime.precision} on {runtime.device}, {quant}")
     if runtime.backend == "unsloth":
         model, tokenizer = _load_unsloth(name, max_seq_length, load_in_4bit, runtime)
     else:
-        model, tokenizer = _load_transformers(name, load_in_4bit, runtime)
+        model, tokenizer = load_transformers(name, load_in_4bit, runtime)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     setattr(model, RUNTIME_ATTR, runtime)
@@ -118,8 +121,8 @@ def load_tokenizer(model: Any):
                          "Check the hub id's spelling and the network (offline, HF_HUB_OFFLINE=1 reads only the "
                          "local cache), or the folder's path. Nothing was trained yet.") from err
     except Exception as err:  # noqa: BLE001 — e.g. a tokenizer needing a package AutoTokenizer lacks
-        print(f"rslora-colab: could not read {model}'s tokenizer before loading ({type(err).__name__}); the row "
-              "lengths are not checked in advance", flush=True)
+        logger.info(f"could not read {model}'s tokenizer before loading ({type(err).__name__}); the row "
+                    "lengths are not checked in advance")
         return None
 
 

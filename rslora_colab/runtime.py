@@ -26,12 +26,15 @@ imported, before any of them.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 Backend = Literal["unsloth", "transformers"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -71,8 +74,8 @@ def import_unsloth_first() -> bool:
         import unsloth  # noqa: F401
     except Exception as err:  # noqa: BLE001 - any import failure means: no Unsloth here
         _unsloth_import_error = f"{type(err).__name__}: {err}"
-        print(f"rslora-colab: WARNING: unsloth is installed but failed to import ({_unsloth_import_error}); "
-              "using transformers + PEFT", file=sys.stderr, flush=True)
+        logger.warning(f"unsloth is installed but failed to import ({_unsloth_import_error}); "
+                       "using transformers + PEFT")
         return False
     return True
 

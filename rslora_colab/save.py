@@ -1,21 +1,77 @@
-"""Step 6 — save: the adapter, the run's metrics and its loss curve."""
+"""Step 6 — save: the adapter, merged 16-bit weights or GGUF, on disk or on the Hugging Face Hub.
+
+=================  =========================================  ==============================================
+``how``            Unsloth on a GPU                           elsewhere (transformers, or Unsloth's CPU backend)
+=================  =========================================  ==============================================
+``adapter``        PEFT ``save_pretrained``                   PEFT ``save_pretrained``
+``merged_16bit``   ``model.save_pretrained_merged(...,        PEFT ``merge_and_unload`` into the base,
+                   save_method="merged_16bit")``              dequantized (see below)
+``gguf``           ``model.save_pretrained_gguf(...,          a ``ValueError``: GGUF needs a GPU runtime
+                   quantization_method=quantization)``        with Unsloth
+=================  =========================================  ==============================================
+
+The adapter's ``adapter_config.json`` keeps ``use_rslora: true``, so PEFT and
+vLLM apply alpha/sqrt(r) when they load it; :func:`save` checks that it did.
+
+Unsloth 2026.10.9's CPU backend raises ``NotImplementedError`` when asked to
+merge into a 4-bit model ("not supported on CPU yet"), so off the GPU the kit
+always merges itself, as described next.
+
+Merging without Unsloth: PEFT can merge into a 4-bit layer, but it re-quantizes
+the sum to NF4, which rounds most of the adapter's change away. The kit instead
+loads a second copy of the base on the CPU, quantized exactly as in training,
+dequantizes it to 16-bit with transformers' ``model.dequantize()`` — the very
+weights the adapter was trained against — applies the adapter with PEFT's
+``PeftModel.from_pretrained`` and calls ``merge_and_unload()``. Merging into the
+original unquantized checkpoint instead would add the NF4 rounding error back
+in. The merged weights keep the base checkpoint's 16-bit dtype (fp16 when the
+checkpoint is fp32, like the demo's). Measured errors: ``docs/dpo_chat_export.md``.
+
+Hub token: ``token=``, else ``huggingface_hub.get_token()`` (the
+``HF_TOKEN`` environment variable, a ``hf auth login`` token, or the Colab
+secret ``HF_TOKEN``). It is passed to ``huggingface_hub`` only: never printed,
+logged, or written to disk (no ``huggingface_hub.login``).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
-import os
+import logging
+import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from .demo import DEMO_NAME, portable_model_name
+import torch
+
+from .adapt import is_peft_model
+from .demo import DEMO_NAME, portable_model_name, resolve_model_name
+from .load import (
+    ADAPTER_CONFIG,
+    adapter_base,
+    is_quantized,
+    load_adapter,
+    load_transformers,
+    runtime_of,
+)
+from .result import model_and_tokenizer
+from .runtime import Runtime, detect_runtime
+
+logger = logging.getLogger(__name__)
 
 ADAPTER_DIR = "adapter"
+"""Where ``quick_finetune`` saves the adapter, in ``output_dir``."""
 LAST_GOOD_DIR = "last_good_adapter"
 """Where a run the divergence guard gave up on keeps its last good adapter (in ``output_dir``)."""
 METRICS_FILE = "metrics.json"
+"""The run's settings, history and timings, in ``output_dir``."""
 LOSS_PLOT_FILE = "loss.png"
+"""The run's loss curve, in ``output_dir``."""
+HOW = ("adapter", "merged_16bit", "gguf")
+"""What :func:`save` can write."""
+TOKEN_NAME = "HF_TOKEN"
+"""The environment variable and the Colab secret the Hub token is read from."""
 
 
 def save_adapter(model: Any, tokenizer: Any, path: str | Path) -> Path:
@@ -60,44 +116,195 @@ def portable_base_name(model: Any) -> Iterator[bool]:
         config._name_or_path, base.name_or_path = saved[1], saved[2]
 
 
-def write_json(data: dict, path: str | Path) -> Path:
-    """Write ``data`` as JSON atomically (temp file, then rename), creating its folder; NaN becomes null."""
+def check_how(how: str, runtime: Runtime) -> None:
+    """Raise a clear ``ValueError`` for an unknown ``how``, or ``gguf`` outside Unsloth."""
+    if how not in HOW:
+        raise ValueError(f"how={how!r} is not known: use one of {HOW}.")
+    if how == "gguf" and not runtime.unsloth_gpu:
+        raise ValueError("how='gguf' needs a GPU runtime with Unsloth, which converts through llama.cpp (on Colab: "
+                         "Runtime > Change runtime type > T4 GPU, then pip install -r requirements-colab.txt). Here "
+                         f"the backend is {runtime.backend} on {runtime.device}: save how='merged_16bit' and convert "
+                         "that folder with llama.cpp's convert_hf_to_gguf.py.")
+
+
+def _model_and_tokenizer(result_or_model: Any, tokenizer: Any) -> tuple[Any, Any]:
+    model, tokenizer = model_and_tokenizer(result_or_model, tokenizer)
+    if not is_peft_model(model):
+        raise ValueError(f"result_or_model: this {type(model).__name__} has no adapter to save; pass what "
+                         "quick_finetune returned, or a model from add_rslora() or load_adapter().")
+    return model, tokenizer
+
+
+def _check_rslora_kept(model: Any, path: Path) -> None:
+    expected = model.peft_config["default"].use_rslora
+    saved = json.loads((path / ADAPTER_CONFIG).read_text()).get("use_rslora", False)
+    if saved != expected:
+        raise RuntimeError(f"{path / ADAPTER_CONFIG}: use_rslora={saved}, but the adapter was trained with "
+                           f"use_rslora={expected}; the scale would be wrong when it loads.")
+
+
+def merged_dtype(base: str) -> torch.dtype:
+    """The dtype merged weights are saved in: the base checkpoint's own 16-bit dtype, else fp16."""
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(base), "dtype", None)
+    return dtype if dtype in (torch.float16, torch.bfloat16) else torch.float16
+
+
+def _run_settings(adapter_dir: str | Path) -> dict:
+    """The settings of the run that saved ``adapter_dir`` (its ``metrics.json`` one folder up), or {}."""
+    metrics = Path(adapter_dir).parent / METRICS_FILE
+    return json.loads(metrics.read_text()).get("settings", {}) if metrics.is_file() else {}
+
+
+def merge_adapter(adapter_dir: str | Path, path: str | Path, quantized: bool | None = None,
+                  precision: str | None = None) -> Path:
+    """Merge a saved adapter into its base, dequantized to 16-bit on the CPU, and save the result to ``path``.
+
+    ``quantized`` and ``precision`` describe how the base was loaded for
+    training (4-bit or not, and in which dtype: the NF4 values depend on it);
+    ``None`` reads them from the run's ``metrics.json``, else assumes 4-bit in
+    this machine's precision. Needs CPU memory for the whole model at 2 bytes
+    per parameter. See the module docstring.
+    """
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    run = _run_settings(adapter_dir)
+    quantized = run.get("load_in_4bit", True) if quantized is None else quantized
+    precision = precision or run.get("precision") or detect_runtime("transformers").precision
+    base = adapter_base(adapter_dir)
+    files = resolve_model_name(base)  # "demo" is the demo model's cache folder
+    dtype = merged_dtype(files)
+    name = str(dtype).removeprefix("torch.")
+    logger.info(f"merging {adapter_dir} into {base}, dequantized to {name} on the CPU")
+    model, tokenizer = load_transformers(files, quantized, Runtime("transformers", precision, "cpu", "merge"))
+    if is_quantized(model):  # trained in 4-bit, or a pre-quantized checkpoint
+        model = model.dequantize(dtype=dtype)
+    merged = PeftModel.from_pretrained(model.to(dtype), str(adapter_dir)).merge_and_unload()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(data), indent=2))
-    os.replace(tmp, path)
+    merged.save_pretrained(path)
+    if (Path(adapter_dir) / "tokenizer_config.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    tokenizer.save_pretrained(path)
     return path
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+def save(result_or_model: Any, path: str | Path, how: str = "adapter", quantization: str = "q4_k_m",
+         tokenizer: Any = None) -> Path:
+    """Save a trained model as ``how`` = ``"adapter"``, ``"merged_16bit"`` or ``"gguf"``; returns ``path``.
+
+    ``result_or_model`` is a :class:`~rslora_colab.FinetuneResult` or an
+    adapted model (then pass ``tokenizer``). ``quantization`` is the GGUF
+    method (``q4_k_m``, ``q8_0``, ``f16``, ...). See the module docstring for
+    what runs where.
+
+    >>> save(result, "outputs/merged", how="merged_16bit")  # doctest: +SKIP
+    """
+    model, tokenizer = _model_and_tokenizer(result_or_model, tokenizer)
+    runtime = runtime_of(model)
+    check_how(how, runtime)
+    path = Path(path)
+    if how == "adapter":
+        save_adapter(model, tokenizer, path)
+        _check_rslora_kept(model, path)
+    elif runtime.unsloth_gpu and how == "merged_16bit":
+        model.save_pretrained_merged(str(path), tokenizer, save_method="merged_16bit")
+    elif how == "gguf":
+        model.save_pretrained_gguf(str(path), tokenizer, quantization_method=quantization)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_adapter(model, tokenizer, tmp)
+            merge_adapter(tmp, path, quantized=is_quantized(model), precision=runtime.precision)
+    return path
 
 
-def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "Training loss"):
-    """Plot loss (and learning rate) against step; save to ``path`` if given. Returns the figure."""
-    from matplotlib.figure import Figure  # no pyplot: works headless and in threads
+def export_adapter(adapter_dir: str | Path, path: str | Path, how: str = "adapter", quantization: str = "q4_k_m",
+                   backend: str = "auto") -> Path:
+    """Export a saved adapter folder (what ``python -m rslora_colab export`` runs).
 
-    steps = [h["step"] for h in history if "loss" in h]
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.add_subplot()
-    ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".", color="tab:blue", label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    lrs = [h.get("lr") for h in history if "loss" in h]
-    if all(lr is not None for lr in lrs) and lrs:
-        twin = ax.twinx()
-        twin.plot(steps, lrs, color="tab:orange", alpha=0.6, label="lr")
-        twin.set_ylabel("learning rate", color="tab:orange")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=110)
-    return fig
+    ``adapter`` copies the folder; ``merged_16bit`` on transformers merges
+    straight from the folder; everything else loads it with
+    :func:`load_adapter` and calls :func:`save`.
+    """
+    runtime = detect_runtime(backend)
+    check_how(how, runtime)  # fail before anything loads
+    adapter_base(adapter_dir)  # and for a folder that is not an adapter
+    if how == "adapter":
+        shutil.copytree(adapter_dir, path, dirs_exist_ok=True)
+        return Path(path)
+    if not runtime.unsloth_gpu:  # Unsloth's CPU backend cannot merge into 4-bit: the kit's merge works everywhere
+        return merge_adapter(adapter_dir, path)
+    model, tokenizer = load_adapter(adapter_dir, backend=backend)
+    return save(model, path, how, quantization, tokenizer)
+
+
+def _redact(text: str, token: str) -> str:
+    return text.replace(token, "***")
+
+
+def push_to_hub(result_or_model: Any, repo_id: str, how: str = "adapter", private: bool = True,
+                token: str | None = None, quantization: str = "q4_k_m", tokenizer: Any = None) -> str:
+    """Upload the model to the Hugging Face Hub as ``how`` (see :func:`save`); returns the repo URL.
+
+    The token is ``token``, else ``huggingface_hub.get_token()`` (``$HF_TOKEN``,
+    a saved login, or the Colab secret ``HF_TOKEN``); it is never printed or
+    written to disk. The repo is
+    created (private by default) if it does not exist.
+
+    >>> push_to_hub(result, "me/llama-rslora-dpo")  # doctest: +SKIP
+    """
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise ValueError(f"No Hugging Face token: set the {TOKEN_NAME} environment variable, or on Colab add a secret "
+                         f"named {TOKEN_NAME} (key icon, left bar) and let this notebook use it, or pass token=...")
+    model, tokenizer = _model_and_tokenizer(result_or_model, tokenizer)
+    runtime = runtime_of(model)
+    check_how(how, runtime)
+    try:
+        return _push(model, tokenizer, repo_id, how, private, token, quantization, runtime)
+    except Exception as err:  # redact: a library error must not carry the token into a traceback or a log
+        raise RuntimeError(f"push_to_hub({repo_id!r}, how={how!r}) failed: "
+                           f"{_redact(f'{type(err).__name__}: {err}', token)}") from None
+
+
+def _push(model, tokenizer, repo_id, how, private, token, quantization, runtime) -> str:
+    if runtime.unsloth_gpu and how == "merged_16bit":
+        model.push_to_hub_merged(repo_id, tokenizer, save_method="merged_16bit", token=token, private=private)
+        return f"https://huggingface.co/{repo_id}"
+    if how == "gguf":
+        model.push_to_hub_gguf(repo_id, tokenizer, quantization_method=quantization, token=token, private=private)
+        return f"https://huggingface.co/{repo_id}"
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)  # fails fast on a bad token or no network
+    with tempfile.TemporaryDirectory() as tmp:
+        save(model, tmp, how, quantization, tokenizer)
+        api.upload_folder(folder_path=tmp, repo_id=repo_id, commit_message=f"rslora-colab: {how}")
+    logger.info(f"pushed {how} to {url}")
+    return str(url)
+
+
+def save_outputs(result: Any, how: Sequence[str] = ("adapter",), out_dir: str | Path | None = None,
+                 gguf_quantization: str = "q4_k_m") -> dict[str, Path]:
+    """Write the trained model in each form listed in ``how``; returns ``{form: path}``.
+
+    * ``"adapter"`` — the rsLoRA adapter ``quick_finetune`` already saved
+      (``adapter_config.json`` keeps ``use_rslora``); nothing is rewritten.
+    * ``"merged_16bit"`` / ``"gguf"`` — :func:`save` into
+      ``out_dir/merged_16bit`` / ``out_dir/gguf`` (GGUF needs Unsloth on a GPU).
+
+    ``out_dir`` defaults to the folder above the adapter. Every choice is
+    checked before anything is written.
+    """
+    for form in how:
+        check_how(form, runtime_of(result.model))
+    out = Path(out_dir) if out_dir is not None else Path(result.adapter_path).parent
+    saved = {form: Path(result.adapter_path) if form == "adapter" else
+             save(result, out / form, how=form, quantization=gguf_quantization) for form in how}
+    for form, path in saved.items():
+        logger.info(f"saved {form} -> {path}")
+    return saved

@@ -1,11 +1,16 @@
-"""Step 5 — watch: record what training does, step by step, and show it live in a notebook."""
+"""Step 5 — watch: record what training does, step by step, and draw it.
+
+The history is a plain list of dicts (one per logged step, plus guard and
+out-of-memory events), so it goes straight into JSON or a DataFrame;
+:func:`plot_loss` draws it. The live notebook view is
+:class:`~rslora_colab.notebook.live.LivePlotCallback`.
+"""
 
 from __future__ import annotations
 
-import io
 import math
 import threading
-import time
+from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
 
@@ -19,7 +24,7 @@ HISTORY_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm",
 class HistoryCallback(TrainerCallback):
     """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens (and DPO's rewards).
 
-    A :class:`~rslora_colab.guard.DivergenceGuard` appends its events
+    A :class:`~rslora_colab.resilience.guard.DivergenceGuard` appends its events
     (``{"step", "event", "reason", "lr", ...}``) to the same list.
 
     ``history`` is a plain list of dicts, so it goes straight into JSON or a
@@ -116,7 +121,9 @@ def notebook_bar_callback():
 
     With the kit's ``logging_steps=1`` that table grows by one row every step.
     """
-    from transformers.utils.notebook import NotebookProgressCallback  # needs IPython: imported only in notebooks
+    from transformers.utils.notebook import (
+        NotebookProgressCallback,  # needs IPython: imported only in notebooks
+    )
 
     class NotebookBarCallback(NotebookProgressCallback):
         latest = ""
@@ -173,98 +180,29 @@ class StopCallback(TrainerCallback):
             control.should_training_stop = True
 
 
-def figure_png(figure, dpi: int = 80) -> bytes:
-    """A matplotlib ``Figure`` rendered to PNG bytes (no pyplot, works in any thread)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    return buffer.getvalue()
+def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "Training loss"):
+    """Plot loss (and learning rate) against step; save to ``path`` if given. Returns the figure."""
+    from matplotlib.figure import Figure  # no pyplot: works headless and in threads
+
+    steps = [h["step"] for h in history if "loss" in h]
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.add_subplot()
+    ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".", color="tab:blue", label="loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    lrs = [h.get("lr") for h in history if "loss" in h]
+    if all(lr is not None for lr in lrs) and lrs:
+        twin = ax.twinx()
+        twin.plot(steps, lrs, color="tab:orange", alpha=0.6, label="lr")
+        twin.set_ylabel("learning rate", color="tab:orange")
+    return finish_figure(fig, path)
 
 
-def _in_ipython() -> bool:
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return False
-    return get_ipython() is not None
-
-
-class LivePlotCallback(HistoryCallback):
-    """A progress bar, the latest numbers and the loss curve, updated in the notebook while training runs.
-
-    Pass it to ``quick_finetune(..., callbacks=[LivePlotCallback()])`` in a
-    notebook cell: the view appears under the cell when training starts (set
-    ``display=False`` to place :attr:`widget` yourself, as the control panel
-    does). The curve is :func:`~rslora_colab.save.plot_loss` — a matplotlib
-    ``Figure``, no pyplot — redrawn every ``every`` logged steps (at most once
-    per ``min_interval_s`` seconds) and at the end. Outside IPython it only
-    records :attr:`history`.
-
-    >>> quick_finetune("demo", demo_dataset(), r=16, max_steps=30, callbacks=[LivePlotCallback()])  # doctest: +SKIP
-    """
-
-    def __init__(self, every: int = 5, min_interval_s: float = 0.5, title: str = "rsLoRA training loss",
-                 display: bool = True) -> None:
-        import ipywidgets as widgets
-
-        from .colab import enable_colab_widgets
-
-        super().__init__()
-        enable_colab_widgets()
-        self.every, self.min_interval_s, self.title, self.display = every, min_interval_s, title, display
-        self.bar = widgets.IntProgress(value=0, min=0, max=1, description="step", bar_style="info")
-        self.label = widgets.HTML("training has not started")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="620px", display="none"))
-        self.widget = widgets.VBox([widgets.HBox([self.bar, self.label]), self.image])
-        """The whole view: progress bar, numbers, loss plot."""
-        self.draws = 0
-        """How many times the plot was redrawn."""
-        self._drawn_step, self._drawn_time, self._start, self._shown = 0, 0.0, 0.0, False
-
-    def _ipython_display_(self) -> None:
-        from IPython.display import display
-
-        display(self.widget)
-        self._shown = True
-
-    def redraw(self) -> None:
-        """Draw the loss curve of :attr:`history` into the view now."""
-        from .save import plot_loss  # one home for the loss figure
-
-        self.image.value = figure_png(plot_loss(self.history, None, self.title))
-        self.image.layout.display = None  # shown from the first drawing on
-        self.draws += 1
-        self._drawn_step = self.history[-1]["step"] if self.history else 0
-        self._drawn_time = time.monotonic()
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.history.clear()
-        self.draws, self._drawn_step, self._start = 0, 0, time.monotonic()
-        self.bar.max, self.bar.value, self.bar.bar_style = max(state.max_steps, 1), 0, "info"
-        self.label.value = f"step 0/{state.max_steps}: starting"
-        if self.display and not self._shown and _in_ipython():
-            self._ipython_display_()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.bar.value = min(state.global_step, self.bar.max)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        before = len(self.history)
-        super().on_log(args, state, control, logs, **kwargs)
-        if len(self.history) == before:
-            return
-        last = self.history[-1]
-        self.label.value = (f"step {last['step']}/{state.max_steps} &middot; loss {last['loss']:.4f} &middot; "
-                            f"lr {last.get('lr', math.nan):.2e} &middot; {time.monotonic() - self._start:.0f} s")
-        due = last["step"] - self._drawn_step >= self.every
-        if due and time.monotonic() - self._drawn_time >= self.min_interval_s:
-            self.redraw()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.bar.value = min(state.global_step, self.bar.max)
-        finished = state.global_step >= state.max_steps
-        self.bar.bar_style = "success" if finished else "warning"
-        first, final = mean_loss(self.history, first=True), mean_loss(self.history, first=False)
-        self.label.value = (f"{'done' if finished else 'stopped'} at step {state.global_step}/{state.max_steps} "
-                            f"&middot; loss {first:.3f} &rarr; {final:.3f} (mean of first/last 5) &middot; "
-                            f"{time.monotonic() - self._start:.0f} s")
-        self.redraw()
+def finish_figure(fig, path: str | Path | None = None):
+    """Lay ``fig`` out, save it to ``path`` as PNG when given (110 dpi), and return it."""
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig

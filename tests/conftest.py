@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from simulated_gpu import GPUS, FakeGPU, simulate_gpu
 
 from rslora_colab import demo_model, load_model
 from rslora_colab.runtime import detect_runtime
-from simulated_gpu import GPUS, FakeGPU, simulate_gpu
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import torch
 
+
 @dataclass(frozen=True)
 class FakeGPU:
     """What torch reports about one CUDA device."""

@@ -4,7 +4,13 @@ import pytest
 import torch
 from bitsandbytes.nn import Linear4bit
 
-from rslora_colab import DEFAULT_TARGETS, adapter_scale, adapter_scales, add_rslora, chat
+from rslora_colab import (
+    DEFAULT_TARGETS,
+    adapter_scale,
+    adapter_scales,
+    add_rslora,
+    chat,
+)
 
 
 @pytest.mark.parametrize("r, alpha, use_rslora", [(64, None, True), (8, 16, True), (64, 64, False)])

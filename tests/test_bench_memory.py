@@ -32,8 +32,8 @@ def test_library_versions_names_the_stack(bench):
 
 
 def test_the_estimate_it_compares_with_is_the_static_part_of_a_local_random_model(bench, tmp_path):
-    from rslora_colab.catalog import resolve_spec
-    from rslora_colab.vram import estimate_vram
+    from rslora_colab.memory.catalog import resolve_spec
+    from rslora_colab.memory.estimate import estimate_vram
 
     spec = resolve_spec(bench.MODELS[0])
     folder = tmp_path / "model"

@@ -1,6 +1,7 @@
 """Colab: outputs default to Google Drive when it is mounted; a warning when they would be lost."""
 
-from rslora_colab import FinetuneConfig, colab
+from rslora_colab import FinetuneConfig
+from rslora_colab.resilience import drive as colab
 
 
 def test_output_dir_defaults_to_drive_when_mounted(tmp_path, monkeypatch):

@@ -3,11 +3,19 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from rslora_colab import (FinetuneConfig, add_rslora, demo_dataset, demo_preferences, detect_format, load_and_validate,
-                          quick_finetune)
-from rslora_colab.lengths import token_lengths
-from rslora_colab.train import build_trainer, masked_preview, resolve_settings
+from rslora_colab import (
+    FinetuneConfig,
+    add_rslora,
+    demo_dataset,
+    demo_preferences,
+    detect_format,
+    load_and_validate,
+    quick_finetune,
+)
+from rslora_colab.data.lengths import token_lengths
 from rslora_colab.load import runtime_of
+from rslora_colab.settings import resolve_run
+from rslora_colab.train import build_trainer, masked_preview
 
 
 @pytest.mark.parametrize("fmt, expected", [("alpaca", "alpaca"), ("chat", "chat"), ("sharegpt", "sharegpt"),
@@ -21,7 +29,7 @@ def _preview(demo_pair, rows, index=0):
     model = add_rslora(model, r=8)
     dataset, fmt = load_and_validate(rows)
     config = FinetuneConfig(r=8, max_seq_length=256, output_dir="unused")
-    trainer = build_trainer(model, tokenizer, dataset, fmt, config, resolve_settings(config, runtime_of(model)))
+    trainer = build_trainer(model, tokenizer, dataset, fmt, resolve_run(config, runtime_of(model)))
     return masked_preview(trainer, index)
 
 
@@ -199,7 +207,7 @@ def test_token_lengths_are_what_trl_builds(demo_pair, rows, method):
     model = add_rslora(model, r=8)
     dataset, fmt = load_and_validate(rows, method)
     config = FinetuneConfig(r=8, max_seq_length=4096, output_dir="unused", method=method)
-    trainer = build_trainer(model, tokenizer, dataset, fmt, config, resolve_settings(config, runtime_of(model)))
+    trainer = build_trainer(model, tokenizer, dataset, fmt, resolve_run(config, runtime_of(model)))
     lengths = token_lengths(dataset, fmt, tokenizer, method)
     built = trainer.train_dataset
     if method == "dpo":

@@ -16,13 +16,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from simulated_gpu import GPUS
-from rslora_colab import FinetuneConfig, check_fit, check_runtime, detect_runtime, load_model
-from rslora_colab.fit import fit_to_gpu
-from rslora_colab.plan import resolve_budget_gib
+
+from rslora_colab import (
+    FinetuneConfig,
+    check_fit,
+    check_runtime,
+    detect_runtime,
+    load_model,
+)
+from rslora_colab.memory.plan import resolve_budget_gib
 from rslora_colab.runtime import NO_UNSLOTH_ENV, unsloth_installed
-from rslora_colab.train import resolve_settings, trainer_args
+from rslora_colab.settings import resolve_run
+from rslora_colab.train import trainer_args
+from rslora_colab.train.setup import fit_to_gpu
 
 ALL = list(GPUS)
 EXPECTED_PRECISION = {"T4": "fp16", "P100": "fp16", "V100": "fp16", "L4": "bf16", "A100": "bf16", "H100": "bf16"}
@@ -42,8 +49,8 @@ def test_precision_follows_compute_capability_not_bf16_emulation(simulated_gpu):
 def test_trainer_flags_and_optimizer_agree_with_the_precision(simulated_gpu, tmp_path):
     config = FinetuneConfig(r=16, output_dir=str(tmp_path))
     runtime = detect_runtime()
-    settings = resolve_settings(config, runtime)
-    args = trainer_args(config, settings)
+    settings = resolve_run(config, runtime).as_dict()
+    args = trainer_args(resolve_run(config, runtime))
     fp16 = not simulated_gpu.native_bf16
     assert (args["fp16"], args["bf16"]) == (fp16, not fp16)
     assert not args["use_cpu"]

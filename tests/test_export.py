@@ -1,15 +1,21 @@
 import json
-import sys
-import types
 
+import huggingface_hub
 import huggingface_hub.constants
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rslora_colab import adapter_scale, adapter_scales, add_rslora, chat, load_adapter, push_to_hub, save
+from rslora_colab import (
+    adapter_scale,
+    adapter_scales,
+    add_rslora,
+    chat,
+    load_adapter,
+    push_to_hub,
+    save,
+)
 from rslora_colab.cli import main
-from rslora_colab.export import hf_token
 
 MERGE_TOLERANCE = 0.02
 """Largest |logit| difference allowed between the merged fp16 model and 4-bit base + adapter (logits span about
@@ -80,20 +86,19 @@ def test_gguf_without_unsloth_is_a_clear_error(demo_pair, tmp_path, capsys):
 SECRET = "hf_kitTestTokenNeverShown123"
 
 
-def test_hub_token_comes_from_env_or_colab_and_is_never_shown(demo_pair, monkeypatch, capsys):
-    # No network here: only where the token comes from, and that it never appears, can be tested.
+def test_hub_token_comes_from_huggingface_hub_and_is_never_shown(demo_pair, monkeypatch, tmp_path, capsys):
+    # No network here: only where the token comes from, and that it never appears, can be tested. Where it comes
+    # from is huggingface_hub.get_token(): $HF_TOKEN, a saved login, or the Colab secret (Colab's own kernel only).
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    assert hf_token() is None  # no env, and google.colab is not installed
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    assert huggingface_hub.get_token() is None
     model, tokenizer = _adapted(demo_pair)
     with pytest.raises(ValueError, match="HF_TOKEN"):
         push_to_hub(model, "me/demo-rslora", tokenizer=tokenizer)
-    colab = types.ModuleType("google.colab")
-    colab.userdata = types.SimpleNamespace(get=lambda key: "hf_fromColabSecrets" if key == "HF_TOKEN" else None)
-    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
-    monkeypatch.setitem(sys.modules, "google.colab", colab)
-    assert hf_token() == "hf_fromColabSecrets"
+    (tmp_path / "no-token").write_text("hf_savedLoginToken")
+    assert huggingface_hub.get_token() == "hf_savedLoginToken"  # a `hf auth login` counts too
     monkeypatch.setenv("HF_TOKEN", SECRET)
-    assert hf_token() == SECRET  # the environment wins
+    assert huggingface_hub.get_token() == SECRET  # the environment wins
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # fail at the first request, offline
     with pytest.raises(RuntimeError, match="push_to_hub\\('me/demo-rslora'.*offline") as err:
         push_to_hub(model, "me/demo-rslora", tokenizer=tokenizer)

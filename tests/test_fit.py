@@ -8,12 +8,16 @@ from pathlib import Path
 import pytest
 
 from rslora_colab import FinetuneConfig, demo_dataset, quick_finetune
-from rslora_colab.catalog import CATALOG
 from rslora_colab.cli import main
-from rslora_colab.fit import estimate_settings, fit_to_gpu
-from rslora_colab.plan import catalog_table, render_catalog_table
+from rslora_colab.memory.catalog import CATALOG
+from rslora_colab.memory.estimate import estimate_vram
+from rslora_colab.memory.plan import (
+    catalog_table,
+    render_catalog_table,
+    training_estimate_kwargs,
+)
 from rslora_colab.runtime import Runtime, detect_runtime
-from rslora_colab.vram import estimate_vram
+from rslora_colab.train.setup import fit_to_gpu
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -28,7 +32,7 @@ def test_too_small_gpu_raises_before_any_weights_load(capsys):
 
 def test_tight_gpu_shrinks_the_micro_batch_and_keeps_the_effective_batch(demo_path, tmp_path, capsys):
     config = FinetuneConfig(r=8, max_seq_length=64)
-    kwargs = estimate_settings(config, detect_runtime())  # the backend quick_finetune will train with here
+    kwargs = training_estimate_kwargs(detect_runtime(), config.target_modules)  # how quick_finetune trains here
     one, two = (estimate_vram(demo_path, r=8, max_seq_length=64, batch_size=b, **kwargs).total_gib for b in (1, 2))
     result = quick_finetune(demo_path, demo_dataset(n=16), r=8, max_steps=1, batch_size=4, grad_accum=1,
                             max_seq_length=64, output_dir=str(tmp_path), gpu=(one + two) / 2)
@@ -54,8 +58,8 @@ def test_no_plan_without_a_gpu_budget(demo_path):
 
 def test_backend_decides_what_is_estimated():
     config = FinetuneConfig()
-    peft = estimate_settings(config, Runtime("transformers", "fp16", "Tesla T4", ""))
-    fast = estimate_settings(config, Runtime("unsloth", "fp16", "Tesla T4", ""))
+    peft = training_estimate_kwargs(Runtime("transformers", "fp16", "Tesla T4", ""), config.target_modules)
+    fast = training_estimate_kwargs(Runtime("unsloth", "fp16", "Tesla T4", ""), config.target_modules)
     assert (peft["dtype_bytes"], peft["gradient_checkpointing"], peft["optimizer"]) == (4, True, "adamw_8bit")
     assert (fast["dtype_bytes"], fast["gradient_checkpointing"]) == (2, "unsloth")
 
@@ -104,7 +108,7 @@ def test_cli_catalog_table(capsys):
 
 
 def test_readme_table_is_what_the_code_prints():
-    kwargs = estimate_settings(FinetuneConfig(), Runtime("unsloth", "fp16", "GPU", ""))
+    kwargs = training_estimate_kwargs(Runtime("unsloth", "fp16", "GPU", ""))
     table = render_catalog_table(catalog_table("T4", **kwargs))
     readme = README.read_text()
     found = re.search(r"(\| model \| r \|.*?)\n\n", readme, re.S)

@@ -8,7 +8,7 @@ import torch
 from transformers import TrainerCallback
 
 from rslora_colab import DivergenceError, demo_dataset, quick_finetune
-from rslora_colab.guard import judge_step
+from rslora_colab.resilience.guard import judge_step
 
 TINY = {"max_steps": 24, "batch_size": 2, "grad_accum": 1, "max_seq_length": 128}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from rslora_colab import demo_dataset, quick_finetune
-from rslora_colab.lock import LOCK_FILE, run_lock
+from rslora_colab.resilience.lock import LOCK_FILE, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}

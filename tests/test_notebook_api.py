@@ -46,13 +46,13 @@ UNSLOTH_MODEL_METHODS = ("save_pretrained_merged", "save_pretrained_gguf")
 def _forwards() -> dict[str, set[str]]:
     """Kit functions whose ``**kwargs`` go on to something else: the names that something accepts."""
     from rslora_colab.config import FinetuneConfig
-    from rslora_colab.vram import estimate_vram
+    from rslora_colab.memory.estimate import estimate_vram
 
     config_fields = {f.name for f in fields(FinetuneConfig)}
     return {
-        "rslora_colab.train.quick_finetune": config_fields,
-        "rslora_colab.preview.preview_data": config_fields,
-        "rslora_colab.plan.plan_for_gpu": set(inspect.signature(estimate_vram).parameters),
+        "rslora_colab.train.finetune.quick_finetune": config_fields,
+        "rslora_colab.notebook.preview.preview_data": config_fields,
+        "rslora_colab.memory.plan.plan_for_gpu": set(inspect.signature(estimate_vram).parameters),
     }
 
 
@@ -119,7 +119,7 @@ class Call:
 
     where: str
     target: str
-    """Dotted path, e.g. ``rslora_colab.panel.control_panel`` or ``unsloth.FastLanguageModel.from_pretrained``."""
+    """Dotted path, e.g. ``rslora_colab.notebook.panel.control_panel`` or ``unsloth.FastLanguageModel.from_pretrained``."""
     keywords: list[str]
     positional: int
     bound: bool = False

@@ -5,9 +5,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from rslora_colab import (LivePlotCallback, check_runtime, demo_dataset, preview_data, quick_finetune,
-                          save_outputs)
-from rslora_colab.notebook import CPU_NOTICE, resolve_choices
+from rslora_colab import (
+    LivePlotCallback,
+    check_runtime,
+    demo_dataset,
+    preview_data,
+    quick_finetune,
+    resolve_choices,
+    save_outputs,
+)
+from rslora_colab.notebook import CPU_NOTICE
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU fallback")

@@ -86,3 +86,19 @@ def test_a_failed_install_stops_run_all_with_pips_message(monkeypatch):
     with pytest.raises(RuntimeError, match="(?s)pip install failed.*Could not find a version.*Run all again"):
         exec(_install_cell(NOTEBOOKS[0]), {})
     assert calls and calls[0][1:4] == ["-m", "pip", "install"]
+
+
+def test_notebooks_use_only_the_public_api():
+    import ast
+
+    from IPython.core.inputtransformer2 import TransformerManager
+
+    import rslora_colab
+
+    to_python = TransformerManager().transform_cell
+    for path in NOTEBOOKS:
+        for cell in (c for c in _cells(path) if c["cell_type"] == "code"):
+            for node in ast.walk(ast.parse(to_python(cell["text"]))):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rslora_colab"):
+                    assert node.module == "rslora_colab", f"{path.name}: import from {node.module}, not the public API"
+                    assert {a.name for a in node.names} <= set(rslora_colab.__all__), f"{path.name}: {node.names}"

@@ -10,8 +10,8 @@ import torch
 from transformers import TrainerCallback
 
 from rslora_colab import demo_dataset, quick_finetune
-from rslora_colab.oom import RESUME_DIR, is_out_of_memory
-from rslora_colab.plan import halve_micro_batch
+from rslora_colab.memory.plan import halve_micro_batch
+from rslora_colab.resilience.oom import is_out_of_memory
 
 CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 14.74 GiB total capacity)"
 
@@ -81,7 +81,8 @@ def test_oom_halves_micro_batch_and_resumes_the_same_step(demo_path, tmp_path, c
         [h["loss"] for h in plain.history], rel=5e-3)
     metrics = json.loads((tmp_path / "oom" / "metrics.json").read_text())
     assert metrics["settings"]["batch_size"] == 1 and len([h for h in metrics["history"] if "event" in h]) == 2
-    assert not (tmp_path / "oom" / RESUME_DIR).exists()
+    # the resume point is an ordinary checkpoint (the one save path), kept and rotated like every other
+    assert sorted(p.name for p in (tmp_path / "oom").glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-4"]
 
 
 def test_gives_up_clearly_at_micro_batch_one(demo_path, tmp_path):
@@ -91,9 +92,10 @@ def test_gives_up_clearly_at_micro_batch_one(demo_path, tmp_path):
     assert "out of GPU memory at step 2 with micro-batch 1" in message
     assert "no smaller micro-batch" in message and "max_seq_length" in message and "plan --model" in message
     assert isinstance(err.value.__cause__, torch.OutOfMemoryError)
-    state = json.loads((tmp_path / RESUME_DIR / "trainer_state.json").read_text())
-    assert state["global_step"] == 1 and str(tmp_path / RESUME_DIR) in message
-    assert (tmp_path / RESUME_DIR / "adapter_model.safetensors").exists()
+    saved = tmp_path / "checkpoint-1"
+    state = json.loads((saved / "trainer_state.json").read_text())
+    assert state["global_step"] == 1 and str(saved) in message and "--resume" in message
+    assert (saved / "adapter_model.safetensors").exists()
 
 
 def test_only_out_of_memory_errors_are_recovered():

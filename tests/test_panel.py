@@ -6,7 +6,7 @@ import time
 import pytest
 
 from rslora_colab import control_panel, lr_for_rank
-from rslora_colab.panel import RANK_MAX, model_choices, save_upload
+from rslora_colab.notebook.panel import RANK_MAX, model_choices, save_upload
 
 LLAMA_8B = "unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit"
 
@@ -76,7 +76,7 @@ def test_stop_ends_training_early_and_keeps_the_adapter(tmp_path):
 
 
 def test_train_on_a_folder_in_use_by_a_live_run_shows_the_refusal(tmp_path):
-    from rslora_colab.lock import run_lock
+    from rslora_colab.resilience.lock import run_lock
 
     panel = control_panel("demo", "demo", r=8, max_steps=4, batch_size=2, max_seq_length=64,
                           output_dir=str(tmp_path))
@@ -85,7 +85,7 @@ def test_train_on_a_folder_in_use_by_a_live_run_shows_the_refusal(tmp_path):
         with pytest.raises(ValueError, match="in use by a live run"):
             panel.wait(timeout=120)
     assert "failed: ValueError: output_dir=" in panel.status.value and "in use by a live run" in panel.status.value
-    assert "error: output_dir=" in _text(panel.log) and "Traceback" not in _text(panel.log)  # one line in the log
+    assert "ERROR: output_dir=" in _text(panel.log) and "Traceback" not in _text(panel.log)  # one line in the log
     assert not panel.train_button.disabled and not (tmp_path / "run_manifest.json").exists()
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from rslora_colab.panel import model_choices
+from rslora_colab.notebook.panel import model_choices
 
 pytestmark = pytest.mark.browser
 

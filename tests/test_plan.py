@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-import rslora_colab.plan as plan_mod
-from rslora_colab.catalog import CATALOG, resolve_spec
-from rslora_colab.plan import (
+import rslora_colab.memory.plan as plan_mod
+from rslora_colab.memory.catalog import CATALOG, resolve_spec
+from rslora_colab.memory.estimate import estimate_vram
+from rslora_colab.memory.plan import (
     MIN_SEQ_LENGTH,
     T4_GIB,
     catalog_table,
-    downshift,
     format_plan,
+    halve_micro_batch,
     plan_for_gpu,
     render_catalog_table,
     resolve_budget_gib,
 )
-from rslora_colab.vram import estimate_vram
 
 
 @pytest.mark.parametrize("gpu", ["T4", 8.0, 24.0])
@@ -130,14 +130,14 @@ def test_plan_accepts_config_dict_and_formats():
     assert same.as_dict()["estimate"]["r"] == 16
 
 
-def test_downshift_halves_batch_then_sequence():
+def test_out_of_memory_recovery_halves_the_planned_micro_batch_down_to_one():
     plan = plan_for_gpu("Llama-3.2-1B-Instruct", r=16, max_seq_length=512, gpu="T4")
     assert plan.micro_batch == 8
-    steps = []
-    while plan is not None:
-        steps.append((plan.micro_batch, plan.grad_accum, plan.max_seq_length))
-        plan = downshift(plan)
-    assert steps == [(8, 1, 512), (4, 2, 512), (2, 4, 512), (1, 8, 512), (1, 8, 256)]
+    shape, steps = (plan.micro_batch, plan.grad_accum), []
+    while shape is not None:
+        steps.append(shape)
+        shape = halve_micro_batch(*shape)
+    assert steps == [(8, 1), (4, 2), (2, 4), (1, 8)]
 
 
 def test_catalog_table_rows_are_tight():

@@ -4,11 +4,19 @@ import pytest
 import torch
 from peft import PeftModel
 
-from rslora_colab import (FinetuneConfig, add_rslora, demo_dataset, demo_preferences, load_and_validate, lr_for_rank,
-                          quick_finetune)
+from rslora_colab import (
+    FinetuneConfig,
+    add_rslora,
+    demo_dataset,
+    demo_preferences,
+    load_and_validate,
+    lr_for_rank,
+    quick_finetune,
+)
+from rslora_colab.data.preference import to_dpo_dataset
 from rslora_colab.load import runtime_of
-from rslora_colab.prefer import to_dpo_dataset
-from rslora_colab.train import build_trainer, resolve_settings
+from rslora_colab.settings import resolve_run
+from rslora_colab.train import build_trainer
 
 
 @pytest.mark.parametrize("fmt, expected", [("chat", "preference_chat"), ("text", "preference"),
@@ -68,7 +76,7 @@ def _dpo_trainer(model, tokenizer, pairs, tmp_path, **overrides):
     config = FinetuneConfig(r=64, method="dpo", batch_size=8, grad_accum=1, max_seq_length=128,
                             output_dir=str(tmp_path), **overrides)
     dataset, fmt = load_and_validate(pairs, "dpo")
-    return build_trainer(model, tokenizer, dataset, fmt, config, resolve_settings(config, runtime_of(model)))
+    return build_trainer(model, tokenizer, dataset, fmt, resolve_run(config, runtime_of(model)))
 
 
 def test_dpo_raises_the_reward_margin_against_the_base_as_reference(demo_pair, tmp_path):

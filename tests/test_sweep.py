@@ -5,13 +5,20 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from rslora_colab import SweepResult, add_rslora, compare_ranks, demo_dataset, lr_for_rank
+from rslora_colab import (
+    SweepResult,
+    add_rslora,
+    compare_ranks,
+    demo_dataset,
+    lr_for_rank,
+)
 from rslora_colab.cli import main
 from rslora_colab.config import FinetuneConfig
 from rslora_colab.data import load_and_validate
 from rslora_colab.load import runtime_of
+from rslora_colab.settings import resolve_run
 from rslora_colab.sweep import SweepConfig
-from rslora_colab.train import build_trainer, resolve_settings
+from rslora_colab.train import build_trainer
 from rslora_colab.watch import ADAPTER_PARAM_MARK, AdapterGradNormCallback
 
 
@@ -55,10 +62,10 @@ def test_recorded_grad_norm_is_the_adapter_norm_before_clipping(demo_pair, tmp_p
     config = FinetuneConfig(r=8, alpha=8, max_steps=1, batch_size=2, grad_accum=2, max_seq_length=128,
                             max_grad_norm=1e-3, warmup_ratio=0.0, output_dir=str(tmp_path))
     dataset, fmt = load_and_validate(demo_dataset(n=4))
-    settings = resolve_settings(config, runtime_of(model))
+    run = resolve_run(config, runtime_of(model))
     model = add_rslora(model, config.r, config.alpha, seed=config.seed)
     recorder = AdapterGradNormCallback()
-    trainer = build_trainer(model, tokenizer, dataset, fmt, config, settings, [recorder])
+    trainer = build_trainer(model, tokenizer, dataset, fmt, run, [recorder])
 
     # By hand: the same 4 rows in one batch; the loss is the mean over their trained tokens, as the trainer's
     # accumulated loss is (it divides each micro-batch's summed loss by the step's total token count).

@@ -13,7 +13,15 @@ import json
 
 import pytest
 
-from rslora_colab import add_rslora, adapter_scales, chat, demo_dataset, load_model, quick_finetune, save
+from rslora_colab import (
+    adapter_scales,
+    add_rslora,
+    chat,
+    demo_dataset,
+    load_model,
+    quick_finetune,
+    save,
+)
 from rslora_colab.runtime import unsloth_usable
 
 pytestmark = pytest.mark.skipif(not unsloth_usable()[0], reason="Unsloth is not installed: the colab lane runs these")

@@ -7,8 +7,13 @@ import json
 
 import pytest
 
-from rslora_colab.catalog import CATALOG, STANDARD_MODULES, find_in_catalog, resolve_spec
-from rslora_colab.vram import (
+from rslora_colab.memory.catalog import (
+    CATALOG,
+    STANDARD_MODULES,
+    find_in_catalog,
+    resolve_spec,
+)
+from rslora_colab.memory.estimate import (
     DEFAULT_CALIBRATION,
     GIB,
     TERM_LABELS,

@@ -12,8 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from rslora_colab.catalog import CATALOG, find_in_catalog, resolve_spec, skip_list_16bit_params
-from rslora_colab.vram import (
+from rslora_colab.memory.catalog import (
+    CATALOG,
+    find_in_catalog,
+    resolve_spec,
+    skip_list_16bit_params,
+)
+from rslora_colab.memory.estimate import (
     DEFAULT_CALIBRATION,
     GIB,
     STACK_CALIBRATIONS,

@@ -3,9 +3,9 @@
 import pytest
 from peft import LoraConfig, get_peft_model
 
-from rslora_colab.catalog import CATALOG
-from rslora_colab.synthetic import build_random_model, empty_model
-from rslora_colab.vram import lora_param_count
+from rslora_colab.memory.catalog import CATALOG
+from rslora_colab.memory.estimate import lora_param_count
+from rslora_colab.memory.synthetic import build_random_model, empty_model
 
 FUSED_TARGETS = ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
 SPLIT_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]

@@ -22,9 +22,9 @@ def register(subparsers) -> None:
     source.add_argument("--adapter", help="adapter folder a run saved, e.g. outputs/rslora/adapter")
     source.add_argument("--model", help="a base model (hub id, folder or 'demo') with no adapter, to compare")
     p.add_argument("--prompt", help="one prompt to answer (default: a conversation on stdin)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default 256)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default 0)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend (default auto)")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest reply in tokens (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 decodes greedily (default %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend (default %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
+from ..choices import default_model
 from ..demo import DEMO_NAME, demo_dataset, demo_preferences, demo_training
-from ..notebook import default_model
+
+logger = logging.getLogger(__name__)
+
+ALIASES = {"r": "--rank", "max_seq_length": "--seq", "output_dir": "--out", "batch_size": "--batch"}
+"""Short options for the settings typed most (``--rank 64 --seq 1024 --out runs/x``)."""
 
 
-def resolve_job(args, keys: tuple[str, ...]) -> tuple[str, object, dict]:
-    """Model, data and the setting overrides among ``keys`` for this invocation; prints the demo notice.
+def resolve_job(model: str | None, data: str | None, overrides: dict[str, Any],
+                method: str = "sft") -> tuple[str, Any, dict[str, Any]]:
+    """Model, data and settings for one command; with no ``--model`` on a CPU, the offline demo and its settings.
 
     With no --model: the GPU default on a GPU, else the offline demo, whose
-    overrides start from its own training settings (``demo_training``).
+    settings start from its own (``demo_training``) under what was typed.
     """
-    method = getattr(args, "method", "sft")
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
-    model = args.model or default_model()
-    if model == DEMO_NAME:
+    chosen = model or default_model()
+    if chosen == DEMO_NAME:
         rows = "preference pairs" if method == "dpo" else "rows"
-        print("rslora-colab: no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) "
-              f"built here and fine-tuned on 158 {rows} from Python's manual. Pass --model and --data for a real run.",
-              flush=True)
+        logger.info("no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) built "
+                    f"here and fine-tuned on 158 {rows} from Python's manual. Pass --model and --data for a real run.")
         overrides = {**demo_training(method), **overrides}
-    if args.data is None and model != DEMO_NAME and args.model is not None:
+    if data is None and chosen != DEMO_NAME and model is not None:
         raise ValueError("--data is required with --model: pass a .jsonl/.json/.csv/.parquet file or a hub dataset id.")
-    return model, (args.data or (demo_preferences() if method == "dpo" else demo_dataset())), overrides
+    return chosen, data or (demo_preferences() if method == "dpo" else demo_dataset()), overrides

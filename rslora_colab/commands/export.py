@@ -13,23 +13,23 @@ from __future__ import annotations
 
 import argparse
 
-from ..export import HOW
 from ..runtime import BACKENDS
+from ..save import HOW
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("export", help="export an adapter (adapter, merged_16bit or gguf)", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", required=True, help="adapter folder a run saved, e.g. outputs/rslora/adapter")
-    p.add_argument("--how", choices=HOW, default="merged_16bit", help="what to write (default merged_16bit)")
+    p.add_argument("--how", choices=HOW, default="merged_16bit", help="what to write (default %(default)s)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--quantization", default="q4_k_m", help="GGUF quantization method (default q4_k_m)")
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend (default auto)")
+    p.add_argument("--quantization", default="q4_k_m", help="GGUF quantization method (default %(default)s)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto", help="backend (default %(default)s)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..export import export_adapter
+    from ..save import export_adapter
 
     path = export_adapter(args.adapter, args.out, args.how, args.quantization, args.backend)
     print(f"saved {args.how}: {path}/")

@@ -23,6 +23,7 @@ import ast
 import dataclasses
 import inspect
 import textwrap
+import types
 import typing
 from typing import Any, Iterable, Mapping
 
@@ -46,10 +47,12 @@ def _cli_type(annotation: Any) -> Any:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
         return list[args[0]]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         real = [a for a in args if a is not type(None)]
-        if len(real) > 1:  # e.g. gpu: str | float -> the config parses the text
-            return str | None if type(None) in args else str
+        optional = len(real) < len(args)
+        if len(real) > 1:  # e.g. gpu: str | float -> text; the config turns "14.74" into a number
+            return str | None if optional else str
+        return _cli_type(real[0]) | None if optional else _cli_type(real[0])
     return annotation
 
 
@@ -92,8 +95,10 @@ def config_parser(cls: type, names: Iterable[str], aliases: Mapping[str, str] | 
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(_cli_dataclass(cls, list(names), aliases or {}), add_help=False)
-    for action in parser._actions:  # noqa: SLF001 - argparse keeps its actions in this documented-in-practice list
+    for action in parser._actions:  # argparse's list of the options it made
         action.default = NOT_GIVEN
+        if isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no-<flag> for a True default
+            action.help = f"turn {action.option_strings[-1].removeprefix('--no-')} off"
     return parser
 
 

@@ -16,52 +16,49 @@ from __future__ import annotations
 import argparse
 
 from ..config import FinetuneConfig
+from .common import ALIASES
+from .options import config_parser, given
 
-
-def _gpu(value: str) -> str | float:
-    """``--gpu``: a name ("auto", "T4") or GiB as a number."""
-    try:
-        return float(value)
-    except ValueError:
-        return value
+SETTINGS = ["r", "max_seq_length", "batch_size", "grad_accum", "gpu"]
+"""FinetuneConfig fields the plan reads (the micro-batch is never raised above ``--batch``)."""
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("plan", help="estimate GPU memory and pick settings that fit", description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
+                              parents=[config_parser(FinetuneConfig, SETTINGS, ALIASES)])
     p.add_argument("--model", help="catalog id, hub id or path to config.json (default: the catalog table)")
-    p.add_argument("--rank", type=int, default=64, help="LoRA rank (default 64)")
-    p.add_argument("--seq", type=int, default=2048, help="max sequence length in tokens (default 2048)")
-    p.add_argument("--batch", type=int, default=2, help="micro-batch; the plan never goes above it (default 2)")
-    p.add_argument("--grad-accum", type=int, default=4, help="gradient accumulation steps (default 4)")
-    p.add_argument("--gpu", type=_gpu, default="auto",
-                   help='"auto" (this machine\'s GPU, else a T4), "T4", or usable GiB (default auto)')
     p.add_argument("--backend", choices=("unsloth", "transformers"), default="unsloth",
-                   help="backend that will train (default unsloth, as on Colab)")
+                   help="backend that will train (default %(default)s, as on Colab)")
     p.add_argument("--markdown", action="store_true", help="print the catalog table as Markdown")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..fit import estimate_settings, model_spec
-    from ..plan import catalog_table, format_plan, plan_for_gpu, render_catalog_table, resolve_budget_gib
+    from ..memory import (
+        catalog_table,
+        model_spec,
+        plan_for_gpu,
+        resolve_budget_gib,
+        training_estimate_kwargs,
+    )
+    from ..memory.plan import format_plan, render_catalog_table
     from ..runtime import Runtime
 
-    config = FinetuneConfig(r=args.rank, max_seq_length=args.seq, batch_size=args.batch,
-                            grad_accum=args.grad_accum, gpu=args.gpu)
-    runtime = Runtime(args.backend, "fp16", "GPU", "planning")  # a GPU run, as on a T4
-    kwargs = estimate_settings(config, runtime)
+    config = FinetuneConfig(**given(args, SETTINGS))
+    kwargs = training_estimate_kwargs(Runtime(args.backend, "fp16", "GPU", "planning"))  # a GPU run, as on a T4
     if args.model is None:
-        budget = resolve_budget_gib(args.gpu)
+        budget = resolve_budget_gib(config.gpu)
         print(f"Longest sequence and largest micro-batch that fit {budget:.2f} GiB ({args.backend} backend, "
               f"all 7 projections, estimates not yet calibrated on a GPU):\n")
-        print(render_catalog_table(catalog_table(args.gpu, **kwargs), markdown=args.markdown))
+        print(render_catalog_table(catalog_table(config.gpu, **kwargs), markdown=args.markdown))
         return 0
     spec = model_spec(args.model)
     if spec is None:
         raise ValueError(f"--model {args.model!r}: pass a catalog id (see `python -m rslora_colab plan`), "
                          f"a local folder or a path to config.json.")
-    plan = plan_for_gpu(spec, r=args.rank, max_seq_length=args.seq, gpu=args.gpu, batch_size=args.batch,
-                        grad_accum=args.grad_accum, max_micro_batch=args.batch, **kwargs)
+    plan = plan_for_gpu(spec, r=config.r, max_seq_length=config.max_seq_length, gpu=config.gpu,
+                        batch_size=config.batch_size, grad_accum=config.grad_accum, max_micro_batch=config.batch_size,
+                        **kwargs)
     print(format_plan(plan))
     return 0 if plan.fits else 1

@@ -6,7 +6,7 @@ checkpoint (up to ``checkpoint_minutes``) are lost and a long traceback is
 printed. While ``train_adapter`` trains, :func:`stop_on_interrupt` replaces the
 SIGINT handler: the first Ctrl-C asks :class:`InterruptCallback` to end
 training after the current step and to save a checkpoint there (the trainer's
-own save, made atomic by :mod:`rslora_colab.checkpoints`); a second Ctrl-C
+own save, made atomic by :mod:`rslora_colab.resilience.checkpoints`); a second Ctrl-C
 interrupts at once. ``train_adapter`` then raises :class:`TrainingInterrupted`
 (a ``KeyboardInterrupt``, so scripts and notebook cells stop as asked) naming
 the checkpoint and the resume command; the CLI prints it and exits with 130.
@@ -18,11 +18,14 @@ Signal handlers can only be set in the main thread: a run in another thread
 from __future__ import annotations
 
 import contextlib
+import logging
 import signal
 import threading
 from typing import Any, Iterator
 
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 INTERRUPTED_EXIT = 130
 """The CLI's exit status after Ctrl-C (128 + SIGINT, as shells report it)."""
@@ -31,7 +34,7 @@ INTERRUPTED_EXIT = 130
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C ended training after a step, and a checkpoint was saved there.
 
-    ``result`` is the :class:`~rslora_colab.train.FinetuneResult` of the steps
+    ``result`` is the :class:`~rslora_colab.result.FinetuneResult` of the steps
     trained so far (the model in memory); ``checkpoint`` the folder to resume from.
     """
 
@@ -77,8 +80,8 @@ def stop_on_interrupt(callback: InterruptCallback) -> Iterator[None]:
         if callback.requested:
             raise KeyboardInterrupt
         callback.request()
-        print("\nrslora-colab: Ctrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to quit "
-              "at once, losing the steps since the last checkpoint)", flush=True)
+        logger.info("Ctrl-C: stopping after this step and saving a checkpoint (press Ctrl-C again to quit "
+                    "at once, losing the steps since the last checkpoint)")
 
     signal.signal(signal.SIGINT, on_sigint)
     try:

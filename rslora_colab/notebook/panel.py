@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import html
 import io
+import logging
 import sys
 import threading
 import traceback
@@ -25,16 +26,19 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .catalog import CATALOG
-from .checkpoints import OutputWriteError
-from .colab import default_output_dir, enable_colab_widgets
-from .config import FinetuneConfig
-from .demo import DEMO_NAME, DEMO_TRAINING
-from .gauge import FitCheck, check_fit
-from .guard import DivergenceError
-from .notebook import resolve_choices
-from .presets import lr_for_rank
-from .watch import LivePlotCallback, StopCallback
+from ..choices import resolve_choices
+from ..config import FinetuneConfig
+from ..demo import DEMO_NAME, DEMO_TRAINING, demo_dataset
+from ..memory import CATALOG, FitCheck, check_fit
+from ..presets import lr_for_rank
+from ..resilience.checkpoints import OutputWriteError
+from ..resilience.drive import default_output_dir
+from ..resilience.guard import DivergenceError
+from ..train import quick_finetune
+from ..watch import StopCallback
+from .live import LivePlotCallback, enable_colab_widgets
+
+logger = logging.getLogger(__name__)
 
 RANK_MIN, RANK_MAX = 4, 256
 """The rank slider's range."""
@@ -246,8 +250,6 @@ class ControlPanel:
         ``quick_finetune(**panel.settings)`` runs what the Train button runs.
         The dataset ``"demo"`` becomes ``demo_dataset()``.
         """
-        from .demo import demo_dataset
-
         dataset = self.dataset.value.strip()
         return {
             "model": self.model.value.strip(),
@@ -312,8 +314,6 @@ class ControlPanel:
         return True
 
     def _run(self, settings: dict) -> None:
-        from .train import quick_finetune
-
         with thread_output_to(self.log):
             try:
                 self.result = quick_finetune(**settings, callbacks=[self.watch, self._stopper])
@@ -324,7 +324,7 @@ class ControlPanel:
             except Exception as err:  # shown in the panel; the log gets the message, or the traceback if unexpected
                 self.error = err
                 if isinstance(err, EXPECTED_ERRORS):  # they name the setting or folder and the fix
-                    print(f"error: {err}", file=sys.stderr)
+                    logger.error(str(err))
                 else:
                     traceback.print_exc()
                 self.status.value = (f"<span style='color:#c62828'>failed: {type(err).__name__}: "

@@ -13,21 +13,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import (TRAINER_STATE, checkpoint_progress, latest_valid_checkpoint, remove_checkpoints,
-                          remove_staging)
-from .save import write_json
-from .watch import history_record
+from transformers import TrainerState
+
+from ..settings import RunSettings
+from ..watch import history_record
+from .atomic import write_json
+from .checkpoints import (
+    TRAINER_STATE,
+    checkpoint_progress,
+    latest_valid_checkpoint,
+    remove_checkpoints,
+    remove_staging,
+)
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "run_manifest.json"
 """The run manifest, in ``output_dir``."""
-MANIFEST_SETTINGS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio", "optimizer",
-                     "batch_size", "grad_accum", "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit")
-"""Resolved settings a resumed run must share with the run it continues."""
-MANIFEST_CONFIG = ("weight_decay", "max_grad_norm", "dropout")
-"""Config fields a resumed run must share too."""
 FINAL_SAVE = "final_save"
 """Manifest key of a run whose caller saves final outputs (``quick_finetune``): ``"pending"`` from the start of
 the run until the adapter and metrics are written, then ``"done"``. Not compared on resume."""
@@ -56,11 +62,10 @@ def model_identity(model: Any) -> str:
     return str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__)
 
 
-def run_manifest(model: Any, dataset: Any, fmt: str, settings: dict, config: Any) -> dict:
-    """What defines a run: model, data fingerprint, and the settings that shape training."""
+def run_manifest(model: Any, dataset: Any, fmt: str, run: RunSettings) -> dict:
+    """What defines a run: model, data fingerprint, and the resolved settings that shape training."""
     return {"model": model_identity(model), "dataset": dataset_fingerprint(dataset), "rows": len(dataset),
-            "format": fmt, **{k: settings[k] for k in MANIFEST_SETTINGS},
-            **{k: getattr(config, k) for k in MANIFEST_CONFIG}}
+            "format": fmt, **run.manifest()}
 
 
 def manifest_differences(saved: dict, current: dict) -> list[str]:
@@ -84,7 +89,7 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
       completed (its manifest still says ``final_save: pending``; a resume saves
       it without training again); a finished run's checkpoints are removed.
 
-    The caller holds the folder's :func:`~rslora_colab.lock.run_lock`, so any
+    The caller holds the folder's :func:`~rslora_colab.resilience.lock.run_lock`, so any
     run found here is not live. Writes this run's manifest, then returns.
     """
     out = Path(output_dir)
@@ -96,7 +101,7 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
         step, total = checkpoint_progress(latest)
         if resume:
             _check_same_run(out, saved, manifest)
-            print(f"rslora-colab: resuming from {latest} (step {step} of {total})", flush=True)
+            logger.info(f"resuming from {latest} (step {step} of {total})")
         elif step < total:
             raise ValueError(
                 f"output_dir={str(out)!r} holds an unfinished run (newest checkpoint: step {step} of {total}). "
@@ -109,11 +114,11 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
                 "output_dir to start over.")
         else:
             removed = remove_checkpoints(out)
-            print(f"rslora-colab: starting a new run in {out}; removed {len(removed)} checkpoint(s) of the finished "
-                  "run there", flush=True)
+            logger.info(f"starting a new run in {out}; removed {len(removed)} checkpoint(s) of the finished "
+                        "run there")
             latest = None
     elif resume:
-        print(f"rslora-colab: no checkpoint in {out} yet: starting from step 0", flush=True)
+        logger.info(f"no checkpoint in {out} yet: starting from step 0")
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest, path)
     return latest if resume else None
@@ -128,7 +133,7 @@ def mark_final_save(output_dir: str | Path, state: str) -> None:
 
 def _check_same_run(out: Path, saved: dict | None, manifest: dict) -> None:
     if saved is None:
-        print(f"rslora-colab: WARNING: no {MANIFEST_FILE} in {out}; cannot check that the settings match", flush=True)
+        logger.warning(f"no {MANIFEST_FILE} in {out}; cannot check that the settings match")
         return
     differences = manifest_differences(saved, manifest)
     if differences:
@@ -141,5 +146,5 @@ def history_until(checkpoint: str | Path | None) -> list[dict]:
     """The history records (steps and guard events) a checkpoint's ``trainer_state.json`` holds."""
     if checkpoint is None:
         return []
-    log = json.loads((Path(checkpoint) / TRAINER_STATE).read_text()).get("log_history", [])
+    log = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE)).log_history
     return [dict(h) if "event" in h else history_record(h["step"], h) for h in log if "event" in h or "loss" in h]

@@ -5,21 +5,21 @@ out of memory in a training step it
 
 1. drops the half-accumulated gradients of the unfinished step and empties
    PyTorch's cache;
-2. saves a resume point of the completed steps (adapter, optimizer,
-   scheduler, loss scaler, RNG and ``trainer_state.json``: what
-   ``Trainer.train(resume_from_checkpoint=...)`` reads) to
-   ``<output_dir>/oom-resume``;
-3. halves the micro-batch and multiplies gradient accumulation to match
-   (:func:`rslora_colab.plan.halve_micro_batch`), so the effective batch,
-   the loss normalisation and the number of optimizer steps do not change;
+2. halves the micro-batch and multiplies gradient accumulation to match
+   (:func:`~rslora_colab.memory.plan.halve_micro_batch`), so the effective
+   batch, the loss normalisation and the number of optimizer steps do not
+   change, and records the new shape (:meth:`RunSettings.with_batch`);
+3. saves the completed steps as an ordinary checkpoint through the kit's one
+   save path (:func:`~rslora_colab.resilience.checkpoints.save_checkpoint_now`:
+   atomic, rotated, what ``--resume`` reads too);
 4. resumes with ``trainer.train(resume_from_checkpoint=...)``. transformers
    skips ``global_step * grad_accum`` micro-batches of the new size, which is
    exactly the ``global_step * effective batch`` samples already trained on
    (the sampler's order does not depend on the micro-batch).
 
-It says so each time and records the change. At micro-batch 1 it gives up
-with an error saying what to change, keeping the resume point of the
-completed steps.
+It says so each time and records the change in the history. At micro-batch 1
+it gives up with an error saying what to change, keeping a checkpoint of the
+completed steps that ``--resume`` continues from.
 
 Why not transformers' ``auto_find_batch_size``: accelerate's
 ``find_executable_batch_size`` multiplies the micro-batch by 0.9 on an
@@ -32,17 +32,16 @@ finished steps are trained again on top of the already-updated adapter.
 from __future__ import annotations
 
 import gc
-import os
-import shutil
-from pathlib import Path
+import logging
 from typing import Any
 
 import torch
 
-from .plan import halve_micro_batch
+from ..memory.plan import halve_micro_batch
+from ..settings import RunSettings
+from .checkpoints import save_checkpoint_now
 
-RESUME_DIR = "oom-resume"
-"""Folder inside ``output_dir`` holding the resume point after an out-of-memory error."""
+logger = logging.getLogger(__name__)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -67,32 +66,12 @@ def free_memory(trainer: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def save_resume_point(trainer: Any, folder: str | Path) -> Path:
-    """Save what ``trainer.train(resume_from_checkpoint=folder)`` needs, as of the last completed step.
-
-    The same files as transformers' own checkpoints (``Trainer._save_checkpoint``),
-    written to ``folder`` (replaced if present) instead of ``checkpoint-<step>``.
-    """
-    from transformers.trainer import TRAINER_STATE_NAME
-
-    folder = Path(folder)
-    if folder.exists():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
-    trainer.save_model(str(folder))  # the adapter (PEFT saves only the trainable weights)
-    trainer._save_optimizer_and_scheduler(str(folder))
-    trainer._save_scaler(str(folder))
-    trainer._save_rng_state(str(folder))
-    trainer.state.save_to_json(os.path.join(folder, TRAINER_STATE_NAME))
-    return folder
-
-
 def set_micro_batch(trainer: Any, micro_batch: int, grad_accum: int) -> None:
     """Make the next ``trainer.train()`` use this micro-batch and gradient accumulation."""
     trainer.args.per_device_train_batch_size = micro_batch
     trainer.args.gradient_accumulation_steps = grad_accum
     trainer._train_batch_size = trainer.args.train_batch_size  # what get_train_dataloader() batches by
-    trainer.state.train_batch_size = trainer._train_batch_size  # saved with the resume point
+    trainer.state.train_batch_size = trainer._train_batch_size  # saved with the checkpoint
 
 
 def _close_progress_bars(trainer: Any) -> None:
@@ -104,14 +83,14 @@ def _close_progress_bars(trainer: Any) -> None:
             callback.training_bar = None
 
 
-def _give_up(trainer: Any, step: int, folder: Path) -> torch.OutOfMemoryError:
+def _give_up(trainer: Any, step: int) -> torch.OutOfMemoryError:
     """The final error at micro-batch 1, after saving the completed steps (if any)."""
     args = trainer.args
     kept = ""
     if step > 0:
-        save_resume_point(trainer, folder)
-        kept = (f" The {step} completed steps are saved in {folder} (resume with "
-                f"trainer.train(resume_from_checkpoint={str(folder)!r})).")
+        saved = save_checkpoint_now(trainer)
+        kept = (f" The {step} completed steps are saved in {saved}: with smaller settings in a new output_dir, or "
+                "the same ones and --resume (Python: resume=True), training continues from there.")
     return torch.OutOfMemoryError(
         f"rslora-colab: out of GPU memory at step {step + 1} with micro-batch 1 "
         f"(grad_accum {args.gradient_accumulation_steps}, max_length {getattr(args, 'max_length', '?')}): "
@@ -120,24 +99,22 @@ def _give_up(trainer: Any, step: int, folder: Path) -> torch.OutOfMemoryError:
     )
 
 
-def train_with_oom_recovery(trainer: Any, history: list[dict] | None = None,
-                            settings: dict | None = None, resume_from: str | None = None) -> Any:
-    """``trainer.train()``, halving the micro-batch after each out-of-memory error.
+def train_with_oom_recovery(trainer: Any, run: RunSettings, history: list[dict] | None = None,
+                            resume_from: str | None = None) -> RunSettings:
+    """``trainer.train()``, halving the micro-batch after each out-of-memory error; returns the run as it ended.
 
-    Each recovery prints one line, appends ``{"step", "event": "oom",
-    "micro_batch", "grad_accum"}`` to ``history`` and updates
-    ``settings["batch_size"]`` / ``settings["grad_accum"]`` (both optional).
+    Each recovery logs one line and appends ``{"step", "event": "oom",
+    "micro_batch", "grad_accum"}`` to ``history``; the returned
+    :class:`~rslora_colab.settings.RunSettings` carries the last batch shape.
     Raises ``torch.OutOfMemoryError`` with a clear message once the
-    micro-batch is already 1. Other errors pass through unchanged. Returns
-    what the last ``trainer.train()`` returned. The resume point is removed
-    after a successful run. ``resume_from`` is a checkpoint to start from.
+    micro-batch is already 1. Other errors pass through unchanged.
+    ``resume_from`` is a checkpoint to start from.
     """
-    folder = Path(trainer.args.output_dir) / RESUME_DIR
     resume: str | None = resume_from
     while True:
         try:
-            output = trainer.train(resume_from_checkpoint=resume)
-            break
+            trainer.train(resume_from_checkpoint=resume)
+            return run
         except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled
             if not is_out_of_memory(error):
                 raise
@@ -147,20 +124,15 @@ def train_with_oom_recovery(trainer: Any, history: list[dict] | None = None,
             if smaller is None:
                 _close_progress_bars(trainer)
                 free_memory(trainer)
-                raise _give_up(trainer, step, folder) from error
+                raise _give_up(trainer, step) from error
         # outside the except block, so the traceback (and the step's activations) can be freed
         _close_progress_bars(trainer)
         free_memory(trainer)
         old = trainer.args.per_device_train_batch_size, trainer.args.gradient_accumulation_steps
         set_micro_batch(trainer, *smaller)
-        resume = str(save_resume_point(trainer, folder))
-        print(f"rslora-colab: out of GPU memory in step {step + 1}: micro-batch {old[0]} -> {smaller[0]}, "
-              f"grad_accum {old[1]} -> {smaller[1]} (effective batch {old[0] * old[1]} unchanged); "
-              f"resuming after step {step}", flush=True)
+        run = run.with_batch(*smaller)
+        resume = str(save_checkpoint_now(trainer)) if step > 0 else None
+        logger.info(f"out of GPU memory in step {step + 1}: micro-batch {old[0]} -> {smaller[0]}, grad_accum "
+                    f"{old[1]} -> {smaller[1]} (effective batch {old[0] * old[1]} unchanged); resuming after step {step}")
         if history is not None:
             history.append({"step": step, "event": "oom", "micro_batch": smaller[0], "grad_accum": smaller[1]})
-        if settings is not None:
-            settings.update(batch_size=smaller[0], grad_accum=smaller[1])
-    if resume != resume_from:
-        shutil.rmtree(folder, ignore_errors=True)
-    return output

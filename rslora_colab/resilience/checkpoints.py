@@ -20,7 +20,7 @@ but cannot be loaded. This module adds the missing pieces:
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import shutil
 import time
@@ -28,8 +28,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from safetensors import SafetensorError
-from transformers import TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints, sort_checkpoints
+from transformers import TrainerCallback, TrainerState
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    rotate_checkpoints,
+    sort_checkpoints,
+)
+
+logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
 """Checkpoints are written into ``output_dir/.staging-checkpoint-<step>/`` and renamed when complete."""
@@ -115,6 +121,17 @@ def make_checkpoints_atomic(trainer: Any) -> Any:
     return trainer
 
 
+def save_checkpoint_now(trainer: Any) -> Path:
+    """Save the completed steps now as ``checkpoint-<step>``, through the trainer's (atomic) save; returns it.
+
+    ``trainer`` must have gone through :func:`make_checkpoints_atomic`. The
+    checkpoint holds what ``trainer.train(resume_from_checkpoint=...)`` reads,
+    like every other checkpoint, and counts towards ``save_total_limit``.
+    """
+    trainer._save_checkpoint(trainer.model, trial=None)
+    return Path(trainer.args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+
+
 def checkpoint_write_failure(run_dir: Path, name: str, step: int, err: Exception) -> str:
     """The message for a checkpoint that could not be written: the cause, and where ``--resume`` will continue."""
     saved = sort_checkpoints(str(run_dir)) if run_dir.is_dir() else []
@@ -135,7 +152,9 @@ def _publish(src: Path, dst: Path) -> None:
 def _load_torch(path: Path) -> Any:
     """``torch.load`` of a checkpoint file as the Trainer loads it: tensors and plain containers only, on the CPU."""
     import torch
-    from transformers.trainer_pt_utils import safe_globals  # numpy's RNG state, as transformers allows it
+    from transformers.trainer_pt_utils import (
+        safe_globals,  # numpy's RNG state, as transformers allows it
+    )
 
     with safe_globals():
         return torch.load(path, weights_only=True, map_location="cpu")
@@ -177,9 +196,10 @@ def _file_problem(path: Path, load: Callable[[Path], Any], check_finite: bool) -
 
 def _state_problem(path: Path) -> str | None:
     try:
-        state = json.loads(path.read_text())
-        int(state["global_step"]), int(state["max_steps"])
-        if not isinstance(state.get("log_history", []), list):
+        state = TrainerState.load_from_json(str(path))  # unknown keys, not JSON: an error
+        if not (int(state.global_step) >= 1 and int(state.max_steps) >= 1):
+            raise ValueError(f"it records no step (global_step={state.global_step}, max_steps={state.max_steps})")
+        if not isinstance(state.log_history, list):
             raise ValueError("log_history is not a list")
     except Exception as err:  # noqa: BLE001 — unreadable, not JSON, or missing the step
         return f"{path.name} is unreadable ({type(err).__name__}: {err})"
@@ -222,35 +242,35 @@ def latest_valid_checkpoint(output_dir: str | Path) -> Path | None:
         problem = checkpoint_problem(path)
         if problem is None:
             return Path(path)
-        print(f"rslora-colab: skipping {path}: {problem}; trying the one before", flush=True)
+        logger.info(f"skipping {path}: {problem}; trying the one before")
     return None
 
 
 def checkpoint_progress(path: str | Path) -> tuple[int, int]:
     """``(global_step, max_steps)`` recorded in a checkpoint's ``trainer_state.json``."""
-    state = json.loads((Path(path) / TRAINER_STATE).read_text())
-    return int(state["global_step"]), int(state["max_steps"])
+    state = TrainerState.load_from_json(str(Path(path) / TRAINER_STATE))
+    return int(state.global_step), int(state.max_steps)
 
 
 def resume_training(trainer: Any, checkpoint: str | Path | None,
-                    train: Callable[[str | None], Any] | None = None) -> int:
-    """``train(checkpoint)`` (default ``trainer.train(resume_from_checkpoint=...)``); returns the steps trained.
+                    train: Callable[[str | None], Any] | None = None) -> tuple[Any, int]:
+    """``train(checkpoint)`` (default ``trainer.train(resume_from_checkpoint=...)``): ``(what it returned, steps trained)``.
 
-    A checkpoint taken at the last step only has its weights loaded:
-    transformers 5.23 would otherwise run one step past ``max_steps``.
+    A checkpoint taken at the last step only has its weights loaded (and
+    ``train`` is not called: ``(None, 0)``); transformers 5.23 would otherwise
+    run one step past ``max_steps``.
     """
     train = train or (lambda resume: trainer.train(resume_from_checkpoint=resume))
     if checkpoint is None:
-        train(None)
-        return trainer.state.global_step
+        outcome = train(None)
+        return outcome, trainer.state.global_step
     step, total = checkpoint_progress(checkpoint)
     if step >= total:
-        print(f"rslora-colab: {checkpoint} is the end of the run (step {step} of {total}); nothing left to train",
-              flush=True)
+        logger.info(f"{checkpoint} is the end of the run (step {step} of {total}); nothing left to train")
         trainer._load_from_checkpoint(str(checkpoint))
-        return 0
-    train(str(checkpoint))
-    return trainer.state.global_step - step
+        return None, 0
+    outcome = train(str(checkpoint))
+    return outcome, trainer.state.global_step - step
 
 
 def remove_staging(output_dir: str | Path) -> list[Path]:

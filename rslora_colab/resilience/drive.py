@@ -11,8 +11,11 @@ the one-line way to mount it:
 
 from __future__ import annotations
 
-import importlib.util
+import logging
+import os
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 COLAB_ROOT = Path("/content")
 """Colab's working folder (wiped when the runtime goes away)."""
@@ -25,12 +28,11 @@ LOCAL_OUTPUT_DIR = "outputs/rslora"
 
 
 def on_colab() -> bool:
-    """True inside a Colab runtime: ``google.colab`` is importable or a ``/content`` folder exists."""
-    try:
-        colab = importlib.util.find_spec("google.colab") is not None
-    except ModuleNotFoundError:  # no ``google`` package at all
-        colab = False
-    return colab or COLAB_ROOT.is_dir()
+    """True inside a Colab runtime: its notebook kernel (``huggingface_hub``'s ``is_google_colab``), or a process
+    Colab started (its ``COLAB_*`` environment variables, e.g. ``!python -m rslora_colab train``)."""
+    from huggingface_hub.utils import is_google_colab
+
+    return is_google_colab() or any(name.startswith("COLAB_") for name in os.environ)
 
 
 def drive_mounted() -> bool:
@@ -55,18 +57,6 @@ def warn_if_volatile(output_dir: str | Path) -> bool:
     """On Colab, print a warning when ``output_dir`` is not on Drive; returns True if it warned."""
     if not on_colab() or Path(output_dir).resolve().is_relative_to(DRIVE_MOUNT):
         return False
-    print(f"rslora-colab: WARNING: {output_dir} is on the Colab runtime's disk; a disconnect will lose it and its "
-          "checkpoints. Run `from rslora_colab import mount_drive; mount_drive()` first to keep runs on Google Drive.",
-          flush=True)
+    logger.warning(f"{output_dir} is on the Colab runtime's disk; a disconnect will lose it and its "
+                   "checkpoints. Run `from rslora_colab import mount_drive; mount_drive()` first to keep runs on Google Drive.")
     return True
-
-
-def enable_colab_widgets() -> None:
-    """Let Colab render ipywidgets 8 (its custom widget manager); does nothing elsewhere."""
-    if not on_colab():
-        return
-    try:
-        from google.colab import output  # type: ignore[import-not-found]
-    except ImportError:  # a /content folder, but not Colab
-        return
-    output.enable_custom_widget_manager()

@@ -1,12 +1,12 @@
 """Will these settings fit the GPU? The control panel's VRAM gauge, as a plain function.
 
 :func:`check_fit` estimates the peak memory of the exact settings chosen
-(:func:`rslora_colab.vram.estimate_vram`, with the run described the way
-``quick_finetune`` describes it: :func:`rslora_colab.fit.estimate_settings`)
+(:func:`~rslora_colab.memory.estimate.estimate_vram`, with the run described the
+way ``quick_finetune`` trains it: :func:`~rslora_colab.memory.plan.training_estimate_kwargs`)
 and compares it with this machine's CUDA GPU, or with a free Colab T4
 (14.74 GiB, Unsloth, fp16) when there is none. When it does not fit, the
 reason names the biggest terms and what ``quick_finetune``'s own plan
-(:func:`rslora_colab.plan.plan_for_gpu`) would change. The estimates are not
+(:func:`~rslora_colab.memory.plan.plan_for_gpu`) would change. The estimates are not
 calibrated on a GPU yet (see ``docs/memory.md``).
 """
 
@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .plan import T4_GIB, plan_for_gpu, resolve_budget_gib
-from .runtime import Runtime, detect_runtime
-from .vram import TERM_LABELS, VramEstimate, estimate_vram
+from ..runtime import Runtime, detect_runtime
+from .estimate import TERM_LABELS, VramEstimate, estimate_vram
+from .plan import T4_GIB, plan_for_gpu, resolve_budget_gib, training_estimate_kwargs
 
 T4_RUNTIME = Runtime("unsloth", "fp16", "Tesla T4", "no GPU here: planning for a free Colab T4")
 """The runtime assumed when there is no CUDA GPU to measure against."""
@@ -60,7 +60,7 @@ def budget_and_device(gpu: Any = "auto") -> tuple[float, str]:
 
 def estimate_target(model: str) -> Any:
     """What :func:`estimate_vram` should read for a model name: the demo's config for ``"demo"``."""
-    from .demo import DEMO_NAME, demo_config
+    from ..demo import DEMO_NAME, demo_config
 
     return demo_config() if model == DEMO_NAME else model
 
@@ -75,15 +75,11 @@ def _why(est: VramEstimate) -> str:
     return text
 
 
-def estimate_kwargs(r: int, max_seq_length: int, batch_size: int, grad_accum: int) -> dict[str, Any]:
-    """``estimate_vram`` arguments for these settings, as ``quick_finetune`` would train them here (or on a T4)."""
+def gauge_runtime() -> Runtime:
+    """The runtime the gauge estimates for: this machine's GPU, else a free Colab T4 (Unsloth, fp16)."""
     import torch
 
-    from .config import FinetuneConfig
-    from .fit import estimate_settings
-
-    config = FinetuneConfig(r=r, max_seq_length=max_seq_length, batch_size=batch_size, grad_accum=grad_accum)
-    return estimate_settings(config, detect_runtime() if torch.cuda.is_available() else T4_RUNTIME)
+    return detect_runtime() if torch.cuda.is_available() else T4_RUNTIME
 
 
 def _planner_hint(model: Any, r: int, max_seq_length: int, batch_size: int, grad_accum: int, budget: float,
@@ -111,7 +107,7 @@ def check_fit(model: str, r: int = 64, max_seq_length: int = 2048, batch_size: i
     budget, device = budget_and_device(gpu)
     target = estimate_target(model)
     try:
-        kwargs = estimate_kwargs(r, max_seq_length, batch_size, grad_accum)
+        kwargs = training_estimate_kwargs(gauge_runtime())
         est = estimate_vram(target, r=r, max_seq_length=max_seq_length, batch_size=batch_size, **kwargs)
     except ValueError as err:
         return FitCheck(None, None, budget, device, f"no estimate: {err}", "")

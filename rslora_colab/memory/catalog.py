@@ -20,7 +20,7 @@ fewer parameters than three separate adapters. Unsloth's 4-bit Phi repos are
 "Llama-fied" (split into the 7 standard projections). So the layout follows
 the id you resolve: the hub id or alias gives the fused layout
 (``fused_qkv=True``), the ``unsloth/...-bnb-4bit`` id the split one. See
-:func:`rslora_colab.vram.lora_modules` for how target names map onto modules.
+:func:`rslora_colab.memory.estimate.lora_modules` for how target names map onto modules.
 
 Dynamic 4-bit repos (``-unsloth-bnb-4bit``)
 --------------------------------------------
@@ -46,7 +46,7 @@ Qwen2.5, Qwen3 and Phi-4 entries here; Mistral, Gemma-2 and Phi-3.5 have none.
 So :func:`find_in_catalog` marks a spec ``dynamic_quant=True`` for a hub id,
 name or alias of such a model and for its dynamic id, and False for an explicit
 plain ``-bnb-4bit`` id. ``dynamic_16bit_params`` holds the 16-bit weight count
-where a source gives it; :func:`rslora_colab.vram.dynamic_16bit_params` applies
+where a source gives it; :func:`rslora_colab.memory.estimate.dynamic_16bit_params` applies
 the rule for the others.
 """
 
@@ -55,10 +55,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
 from typing import Any, Mapping
+
+logger = logging.getLogger(__name__)
 
 STANDARD_MODULES: tuple[str, ...] = (
     "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -500,3 +503,31 @@ def resolve_spec(model: Any) -> ModelSpec:
         f"model={model!r} has type {type(model).__name__}: pass a catalog id string, a "
         f"config.json path, a dict or a transformers PretrainedConfig."
     )
+
+
+def model_spec(model: Any) -> ModelSpec | None:
+    """Architecture of a hub id, local folder, ``"demo"`` or ``(model, tokenizer)`` pair, without weights.
+
+    Returns None when there is nothing to read (after one line saying why when a
+    hub id's ``config.json`` cannot be fetched); loading then reports the real problem.
+    """
+    if isinstance(model, tuple):
+        loaded = getattr(model[0], "config", None) if model else None
+        return spec_from_config(loaded) if loaded is not None else None
+    if not isinstance(model, (str, os.PathLike)):
+        return None  # not a model quick_finetune accepts: loading says so
+    from ..demo import resolve_model_name
+
+    name = resolve_model_name(str(model))
+    try:
+        return resolve_spec(name)  # catalog id, or a local folder / config.json
+    except ValueError:
+        pass
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name)  # fetches config.json only
+    except (OSError, ValueError) as err:
+        logger.info(f"no memory plan: could not read {name}'s config.json ({err})")
+        return None
+    return spec_from_config(config, name=name)

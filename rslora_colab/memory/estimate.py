@@ -72,8 +72,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable, Union
 
+from ..presets import check_rank
 from .catalog import STANDARD_MODULES, ModelSpec, resolve_spec
-from .presets import check_rank
 
 GIB = 2**30
 """Bytes in a GiB (all ``*_gib`` fields use binary gigabytes)."""
@@ -301,7 +301,7 @@ OPTIONAL_TERMS = frozenset({"dynamic_16bit_gib", "rope_cache_gib", "load_excess_
 """Terms :meth:`VramEstimate.table` leaves out when they are zero (most models and backends)."""
 
 
-def _check_int(field_name: str, value: Any, low: int, high: int | None, example: str) -> None:
+def check_int(field_name: str, value: Any, low: int, high: int | None, example: str) -> None:
     """Raise ``ValueError`` naming the field unless ``value`` is an int in [low, high]."""
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     if ok and (high is None or value <= high):
@@ -509,8 +509,8 @@ def _validate(r: int, max_seq_length: int, batch_size: int, optimizer: str,
               gradient_checkpointing: Any, dtype_bytes: Any, load_in_4bit: Any) -> None:
     """Raise ``ValueError`` naming the first bad argument and how to fix it."""
     check_rank(r)
-    _check_int("max_seq_length", max_seq_length, 1, None, "2048")
-    _check_int("batch_size", batch_size, 1, None, "2")
+    check_int("max_seq_length", max_seq_length, 1, None, "2048")
+    check_int("batch_size", batch_size, 1, None, "2")
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"optimizer={optimizer!r} is not known to the estimator: pass one of "
                          f"{', '.join(OPTIMIZERS)} (the kit uses \"adamw_8bit\").")
@@ -538,7 +538,7 @@ def estimate_vram(
 ) -> VramEstimate:
     """Estimated peak GPU memory of one LoRA training step.
 
-    ``model`` is anything :func:`rslora_colab.catalog.resolve_spec` accepts.
+    ``model`` is anything :func:`rslora_colab.memory.catalog.resolve_spec` accepts.
     ``dtype_bytes`` is the width of the non-quantized weights (embeddings,
     lm_head, norms, and the linears when ``load_in_4bit=False``).
     ``fused_loss=None`` assumes the Unsloth backend (its fused cross-entropy

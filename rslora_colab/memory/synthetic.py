@@ -41,7 +41,7 @@ def build_random_model(model: Any, path: str | Path, dtype: torch.dtype = torch.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .demo import demo_model
+    from ..demo import demo_model
 
     path = Path(path)
     torch.manual_seed(seed)

@@ -13,10 +13,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import FinetuneConfig
-from .data import load_and_validate
-from .load import runtime_of
-from .train import _load_pair, attach_adapter, build_trainer, masked_preview, resolve_settings
+from ..config import FinetuneConfig
+from ..data import load_and_validate
+from ..load import runtime_of
+from ..settings import resolve_run
+from ..train import attach_adapter, build_trainer, load_pair, masked_preview
 
 
 @dataclass
@@ -61,10 +62,10 @@ def preview_data(model: Any, dataset: Any, r: int = 64, index: int = 0, **overri
     rows, fmt = load_and_validate(dataset)
     if not isinstance(index, int) or not 0 <= index < len(rows):
         raise ValueError(f"index={index!r}: pass a row number from 0 to {len(rows) - 1}.")
-    pair = _load_pair(model, config)
-    settings = resolve_settings(config, runtime_of(pair[0]))
-    adapted = attach_adapter(pair[0], config, settings)
-    trainer = build_trainer(adapted, pair[1], rows.select(range(index + 1)), fmt, config, settings)
+    pair = load_pair(model, config)
+    run = resolve_run(config, runtime_of(pair[0]))
+    adapted = attach_adapter(pair[0], run)
+    trainer = build_trainer(adapted, pair[1], rows.select(range(index + 1)), fmt, run)
     text, trained = masked_preview(trainer, index)
     handed_on = {"model": (adapted, pair[1]), "dataset": rows, "r": r, **overrides}
     return DataPreview(fmt, len(rows), index, dict(rows[index]), text, trained, handed_on)

@@ -44,6 +44,7 @@ into ``history`` and the trainer's ``log_history`` (so it is in every checkpoint
 
 from __future__ import annotations
 
+import logging
 import math
 import statistics
 from collections import deque
@@ -51,6 +52,8 @@ from typing import Any, Callable, Literal
 
 import torch
 from transformers import TrainerCallback
+
+logger = logging.getLogger(__name__)
 
 Verdict = Literal["ok", "skip", "diverged"]
 
@@ -143,7 +146,7 @@ class DivergenceGuard(TrainerCallback):
 
     ``history``: a list to append events to (``quick_finetune`` passes its
     :class:`~rslora_colab.watch.HistoryCallback` list). Thresholds are
-    documented in :mod:`rslora_colab.guard`. Use with any ``Trainer``:
+    documented in :mod:`rslora_colab.resilience.guard`. Use with any ``Trainer``:
 
     >>> guard = DivergenceGuard(max_rollbacks=3).attach(trainer)  # doctest: +SKIP
 
@@ -245,8 +248,8 @@ class DivergenceGuard(TrainerCallback):
         self.rollbacks += 1
         lr = scale_lr(optimizer, lr_scheduler, self.lr_factor)
         self._record(state, "rollback", reason, lr, restored_step=self._good.step)
-        print(f"rslora-colab: step {step}: {reason}; rolled back to step {self._good.step} and cut the learning rate "
-              f"to {lr:.3g} (rollback {self.rollbacks} of {self.max_rollbacks})", flush=True)
+        logger.info(f"step {step}: {reason}; rolled back to step {self._good.step} and cut the learning rate "
+                    f"to {lr:.3g} (rollback {self.rollbacks} of {self.max_rollbacks})")
         return control
 
     def _record(self, state, event: str, reason: str, lr: float, **extra: Any) -> None:

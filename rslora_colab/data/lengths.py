@@ -9,8 +9,8 @@ silently, and a dataset where every row goes ends in a sampler error
 (``num_samples=0``).
 
 :func:`token_lengths` measures the rows the way TRL will tokenize them, from
-the tokenizer only: the rows shaped as :func:`~rslora_colab.data.to_trainer_dataset`
-(or :func:`~rslora_colab.prefer.to_dpo_dataset`) hands them to TRL, chat rows
+the tokenizer only: the rows shaped as :func:`~rslora_colab.data.sft.to_trainer_dataset`
+(or :func:`~rslora_colab.data.preference.to_dpo_dataset`) hands them to TRL, chat rows
 rendered through the chat template (with the generation prompt for the prompt
 part), EOS added to plain text as TRL adds it, and the prompt counted up to
 where the prompt's and the whole row's tokens part (TRL's
@@ -26,10 +26,15 @@ evenly spaced rows, and counts are scaled up and marked as estimates.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
-from .data import MAX_REPORTED, row_label, to_trainer_dataset
+from .preference import to_dpo_dataset
+from .read import MAX_REPORTED, row_label
+from .sft import to_trainer_dataset
+
+logger = logging.getLogger(__name__)
 
 LENGTH_SAMPLE = 10_000
 """Rows measured at most; larger datasets are measured on this many evenly spaced rows."""
@@ -154,8 +159,6 @@ def token_lengths(dataset: Any, fmt: str, tokenizer: Any, method: str = "sft",
     picks = sample_rows(len(dataset), sample)
     subset = dataset if len(picks) == len(dataset) else dataset.select(picks)
     if method == "dpo":
-        from .prefer import to_dpo_dataset
-
         prompt, total = _dpo_lengths(to_dpo_dataset(subset, fmt, tokenizer), tokenizer)
     else:
         prompt, total = _sft_lengths(to_trainer_dataset(subset, fmt, tokenizer)[0], tokenizer)
@@ -187,11 +190,11 @@ def check_truncation(lengths: TokenLengths, max_seq_length: int, source: str = "
             f"{max_seq_length} tokens or more, so truncation leaves no answer to train on and TRL would drop them "
             f"all. {fix}. Nothing was trained yet.")
     if dropped:
-        print(f"rslora-colab: WARNING: {lengths.scaled(len(dropped)):,} of {lengths.dataset_rows:,} {unit}{about} "
-              f"will be dropped by TRL: the prompt alone is max_seq_length={max_seq_length} tokens or more, so "
-              f"truncation leaves no answer to train on ({_examples(dropped, source)}). {fix}.", flush=True)
+        logger.warning(f"{lengths.scaled(len(dropped)):,} of {lengths.dataset_rows:,} {unit}{about} "
+                       f"will be dropped by TRL: the prompt alone is max_seq_length={max_seq_length} tokens or more, so "
+                       f"truncation leaves no answer to train on ({_examples(dropped, source)}). {fix}.")
     if cut:
-        print(f"rslora-colab: {lengths.scaled(len(cut)):,} of {lengths.dataset_rows:,} {unit}{about} are longer "
-              f"than max_seq_length={max_seq_length} tokens and will be cut to it (longest: "
-              f"{max(lengths.total)} tokens)", flush=True)
+        logger.info(f"{lengths.scaled(len(cut)):,} of {lengths.dataset_rows:,} {unit}{about} are longer "
+                    f"than max_seq_length={max_seq_length} tokens and will be cut to it (longest: "
+                    f"{max(lengths.total)} tokens)")
     return lengths.scaled(len(dropped))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import sys
@@ -39,6 +40,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
+
+logger = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -131,8 +134,8 @@ def _acquire(folder: Path) -> int | None:
         raise _refusal(folder, owner) from None
     except OSError as err:  # ENOLCK, EOPNOTSUPP: a filesystem without locks
         os.close(fd)
-        print(f"rslora-colab: WARNING: cannot lock {folder} ({err.strerror}); another run on the same folder would "
-              "not be stopped", flush=True)
+        logger.warning(f"cannot lock {folder} ({err.strerror}); another run on the same folder would "
+                       "not be stopped")
         return None
     os.ftruncate(fd, 0)
     os.pwrite(fd, _owner_text().encode(), 0)

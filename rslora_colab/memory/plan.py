@@ -1,13 +1,15 @@
-"""Pick a micro-batch and sequence length that fit a GPU, from :mod:`rslora_colab.vram`.
+"""Pick a micro-batch and sequence length that fit a GPU, from :mod:`rslora_colab.memory.estimate`.
 
 :func:`plan_for_gpu` keeps the effective batch (``batch_size * grad_accum``)
 and looks for the largest micro-batch that divides it and whose estimate
 (which already holds the CUDA context and a fragmentation margin) stays within
 the GPU budget; if even micro-batch 1 does not fit it halves
 ``max_seq_length`` down to 256. When nothing fits it says how much is needed
-and suggests the nearest setting that fits. :func:`downshift` gives the next
-smaller setting after a real out-of-memory error, and :func:`catalog_table`
-tabulates what fits for every catalog model.
+and suggests the nearest setting that fits. :func:`halve_micro_batch` gives the
+next smaller shape after a real out-of-memory error (``resilience.oom``), and
+:func:`catalog_table` tabulates what fits for every catalog model.
+:func:`training_estimate_kwargs` describes how the kit trains on a runtime
+(backend, precision, optimizer), so every caller estimates the same run.
 
 The estimates are **not calibrated on a GPU yet** (see ``docs/memory.md``).
 """
@@ -18,9 +20,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
-from .catalog import CATALOG, ModelSpec, resolve_spec
-from .presets import check_rank
-from .vram import VramEstimate, _check_int, estimate_vram
+from ..presets import check_rank
+from ..runtime import Runtime
+from .catalog import CATALOG, STANDARD_MODULES, ModelSpec, resolve_spec
+from .estimate import FUSED_MODULES, VramEstimate, check_int, estimate_vram
 
 T4_GIB = 14.74
 """Memory a Colab T4 exposes to PyTorch (``total_memory``), GiB."""
@@ -59,10 +62,6 @@ class TrainPlan:
     """One line: fits / does not fit, with the numbers."""
     suggestion: str
     """What changed from the request, or the nearest setting that fits ("" if none needed)."""
-    estimate_kwargs: tuple[tuple[str, Any], ...] = ()
-    """Extra :func:`estimate_vram` arguments the plan was made with (for :func:`downshift`)."""
-    spec: ModelSpec | None = None
-    """Architecture the plan was made for (for :func:`downshift`)."""
 
     @property
     def effective_batch(self) -> int:
@@ -71,9 +70,7 @@ class TrainPlan:
 
     def as_dict(self) -> dict[str, Any]:
         """The plan as a plain dict, estimate included."""
-        out = dataclasses.asdict(self)
-        out["estimate_kwargs"] = dict(self.estimate_kwargs)
-        return out
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -121,6 +118,28 @@ def resolve_budget_gib(gpu: Any = "auto") -> float:
             return GPU_BUDGETS[key]
     raise ValueError(f"gpu={gpu!r} is not valid: pass \"auto\", \"T4\" or the usable GPU memory "
                      f"in GiB as a positive number, e.g. 14.74.")
+
+
+def training_estimate_kwargs(runtime: Runtime, target_modules: Iterable[str] = STANDARD_MODULES,
+                             load_in_4bit: bool = True, gradient_checkpointing: bool = True) -> dict[str, Any]:
+    """:func:`estimate_vram` keyword arguments describing how the kit trains on ``runtime``.
+
+    The transformers backend keeps embeddings and norms in fp32 (PEFT's
+    ``prepare_model_for_kbit_training`` upcasts them) and uses plain gradient
+    checkpointing; Unsloth keeps them 16-bit and offloads checkpoints. The
+    optimizer is the runtime's. Target names the estimator does not know are
+    left out (an empty list means: no estimate possible).
+    """
+    unsloth = runtime.backend == "unsloth"
+    wide = runtime.precision == "fp32" or (not unsloth and load_in_4bit)
+    checkpointing = ("unsloth" if unsloth else True) if gradient_checkpointing else False
+    return {
+        "target_modules": [t for t in target_modules if t in STANDARD_MODULES + FUSED_MODULES],
+        "load_in_4bit": load_in_4bit,
+        "optimizer": runtime.optimizer,
+        "gradient_checkpointing": checkpointing,
+        "dtype_bytes": 4 if wide else 2,
+    }
 
 
 def _seq_candidates(max_seq_length: int) -> list[int]:
@@ -198,7 +217,7 @@ def plan_for_gpu(
     does not fit, ``max_seq_length`` is halved down to 256. The estimate used
     already contains the CUDA context and the allocator margin, so "fits"
     means ``estimate.total_gib <= budget_gib``. Extra keyword arguments go to
-    :func:`rslora_colab.vram.estimate_vram` (``target_modules``,
+    :func:`rslora_colab.memory.estimate.estimate_vram` (``target_modules``,
     ``load_in_4bit``, ``optimizer``, ``gradient_checkpointing``,
     ``calibration``...).
 
@@ -206,11 +225,11 @@ def plan_for_gpu(
     True
     """
     check_rank(r)
-    _check_int("max_seq_length", max_seq_length, 1, None, "2048")
-    _check_int("batch_size", batch_size, 1, None, "2")
-    _check_int("grad_accum", grad_accum, 1, None, "4")
+    check_int("max_seq_length", max_seq_length, 1, None, "2048")
+    check_int("batch_size", batch_size, 1, None, "2")
+    check_int("grad_accum", grad_accum, 1, None, "4")
     if max_micro_batch is not None:
-        _check_int("max_micro_batch", max_micro_batch, 1, None, "2")
+        check_int("max_micro_batch", max_micro_batch, 1, None, "2")
     budget = resolve_budget_gib(gpu)
     spec = resolve_spec(model)
     if spec.max_position_embeddings and max_seq_length > spec.max_position_embeddings:
@@ -219,11 +238,10 @@ def plan_for_gpu(
     effective = batch_size * grad_accum
     cap = effective if max_micro_batch is None else min(max_micro_batch, effective)
     seqs = _seq_candidates(max_seq_length)
-    frozen_kwargs = tuple(sorted(estimate_kwargs.items()))
 
     def make(fits: bool, micro: int, seq: int, est: VramEstimate, message: str, suggestion: str) -> TrainPlan:
         return TrainPlan(spec.name, r, fits, micro, effective // micro, seq, est, budget,
-                         message, suggestion, frozen_kwargs, spec)
+                         message, suggestion)
 
     for seq in seqs:
         for micro in _divisors_desc(effective, cap):
@@ -278,32 +296,6 @@ def halve_micro_batch(micro_batch: int, grad_accum: int) -> tuple[int, int] | No
     return smaller, effective // smaller
 
 
-def downshift(plan: TrainPlan) -> TrainPlan | None:
-    """The next smaller setting after a real out-of-memory error, or None at the floor.
-
-    Halves the micro-batch (grad_accum doubles, effective batch kept) while it
-    divides evenly; at micro-batch 1 halves ``max_seq_length`` down to 256.
-    The estimate is recomputed but not trusted: the OOM has already shown it
-    was too low.
-    """
-    micro, accum, seq = plan.micro_batch, plan.grad_accum, plan.max_seq_length
-    if micro > 1:
-        micro, accum = halve_micro_batch(micro, accum)
-    elif seq > MIN_SEQ_LENGTH:
-        seq = max(seq // 2, MIN_SEQ_LENGTH)
-    else:
-        return None
-    kwargs = dict(plan.estimate_kwargs)
-    spec = plan.spec if plan.spec is not None else resolve_spec(plan.model)
-    est = estimate_vram(spec, r=plan.r, max_seq_length=seq,
-                        batch_size=micro, **kwargs)
-    message = (f"after out-of-memory: micro-batch {micro} x grad_accum {accum}, max_seq_length {seq} "
-               f"(estimate ~{est.total_gib:.2f} of {plan.budget_gib:.2f} GiB; the last estimate was too low)")
-    return dataclasses.replace(plan, micro_batch=micro, grad_accum=accum, max_seq_length=seq,
-                               estimate=est, message=message,
-                               suggestion="lowered after an out-of-memory error")
-
-
 def catalog_table(
     gpu: Any = "T4",
     ranks: Iterable[int] = (16, 64, 256),
@@ -317,7 +309,7 @@ def catalog_table(
     that fits at that length. ``models=None`` means every catalog model, resolved by its
     Unsloth 4-bit id; extra keyword arguments go to :func:`estimate_vram`."""
     budget = resolve_budget_gib(gpu)
-    _check_int("max_batch", max_batch, 1, None, "16")
+    check_int("max_batch", max_batch, 1, None, "16")
     if models is None:  # the Unsloth 4-bit repos are what a T4 loads (split Phi layout)
         models = [m.bnb_4bit_id for m in CATALOG]
     specs = [resolve_spec(m) for m in models]

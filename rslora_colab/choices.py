@@ -1,0 +1,65 @@
+"""What ``"auto"`` means on this machine: the offline demo on CPU, a real model and data on a GPU.
+
+Notebooks, the control panel and the command line start from the same
+choices: :func:`resolve_choices` for the model and data, :func:`run_defaults`
+and :func:`sweep_defaults` for the demo's own training settings,
+:func:`preference_data` for DPO pairs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .demo import DEMO_NAME, DEMO_SWEEP_STEPS, demo_preferences, demo_training
+
+GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
+"""The model ``"auto"`` picks on a GPU: small, instruction-tuned, pre-quantized to 4-bit."""
+GPU_DEFAULT_DATASET = "yahma/alpaca-cleaned"
+"""The dataset ``"auto"`` picks on a GPU (Alpaca format, the one Unsloth's T4 notebooks use)."""
+GPU_DEFAULT_PREFERENCES = "HuggingFaceH4/ultrafeedback_binarized"
+"""Preference pairs ``"auto"`` picks on a GPU: the rsLoRA write-up's DPO data (its first 2,000 ``train_prefs``)."""
+def default_model() -> str:
+    """``GPU_DEFAULT_MODEL`` when a CUDA GPU is present, else ``"demo"``."""
+    return GPU_DEFAULT_MODEL if torch.cuda.is_available() else DEMO_NAME
+
+
+def default_dataset(model: str) -> str:
+    """``"demo"`` for the demo model, else ``GPU_DEFAULT_DATASET``."""
+    return DEMO_NAME if model == DEMO_NAME else GPU_DEFAULT_DATASET
+
+
+def resolve_choices(model: str = "auto", dataset: str = "auto") -> tuple[str, str]:
+    """Replace ``"auto"`` in a model / dataset choice by this machine's default."""
+    model = default_model() if model == "auto" else model
+    return model, default_dataset(model) if dataset == "auto" else dataset
+
+
+def run_defaults(model: str, method: str = "sft", max_steps: int | None = None) -> dict:
+    """``quick_finetune`` keywords to start from: the demo's own settings for ``"demo"``, plus ``max_steps`` if given."""
+    defaults = demo_training(method) if model == DEMO_NAME else {}
+    return {**defaults, **({"max_steps": max_steps} if max_steps else {})}
+
+
+def sweep_defaults(model: str, max_steps: int | None = None) -> dict:
+    """``compare_ranks`` keywords to start from: the demo's batch and length with 50 steps a run, else 100 steps."""
+    shape = {k: v for k, v in run_defaults(model).items() if k in ("batch_size", "grad_accum", "max_seq_length")}
+    return {**shape, "max_steps": max_steps or (DEMO_SWEEP_STEPS if model == DEMO_NAME else 100)}
+
+
+def preference_data(dataset: str = "auto", model: str = "demo") -> Any:
+    """Pairs for DPO: ``"auto"`` is the demo pairs for the demo model, else 2,000 UltraFeedback pairs (hub).
+
+    ``"demo"`` gives the offline pairs; anything else is returned as given
+    (a file, a hub id or a Dataset ``quick_finetune`` will read and check).
+    """
+    if dataset == "auto":
+        dataset = DEMO_NAME if model == DEMO_NAME else GPU_DEFAULT_PREFERENCES
+    if dataset == DEMO_NAME:
+        return demo_preferences()
+    if dataset == GPU_DEFAULT_PREFERENCES:
+        from datasets import load_dataset
+
+        return load_dataset(GPU_DEFAULT_PREFERENCES, split="train_prefs[:2000]")
+    return dataset

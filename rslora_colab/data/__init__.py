@@ -1,0 +1,64 @@
+"""Step 3 — data: read a dataset, check every row before any model loads, and shape it for TRL.
+
+============================  =================================================
+module                        job
+============================  =================================================
+:mod:`.read`                  Dataset, list, file (.jsonl/.json/.csv/.parquet) or hub id
+:mod:`.rows`                  the checks every format shares (text, turns)
+:mod:`.sft`                   SFT formats, their row checks, shape for ``SFTTrainer``
+:mod:`.preference`            DPO formats, their row checks, shape for ``DPOTrainer``
+:mod:`.lengths`               token lengths with the tokenizer alone (dropped rows, memory plan)
+============================  =================================================
+
+Problems raise one ``ValueError`` naming the source, the row (``line N`` of a
+.jsonl), the field and what was expected.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..demo import DEMO_NAME, demo_dataset, demo_preferences
+from ..presets import check_method
+from .lengths import TokenLengths, check_truncation, token_lengths
+from .preference import (
+    detect_preference_format,
+    preference_row_problems,
+    to_dpo_dataset,
+)
+from .read import MAX_REPORTED, read_dataset, row_label, source_name
+from .sft import detect_format, row_problems, to_trainer_dataset
+
+__all__ = ["TokenLengths", "check_truncation", "detect_format", "detect_preference_format", "load_and_validate",
+           "read_dataset", "source_name", "to_dpo_dataset", "to_trainer_dataset", "token_lengths", "validate"]
+
+
+def validate(dataset, source: str = "dataset", method: str = "sft") -> str:
+    """Check every row; return the format or raise one ``ValueError`` listing the problems.
+
+    ``method="dpo"`` expects preference data (see :mod:`rslora_colab.data.preference`).
+    """
+    check_method(method)
+    if len(dataset) == 0:
+        raise ValueError(f"{source}: is empty; it needs at least one row.")
+    if method == "dpo":
+        fmt, check = detect_preference_format(dataset.column_names, dataset[0], source), preference_row_problems
+    else:
+        fmt, check = detect_format(dataset.column_names, source), row_problems
+    problems = [f"{source} {row_label(source, i)}: {p}" for i, row in enumerate(dataset) for p in check(row, fmt)]
+    if problems:
+        more = f"\n  ... and {len(problems) - MAX_REPORTED} more" if len(problems) > MAX_REPORTED else ""
+        raise ValueError(f"{source} ({fmt} format) has {len(problems)} problem(s):\n  "
+                         + "\n  ".join(problems[:MAX_REPORTED]) + more)
+    return fmt
+
+
+def load_and_validate(source: Any, method: str = "sft"):
+    """Load ``source`` and check every row for ``method`` ('sft' or 'dpo'); returns ``(dataset, format)``.
+
+    ``"demo"`` names the offline demo data: ``demo_dataset()``, or ``demo_preferences()`` for DPO.
+    """
+    if isinstance(source, str) and source == DEMO_NAME:
+        source = demo_preferences() if method == "dpo" else demo_dataset()
+    dataset = read_dataset(source)
+    return dataset, validate(dataset, source_name(source), method)

@@ -1,0 +1,30 @@
+"""Files that appear whole or not at all: a crash mid-write never leaves half a JSON file behind."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+
+def write_json(data: dict, path: str | Path) -> Path:
+    """Write ``data`` as JSON atomically (temp file, then rename), creating its folder; NaN becomes null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(finite(data), indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, the JSON-safe ``null``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value

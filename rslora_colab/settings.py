@@ -1,0 +1,87 @@
+"""One run, resolved once before training: :class:`RunSettings`, read by every trainer, written as the manifest.
+
+This is litgpt's ``setup()`` -> ``main()`` split. :func:`resolve_run` takes
+what the user asked (:class:`~rslora_colab.FinetuneConfig`, after the memory
+plan fitted its batch shape) and the machine (:class:`~rslora_colab.Runtime`),
+fills every open field from :func:`~rslora_colab.preset_for_rank` (alpha,
+learning rate, warm-up, schedule) and returns a frozen object. Nothing
+downstream reads the unresolved config again:
+
+* the TRL trainer arguments (:mod:`rslora_colab.train.trainer`),
+* the run manifest a resume must match (:meth:`RunSettings.manifest`),
+* ``FinetuneResult.settings`` and ``metrics.json`` (:meth:`RunSettings.as_dict`),
+* out-of-memory recovery, which records a new batch shape with
+  :meth:`RunSettings.with_batch` instead of changing shared state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .config import FinetuneConfig
+from .presets import adapter_scale, preset_for_rank
+from .runtime import Runtime
+
+MANIFEST_FIELDS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio", "batch_size",
+                   "grad_accum", "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit", "weight_decay",
+                   "max_grad_norm", "dropout", "method", "beta")
+"""Resolved settings a resumed run must share with the run it continues (plus the optimizer)."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything one training run uses, with no open field left."""
+
+    config: FinetuneConfig
+    """The settings as asked, with alpha, lr, warmup_ratio and lr_scheduler filled from the rank preset and the
+    batch shape (batch_size, grad_accum, max_seq_length) the memory plan chose."""
+    runtime: Runtime
+    """Backend, precision and device the run trains on."""
+    gpu_plan: str | None = None
+    """The memory plan's verdict in one line; None when no plan was made (a CPU, or ``plan=False``)."""
+
+    @property
+    def scale(self) -> float:
+        """The factor on ``B @ A``: alpha/sqrt(r) for rsLoRA, alpha/r for LoRA (:func:`~rslora_colab.adapter_scale`)."""
+        return adapter_scale(self.config.alpha, self.config.r, self.config.use_rslora)
+
+    @property
+    def optimizer(self) -> str:
+        """The transformers ``optim`` name (the runtime decides it)."""
+        return self.runtime.optimizer
+
+    def with_batch(self, batch_size: int, grad_accum: int) -> "RunSettings":
+        """The same run with another micro-batch shape (after an out-of-memory error; effective batch kept)."""
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, batch_size=batch_size,
+                                                                    grad_accum=grad_accum))
+
+    def manifest(self) -> dict[str, Any]:
+        """The settings that shape training: a resume with any of them different is refused."""
+        config = self.config
+        fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if name != "beta" or config.method == "dpo"}
+        return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer}
+
+    def as_dict(self) -> dict[str, Any]:
+        """What ``FinetuneResult.settings`` and ``metrics.json`` show: backend, precision, r, alpha, scale, lr, ..."""
+        c, rt = self.config, self.runtime
+        return {
+            "backend": rt.backend, "precision": rt.precision, "device": rt.device,
+            "r": c.r, "alpha": c.alpha, "use_rslora": c.use_rslora, "scale": self.scale, "lr": c.lr,
+            "warmup_ratio": c.warmup_ratio, "lr_scheduler": c.lr_scheduler, "optimizer": self.optimizer,
+            "batch_size": c.batch_size, "grad_accum": c.grad_accum, "max_seq_length": c.max_seq_length,
+            "max_steps": c.max_steps, "epochs": c.epochs, "seed": c.seed, "target_modules": list(c.target_modules),
+            "load_in_4bit": c.load_in_4bit, "method": c.method, **({"beta": c.beta} if c.method == "dpo" else {}),
+            "gpu_plan": self.gpu_plan,
+        }
+
+
+def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None = None) -> RunSettings:
+    """Fill the config's open fields from the rank preset for its method; the result is frozen."""
+    preset = preset_for_rank(config.r, config.alpha, config.use_rslora, config.method)
+    filled = dataclasses.replace(
+        config, alpha=preset.alpha, lr=config.lr if config.lr is not None else preset.lr,
+        warmup_ratio=config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
+        lr_scheduler=config.lr_scheduler or preset.lr_scheduler)
+    return RunSettings(filled, runtime, gpu_plan)

@@ -1,0 +1,228 @@
+"""Step 4 — train: ``quick_finetune`` (load, adapt, train, save in one call) and ``train_adapter`` (train only).
+
+The path of one ``quick_finetune`` call, each step in its own module:
+
+1. settings: :class:`~rslora_colab.FinetuneConfig` validates every field at once;
+2. data: :func:`~rslora_colab.load_and_validate` reads and checks every row;
+3. setup (:mod:`.setup`): the memory plan fits the batch shape to the GPU, the
+   output folder is locked and checked, the rows are measured with the tokenizer;
+4. load and adapt: :func:`~rslora_colab.load_model`, then the rsLoRA adapter;
+5. resolve (:func:`~rslora_colab.settings.resolve_run`): one frozen
+   :class:`~rslora_colab.settings.RunSettings`; the run manifest is written;
+6. train (:mod:`.trainer`): TRL's trainer, with the divergence guard, atomic
+   checkpoints, out-of-memory recovery and Ctrl-C handling from
+   :mod:`rslora_colab.resilience`;
+7. save: the adapter, ``metrics.json`` and ``loss.png``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import FinetuneConfig
+from ..data import load_and_validate, source_name
+from ..load import runtime_of
+from ..resilience.atomic import write_json
+from ..resilience.checkpoints import (
+    WRITE_ERRORS,
+    CheckpointTimer,
+    OutputWriteError,
+    resume_training,
+)
+from ..resilience.drive import warn_if_volatile
+from ..resilience.guard import DivergenceError, DivergenceGuard
+from ..resilience.interrupt import (
+    InterruptCallback,
+    TrainingInterrupted,
+    stop_on_interrupt,
+)
+from ..resilience.lock import run_lock
+from ..resilience.oom import train_with_oom_recovery
+from ..resilience.resume import (
+    FINAL_SAVE,
+    history_until,
+    mark_final_save,
+    prepare_run,
+    run_manifest,
+)
+from ..result import FinetuneResult
+from ..save import (
+    ADAPTER_DIR,
+    LAST_GOOD_DIR,
+    LOSS_PLOT_FILE,
+    METRICS_FILE,
+    save_adapter,
+)
+from ..settings import RunSettings, resolve_run
+from ..watch import HistoryCallback, quiet_progress
+from .setup import check_lengths, fit_to_gpu, load_pair
+from .trainer import attach_adapter, build_trainer
+
+logger = logging.getLogger(__name__)
+
+
+def _tokens_seen(trainer: Any, history: list[dict]) -> float:
+    counted = [h["num_tokens"] for h in history if "num_tokens" in h]
+    return counted[-1] if counted else float(trainer.state.num_input_tokens_seen or 0)
+
+
+def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None = None, resume: bool = False,
+                   **overrides: Any) -> FinetuneResult:
+    """Fine-tune ``model`` on ``dataset`` with a rank-``r`` rsLoRA adapter, in one call.
+
+    ``model``: a hub id, a local folder, ``"demo"``, or a ``(model, tokenizer)``
+    pair. ``dataset``: a ``datasets.Dataset``, a list of dicts, a
+    ``.jsonl/.json/.csv/.parquet`` file, or a hub id. The data is checked
+    before any model is loaded. Keyword overrides are the fields of
+    :class:`FinetuneConfig` (lr, alpha, max_steps, epochs, batch_size,
+    grad_accum, max_seq_length, output_dir, seed, method, beta, ...); open
+    ones come from ``preset_for_rank(r, method)``. ``method="dpo"`` tunes on
+    preference pairs with TRL's ``DPOTrainer`` and a far lower learning rate
+    (see :mod:`rslora_colab.train.trainer`). On a GPU the batch and sequence length are first
+    fitted to its memory (``plan``, ``gpu``), and a CUDA out-of-memory error
+    during training halves the micro-batch and carries on (see
+    :mod:`rslora_colab.resilience.oom`). The adapter, ``metrics.json`` and ``loss.png`` are
+    written to ``output_dir``, with checkpoints every ``checkpoint_minutes``.
+    ``resume=True`` continues the newest valid checkpoint there (same settings
+    required) and ends at the same step count. A :class:`DivergenceGuard`
+    rolls back NaN/exploding steps; it raises ``DivergenceError`` if that fails.
+
+    Before the model loads: ``output_dir`` must be writable and is locked for
+    the whole run (a second run on it is refused, :mod:`rslora_colab.resilience.lock`),
+    and the rows are measured with the tokenizer alone (a warning names those
+    TRL would drop because their prompt fills ``max_seq_length``; a
+    ``ValueError`` if none would remain, :mod:`rslora_colab.data.lengths`). Ctrl-C
+    stops after the current step, saves a checkpoint and raises
+    :class:`~rslora_colab.resilience.interrupt.TrainingInterrupted`; a checkpoint or final
+    save that cannot be written raises
+    :class:`~rslora_colab.resilience.checkpoints.OutputWriteError`, saying what
+    ``resume=True`` will continue from.
+
+    >>> result = quick_finetune("demo", demo_dataset(), r=16, max_steps=20)  # doctest: +SKIP
+    """
+    config = FinetuneConfig.from_overrides(r=r, **overrides)
+    source = source_name(dataset)
+    dataset, fmt = load_and_validate(dataset, config.method)
+    config, plan = fit_to_gpu(model, config)  # before any weights load; raises if nothing fits
+    with run_lock(config.output_dir):  # a writable folder, and no other live run in it
+        check_lengths(model, dataset, fmt, config, source)  # the tokenizer only: rows TRL would drop
+        model, tokenizer = load_pair(model, config)
+        result = _train(model, tokenizer, dataset, fmt, config, callbacks, resume, plan.message if plan else None,
+                        saves_outputs=True)
+        save_final_outputs(result, tokenizer, config.output_dir)
+    return result
+
+
+def save_final_outputs(result: FinetuneResult, tokenizer: Any, output_dir: str | Path) -> None:
+    """The final save: the adapter, ``metrics.json`` and ``loss.png``; the run manifest records when it is done.
+
+    A failure raises :class:`~rslora_colab.resilience.checkpoints.OutputWriteError`
+    saying that ``--resume`` saves the finished run without training again
+    (the manifest still says ``final_save: pending``, so a fresh start will
+    not delete that run's last checkpoint).
+    """
+    out = Path(output_dir)
+    try:
+        save_adapter(result.model, tokenizer, result.adapter_path)
+        write_json(result.summary(), out / METRICS_FILE)
+        result.plot(out / LOSS_PLOT_FILE)
+        mark_final_save(out, "done")
+    except (*WRITE_ERRORS, ValueError) as err:  # PEFT: ValueError when a file is where the adapter folder goes
+        raise OutputWriteError(
+            f"training finished, but saving the adapter and metrics to {out} failed ({type(err).__name__}: {err}). "
+            "The trained weights are in the run's last checkpoint there: fix the folder (make it writable, free "
+            "some space, or move away what is in the way), then run the same command with --resume (Python: "
+            "resume=True) to save them without training again.") from err
+
+
+def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig,
+                  callbacks: list | None = None, resume: bool = False, gpu_plan: str | None = None) -> FinetuneResult:
+    """Add the adapter ``config`` describes to a loaded model and train it; saves no adapter or metrics.
+
+    ``dataset`` must already be validated as format ``fmt`` (see
+    :func:`~rslora_colab.data.load_and_validate`). This is :func:`quick_finetune`
+    without the loading and the final files (checkpoints are still written to
+    ``config.output_dir``, which it holds with :func:`~rslora_colab.resilience.lock.run_lock`
+    while it trains); :func:`~rslora_colab.compare_ranks` calls it once per run.
+    Ctrl-C stops after the current step, saves a checkpoint and raises
+    :class:`~rslora_colab.resilience.interrupt.TrainingInterrupted`; when the divergence
+    guard gives up, the last good adapter is saved to ``output_dir/last_good_adapter``
+    and ``DivergenceError`` says so.
+    """
+    with run_lock(config.output_dir):
+        return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False)
+
+
+def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig, callbacks: list | None,
+           resume: bool, gpu_plan: str | None, saves_outputs: bool) -> FinetuneResult:
+    """:func:`train_adapter` in a folder the caller holds (:func:`~rslora_colab.resilience.lock.run_lock`).
+
+    ``saves_outputs``: the caller writes the final files, so the manifest marks that save pending until then.
+    """
+    run = resolve_run(config, runtime_of(model), gpu_plan)
+    manifest = run_manifest(model, dataset, fmt, run)
+    checkpoint = prepare_run(config.output_dir, {**manifest, FINAL_SAVE: "pending"} if saves_outputs else manifest,
+                             resume)
+    warn_if_volatile(config.output_dir)
+    recorder, interrupt = HistoryCallback(history_until(checkpoint)), InterruptCallback()
+    timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
+    trainer = build_trainer(attach_adapter(model, run), tokenizer, dataset, fmt, run,
+                            [recorder, *timer, interrupt, *(callbacks or [])])
+    guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
+    quiet_progress(trainer)
+    _announce(run, len(trainer.train_dataset), len(dataset), fmt)
+    if run.runtime.on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    start, out = time.perf_counter(), Path(config.output_dir)
+    try:
+        with stop_on_interrupt(interrupt):
+            ended, steps = resume_training(trainer, checkpoint, lambda resume_from: train_with_oom_recovery(
+                trainer, run, recorder.history, resume_from))
+    except DivergenceError as err:
+        raise _gave_up(err, trainer, tokenizer, guard, run, recorder.history, out) from None
+    result = _result(trainer, tokenizer, ended or run, recorder.history, time.perf_counter() - start, steps)
+    if interrupt.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
+        saved = out / f"checkpoint-{interrupt.stopped_at}"
+        raise TrainingInterrupted(
+            f"stopped by Ctrl-C after step {interrupt.stopped_at} of {trainer.state.max_steps}; the checkpoint "
+            f"{saved} holds it. Run the same command with --resume (Python: resume=True) to continue from there.",
+            result, saved)
+    return result
+
+
+def _result(trainer: Any, tokenizer: Any, run: RunSettings, history: list[dict], wall: float,
+            steps: int) -> FinetuneResult:
+    """The run's result; ``run`` is the settings it ended with (out-of-memory recovery may have changed the batch)."""
+    return FinetuneResult(
+        model=trainer.model, tokenizer=tokenizer, adapter_path=Path(run.config.output_dir) / ADAPTER_DIR,
+        settings=run.as_dict(), history=history, wall_time_s=wall,
+        tokens_per_s=_tokens_seen(trainer, history) / wall if steps else 0.0,
+        peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if run.runtime.on_gpu else None,
+    )
+
+
+def _announce(run: RunSettings, kept: int, rows: int, fmt: str) -> None:
+    """One line before training: the adapter, the learning rate, the rows TRL kept, the precision and device."""
+    c = run.config
+    shown = f"{kept} of {rows}" if kept != rows else f"{kept}"  # TRL drops rows truncation leaves nothing to learn in
+    logger.info(f"training r={c.r} alpha={c.alpha:g} (scale {run.scale:.3g}) lr={c.lr:.3g} on {shown} {fmt} rows, "
+                f"{run.runtime.precision} on {run.runtime.device}")
+
+
+def _gave_up(err: DivergenceError, trainer: Any, tokenizer: Any, guard: DivergenceGuard | None, run: RunSettings,
+             history: list[dict], out: Path) -> DivergenceError:
+    """The guard gave up: keep the evidence and the last good adapter (the model holds it), and say where."""
+    write_json({"settings": run.as_dict(), "history": history}, out / METRICS_FILE)
+    path = out / LAST_GOOD_DIR
+    step = guard.last_good_step if guard is not None else None
+    try:
+        save_adapter(trainer.model, tokenizer, path)
+        kept = f" The last good adapter (step {step}) is saved in {path}."
+    except WRITE_ERRORS as save_err:
+        kept = f" Saving the last good adapter (step {step}) to {path} failed too ({type(save_err).__name__})."
+    return DivergenceError(f"{err}{kept}")

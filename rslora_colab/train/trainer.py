@@ -1,0 +1,137 @@
+"""TRL's trainers over an rsLoRA-adapted model: one construction for SFT and DPO, read from :class:`RunSettings`.
+
+``SFTConfig`` and ``DPOConfig`` take the same training arguments
+(:func:`trainer_args`); DPO adds ``beta``.
+
+DPO's reference model is the base with the adapter disabled: TRL's
+``DPOTrainer`` gets ``ref_model=None`` and a PEFT model, so no second copy of
+the model is loaded. (TRL copies a PEFT model's adapter into a frozen "ref"
+adapter; for a fresh adapter, whose B matrices are zero, that copy *is* the
+base, so the kit deletes it and TRL disables the adapter instead. An adapter
+that is already trained — SFT, then DPO — keeps TRL's frozen copy as the
+reference, the usual SFT-then-DPO recipe.) DPO's learning rate is
+``lr_for_rank(r, "dpo")`` (:mod:`rslora_colab.presets`); beta defaults to 0.1.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..adapt import add_rslora, keep_adapter_fp32
+from ..data import to_dpo_dataset, to_trainer_dataset
+from ..load import runtime_of
+from ..resilience.checkpoints import checkpoint_args, make_checkpoints_atomic
+from ..settings import RunSettings
+
+logger = logging.getLogger(__name__)
+
+
+def trainer_args(run: RunSettings) -> dict:
+    """The arguments SFT and DPO share: TRL's ``SFTConfig`` and ``DPOConfig`` both take them."""
+    config, precision = run.config, run.runtime.precision
+    return dict(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.lr,
+        lr_scheduler_type=config.lr_scheduler,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the total steps
+        max_steps=config.max_steps or -1,
+        num_train_epochs=config.epochs,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm,
+        optim=run.optimizer,
+        max_length=config.max_seq_length,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=not run.runtime.on_gpu,
+        gradient_checkpointing=False,  # add_rslora already set it up ("unsloth" mode on GPU)
+        logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must show in the history, not be averaged away
+        **checkpoint_args(config.checkpoint_every, config.keep_checkpoints),
+        report_to="none",
+        seed=config.seed,
+    )
+
+
+def sft_config(run: RunSettings, **extra: Any):
+    """TRL's ``SFTConfig`` for this run (``extra`` adds e.g. ``assistant_only_loss``)."""
+    from trl import SFTConfig
+
+    return SFTConfig(**trainer_args(run), **extra)
+
+
+def dpo_config(run: RunSettings):
+    """TRL's ``DPOConfig``: the arguments SFT uses too, plus ``beta``."""
+    from trl import DPOConfig
+
+    return DPOConfig(**trainer_args(run), beta=run.config.beta)
+
+
+def attach_adapter(model: Any, run: RunSettings):
+    """The rsLoRA adapter this run puts on ``model`` (reused if it is already there)."""
+    c = run.config
+    return add_rslora(model, c.r, c.alpha, c.target_modules, c.dropout, c.use_rslora, c.gradient_checkpointing, c.seed)
+
+
+def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list | None = None):
+    """TRL's ``SFTTrainer`` (``DPOTrainer`` for ``method="dpo"``) over an adapted model and validated data."""
+    if run.config.method == "dpo":
+        trainer = _dpo_trainer(model, tokenizer, dataset, fmt, run, callbacks)
+    else:
+        from trl import SFTTrainer
+
+        train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
+        trainer = SFTTrainer(model=model, args=sft_config(run, **extra), train_dataset=train_dataset,
+                             processing_class=tokenizer, callbacks=callbacks or [])
+    if not runtime_of(model).unsloth_gpu:
+        keep_adapter_fp32(trainer.model)  # undo TRL's bf16 cast of QLoRA adapters (Unsloth's CPU backend too)
+    return make_checkpoints_atomic(trainer)
+
+
+def is_fresh_adapter(model: Any, adapter: str = "default") -> bool:
+    """True when every LoRA B matrix of ``adapter`` is zero: the adapter changes nothing yet."""
+    return not any(param.any() for name, param in model.named_parameters() if f"lora_B.{adapter}." in name)
+
+
+def use_base_as_reference(trainer: Any, fresh: bool) -> None:
+    """Make DPO's reference the base with the adapter disabled, when that is what TRL's "ref" copy holds."""
+    model = trainer.model
+    if "ref" not in getattr(model, "peft_config", {}):
+        return
+    if fresh:
+        model.delete_adapter("ref")  # TRL then computes the reference with the adapter disabled
+    else:
+        logger.info("the adapter is already trained, so DPO's reference is a frozen copy of it (the model you "
+                    "start from), not the bare base")
+
+
+def _dpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list | None):
+    """TRL's ``DPOTrainer`` over an rsLoRA-adapted model; the reference is the base, adapter disabled."""
+    if runtime_of(model).backend == "unsloth":
+        import unsloth
+
+        patch = getattr(unsloth, "PatchDPOTrainer", None)  # a no-op on GPU in 2026.10.9; its CPU backend has none
+        if patch is not None:
+            patch()
+    from trl import DPOTrainer
+
+    fresh = is_fresh_adapter(model)
+    trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(run),
+                         train_dataset=to_dpo_dataset(dataset, fmt, tokenizer), processing_class=tokenizer,
+                         callbacks=callbacks or [])
+    use_base_as_reference(trainer, fresh)
+    return trainer
+
+
+def masked_preview(trainer: Any, index: int = 0) -> tuple[str, str]:
+    """Row ``index`` as the model sees it, and only the tokens the loss is computed on.
+
+    Returns ``(full_text, trained_text)``: decode of ``input_ids`` and of the
+    positions whose label is not -100, after TRL's collator.
+    """
+    batch = trainer.data_collator([trainer.train_dataset[index]])
+    ids, labels = batch["input_ids"][0], batch["labels"][0]
+    decode = trainer.processing_class.decode
+    return decode(ids), decode(ids[labels != -100])
