@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
 
-from rslora_colab import FinetuneConfig, demo_dataset, quick_finetune
+from rslora_colab import FinetuneConfig, demo_dataset, load_and_validate, quick_finetune
 from rslora_colab.cli import main
 from rslora_colab.memory.catalog import CATALOG
 from rslora_colab.memory.estimate import estimate_vram
@@ -17,17 +18,51 @@ from rslora_colab.memory.plan import (
     training_estimate_kwargs,
 )
 from rslora_colab.runtime import Runtime, detect_runtime
-from rslora_colab.train.setup import fit_to_gpu
+from rslora_colab.train.setup import check_lengths, fit_to_gpu
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
-def test_too_small_gpu_raises_before_any_weights_load(capsys):
-    # no network here: had it tried to load Llama-3.1-8B, the error would be a download failure
+def _config_only(folder: Path, model: str, tokenizer_from: str) -> str:
+    """A folder with ``model``'s config.json and a tokenizer but no weights: loading it would fail at once."""
+    from transformers import AutoTokenizer
+
+    from rslora_colab.memory.synthetic import config_for
+
+    config_for(model).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
+    return str(folder)
+
+
+def test_too_small_gpu_raises_before_any_weights_load(demo_path, tmp_path, capsys):
+    # Llama-3.1-8B's architecture and no weights: had it tried to load them, the error would be a missing file
+    model = _config_only(tmp_path / "llama-8b", "Llama-3.1-8B-Instruct", demo_path)
     with pytest.raises(ValueError, match=r"does not fit: needs \d+\.\d\d GiB, you have 4\.00 GiB") as err:
-        quick_finetune("Llama-3.1-8B-Instruct", demo_dataset(n=4), r=64, gpu=4)
+        quick_finetune(model, demo_dataset(n=4), r=64, gpu=4, output_dir=str(tmp_path / "out"))
     assert "Suggestion: try" in str(err.value) and "plan=False" in str(err.value)
     assert "loading" not in capsys.readouterr().out
+
+
+def test_short_rows_get_a_larger_micro_batch_than_max_seq_length_allows(demo_path, tmp_path, capsys):
+    """Planned from the data: the demo's rows are ~110 tokens; max_seq_length 512 alone would allow micro-batch 1."""
+    data, fmt = load_and_validate(demo_dataset(n=32))
+    config = FinetuneConfig(r=8, batch_size=4, grad_accum=1, max_seq_length=512, output_dir=str(tmp_path))
+    lengths = check_lengths(demo_path, data, fmt, config)
+    longest = lengths.longest(512)
+    assert longest == max(lengths.total) < 200
+    kwargs = training_estimate_kwargs(detect_runtime(), config.target_modules)
+    gib = lambda seq, batch: estimate_vram(demo_path, r=8, max_seq_length=seq, batch_size=batch, **kwargs).total_gib
+    budget = (gib(512, 1) + gib(512, 2)) / 2
+    assert gib(longest, 4) < budget  # the data's real batches fit 4 at a time
+    blind, blind_plan = fit_to_gpu(demo_path, dataclasses.replace(config, gpu=budget))
+    seen, seen_plan = fit_to_gpu(demo_path, dataclasses.replace(config, gpu=budget), lengths)
+    assert blind_plan.micro_batch == 1 and (seen_plan.micro_batch, seen.batch_size) == (4, 4)
+    assert seen.max_seq_length == 512  # max_seq_length stays the cap TRL truncates at
+    out = capsys.readouterr().out
+    assert f"your longest row is {longest} tokens; planning for {longest} (max_seq_length=512 stays the cap)" in out
+    result = quick_finetune(demo_path, data, r=8, max_steps=1, batch_size=4, grad_accum=1, max_seq_length=512,
+                            output_dir=str(tmp_path / "run"), gpu=budget)
+    assert result.settings["batch_size"] == 4 and result.settings["max_seq_length"] == 512
 
 
 def test_tight_gpu_shrinks_the_micro_batch_and_keeps_the_effective_batch(demo_path, tmp_path, capsys):

@@ -67,6 +67,15 @@ class TokenLengths:
         return [row for row, prompt, total in zip(self.rows, self.prompt, self.total)
                 if total > max_length > prompt]
 
+    def longest(self, max_length: int) -> int:
+        """The longest sequence the trainer will build at this ``max_length``: the longest kept row, truncated.
+
+        TRL's collator pads a batch to its longest row, so a micro-batch holds
+        at most ``batch x longest`` tokens: what the memory plan must fit.
+        """
+        kept = [min(total, max_length) for prompt, total in zip(self.prompt, self.total) if prompt < max_length]
+        return max(kept, default=max_length)
+
     def scaled(self, count: int) -> int:
         """``count`` measured rows as a count over the whole dataset (estimated when sampled)."""
         return round(count * self.dataset_rows / len(self.rows)) if self.rows else 0

@@ -96,7 +96,9 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     the whole run (a second run on it is refused, :mod:`rslora_colab.resilience.lock`),
     and the rows are measured with the tokenizer alone (a warning names those
     TRL would drop because their prompt fills ``max_seq_length``; a
-    ``ValueError`` if none would remain, :mod:`rslora_colab.data.lengths`). Ctrl-C
+    ``ValueError`` if none would remain, :mod:`rslora_colab.data.lengths`); on a
+    GPU the memory plan is made for the longest row the data really has
+    (:mod:`rslora_colab.train.setup`). Ctrl-C
     stops after the current step, saves a checkpoint and raises
     :class:`~rslora_colab.resilience.interrupt.TrainingInterrupted`; a checkpoint or final
     save that cannot be written raises
@@ -108,9 +110,9 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     config = FinetuneConfig.from_overrides(r=r, **overrides)
     source = source_name(dataset)
     dataset, fmt = load_and_validate(dataset, config.method)
-    config, plan = fit_to_gpu(model, config)  # before any weights load; raises if nothing fits
     with run_lock(config.output_dir):  # a writable folder, and no other live run in it
-        check_lengths(model, dataset, fmt, config, source)  # the tokenizer only: rows TRL would drop
+        lengths = check_lengths(model, dataset, fmt, config, source)  # the tokenizer only: rows TRL would drop
+        config, plan = fit_to_gpu(model, config, lengths, source)  # before any weights load; raises if it won't fit
         model, tokenizer = load_pair(model, config)
         result = _train(model, tokenizer, dataset, fmt, config, callbacks, resume, plan.message if plan else None,
                         saves_outputs=True)

@@ -3,14 +3,27 @@
 ``quick_finetune`` resolves everything it can before it loads a model, so a
 run that cannot work fails in seconds, not after a download:
 
+* :func:`check_lengths` tokenizes the rows as TRL will
+  (:mod:`rslora_colab.data.lengths`), names the rows TRL would drop, and
+  returns every row's length.
 * :func:`fit_to_gpu` reads the model's architecture without loading it (a
   catalog id needs nothing, a local folder its ``config.json``, any other hub
   id only ``config.json`` through ``AutoConfig``; a loaded model its
   ``.config``), estimates the run for the backend that will train it
-  (:mod:`rslora_colab.memory`), and applies the plan's micro-batch, gradient
-  accumulation and sequence length, or raises the planner's "does not fit".
-* :func:`check_lengths` tokenizes the rows as TRL will
-  (:mod:`rslora_colab.data.lengths`) and names the rows TRL would drop.
+  (:mod:`rslora_colab.memory`) at the longest sequence the data can really
+  produce, and applies the plan's micro-batch, gradient accumulation and
+  sequence length, or raises the planner's "does not fit".
+
+Planning from the data: TRL truncates each row to ``max_seq_length`` and its
+collator pads a micro-batch to the longest row in it, so the largest batch
+the run can build is ``micro-batch x longest row`` (truncated). A user with
+Alpaca rows of a few hundred tokens who leaves ``max_seq_length=2048`` is
+planned for their real length, not 2048; ``max_seq_length`` stays the cap
+TRL truncates at, and the worst case when the data is not known (the
+control panel before an upload, a hub dataset whose tokenizer cannot be
+read). On a big dataset the lengths come from an evenly spaced sample
+(:data:`~rslora_colab.data.lengths.LENGTH_SAMPLE` rows) and the plan says so;
+a longer row the sample missed is what out-of-memory recovery is for.
 
 The estimates are not yet calibrated on a GPU (``docs/memory.md``).
 """
@@ -25,7 +38,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data import check_truncation, token_lengths
+from ..data import TokenLengths, check_truncation, token_lengths
 from ..load import load_model, load_tokenizer, runtime_of
 from ..memory.catalog import model_spec, unsloth_maps_to_dynamic
 from ..memory.plan import TrainPlan, plan_for_gpu, training_estimate_kwargs
@@ -40,7 +53,8 @@ def _wants_plan(config: FinetuneConfig) -> bool:
     return config.plan and (explicit or torch.cuda.is_available())
 
 
-def fit_to_gpu(model: Any, config: FinetuneConfig) -> tuple[FinetuneConfig, TrainPlan | None]:
+def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None = None,
+               source: str = "dataset") -> tuple[FinetuneConfig, TrainPlan | None]:
     """``config`` with the micro-batch, grad_accum and max_seq_length that fit ``config.gpu``.
 
     Skipped (returns ``(config, None)``) with ``plan=False``, on a machine
@@ -48,9 +62,12 @@ def fit_to_gpu(model: Any, config: FinetuneConfig) -> tuple[FinetuneConfig, Trai
     cannot be read. The effective batch is kept; the micro-batch never goes
     above the requested ``batch_size`` (the estimates are not calibrated to
     back a larger one), and ``max_seq_length`` is capped at the model's
-    context length. Raises ``ValueError`` with the planner's "does not fit:
-    needs X GiB, you have Y" and its suggestion when nothing fits. Prints one
-    line with the outcome.
+    context length. With the data's ``lengths`` (:func:`check_lengths`) the
+    plan is made for the longest row, not for ``max_seq_length`` (and when the
+    plan has to cut the length, the rows that cut drops are named again, as
+    ``source``). Raises
+    ``ValueError`` with the planner's "does not fit: needs X GiB, you have Y"
+    and its suggestion when nothing fits. Logs one line with the outcome.
     """
     if not _wants_plan(config):
         return config, None
@@ -66,34 +83,50 @@ def fit_to_gpu(model: Any, config: FinetuneConfig) -> tuple[FinetuneConfig, Trai
     if not kwargs["target_modules"]:
         logger.info(f"no memory plan: the estimator does not know target_modules {list(config.target_modules)}")
         return config, None
-    seq = config.max_seq_length
-    if spec.max_position_embeddings:
-        seq = min(seq, spec.max_position_embeddings)
+    cap = min(config.max_seq_length, spec.max_position_embeddings or config.max_seq_length)
+    seq = lengths.longest(cap) if lengths is not None else cap
     plan = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=config.gpu, batch_size=config.batch_size,
                         grad_accum=config.grad_accum, max_micro_batch=config.batch_size, **kwargs)
     if not plan.fits:
         raise ValueError(f"{plan.message}. Suggestion: {plan.suggestion} Or pass plan=False to try anyway "
                          f"(the estimate is not yet calibrated on a GPU).")
-    capped = f"; max_seq_length {config.max_seq_length} -> {seq} (the model's context)" \
-        if seq < config.max_seq_length else ""
-    changed = f"; changed: {plan.suggestion}" if plan.suggestion else ""
-    logger.info(f"memory plan ({runtime.backend}, uncalibrated): {plan.message}{changed}{capped}")
-    planned = dataclasses.replace(config, batch_size=plan.micro_batch, grad_accum=plan.grad_accum,
-                                  max_seq_length=plan.max_seq_length)
-    return planned, plan
+    notes = [f"changed: {plan.suggestion}"] if plan.suggestion else []
+    if cap < config.max_seq_length:
+        notes.append(f"max_seq_length {config.max_seq_length} -> {cap} (the model's context)")
+    if lengths is not None:
+        notes.append(_planned_length_note(lengths, cap, seq))
+    logger.info(f"memory plan ({runtime.backend}, uncalibrated): {plan.message}" + "".join(f"; {n}" for n in notes))
+    keep = cap if plan.max_seq_length >= seq else plan.max_seq_length  # the cap stays unless the plan had to cut
+    if lengths is not None and keep < cap:
+        check_truncation(lengths, keep, source, "pairs" if config.method == "dpo" else "rows")
+    return dataclasses.replace(config, batch_size=plan.micro_batch, grad_accum=plan.grad_accum,
+                               max_seq_length=keep), plan
 
 
-def check_lengths(model: Any, dataset: Any, fmt: str, config: FinetuneConfig, source: str = "dataset") -> int:
-    """Before the model loads: warn about rows TRL would drop at ``config.max_seq_length``; raise if all would go.
+def _planned_length_note(lengths: TokenLengths, cap: int, seq: int) -> str:
+    """One line on where the planned length comes from, e.g. "your longest row is 612 tokens; planning for 612"."""
+    sample = f" (in an evenly spaced sample of {len(lengths.rows):,} rows)" if lengths.sampled else ""
+    longest = max(lengths.total, default=0)
+    if longest > cap:
+        return f"your longest row is {longest} tokens{sample}, cut to max_seq_length={cap}; planning for {seq}"
+    return f"your longest row is {longest} tokens{sample}; planning for {seq} (max_seq_length={cap} stays the cap)"
+
+
+def check_lengths(model: Any, dataset: Any, fmt: str, config: FinetuneConfig,
+                  source: str = "dataset") -> TokenLengths | None:
+    """Before the model loads: every row's token length, as TRL will build it; warns about the rows TRL would drop
+    at ``config.max_seq_length`` and raises if all would go.
 
     Reads only the tokenizer (:func:`~rslora_colab.load.load_tokenizer`); see
-    :mod:`rslora_colab.data.lengths`. Returns the rows that will be dropped.
+    :mod:`rslora_colab.data.lengths`. Returns None when the tokenizer cannot
+    be read before loading (the plan then assumes ``max_seq_length``).
     """
     tokenizer = load_tokenizer(model)
     if tokenizer is None:
-        return 0
+        return None
     lengths = token_lengths(dataset, fmt, tokenizer, config.method)
-    return check_truncation(lengths, config.max_seq_length, source, "pairs" if config.method == "dpo" else "rows")
+    check_truncation(lengths, config.max_seq_length, source, "pairs" if config.method == "dpo" else "rows")
+    return lengths
 
 
 def load_pair(model: Any, config: FinetuneConfig):
