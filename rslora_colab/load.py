@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .demo import DEMO_NAME, demo_threads, resolve_model_name
+from .distributed import cuda_index
 from .runtime import Runtime, detect_runtime
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def runtime_of(model: Any) -> Runtime:
 def _load_unsloth(name: str, max_seq_length: int, load_in_4bit: bool, runtime: Runtime):
     from unsloth import FastLanguageModel
 
-    return FastLanguageModel.from_pretrained(
+    return FastLanguageModel.from_pretrained(  # no device_map: under a launcher Unsloth picks cuda:LOCAL_RANK itself
         model_name=name,
         max_seq_length=max_seq_length,
         dtype=runtime.torch_dtype,
@@ -50,7 +51,7 @@ def load_transformers(name: str, load_in_4bit: bool, runtime: Runtime):
         name,
         quantization_config=quant,
         dtype=runtime.torch_dtype,
-        device_map={"": 0} if runtime.on_gpu else "cpu",
+        device_map={"": cuda_index()} if runtime.on_gpu else "cpu",  # under a launcher: this process's own GPU
     )
     tokenizer = AutoTokenizer.from_pretrained(name)
     return model, tokenizer

@@ -34,6 +34,8 @@ from typing import Literal
 
 import torch
 
+from .distributed import cuda_index
+
 logger = logging.getLogger(__name__)
 
 Backend = Literal["unsloth", "transformers"]
@@ -182,7 +184,7 @@ def detect_runtime(backend: str = "auto", precision: str | None = None) -> Runti
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not known: use one of {BACKENDS}.")
     cuda = torch.cuda.is_available()
-    device = torch.cuda.get_device_name(0) if cuda else "cpu"
+    device = torch.cuda.get_device_name(cuda_index()) if cuda else "cpu"
     if precision is not None:
         _check_precision(precision, cuda)
     precision = precision or detect_precision()

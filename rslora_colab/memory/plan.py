@@ -6,8 +6,9 @@ and looks for the largest micro-batch that divides it and whose estimate
 the GPU budget; if even micro-batch 1 does not fit it halves
 ``max_seq_length`` down to 256. When nothing fits it says how much is needed
 and suggests the nearest setting that fits. :func:`halve_micro_batch` gives the
-next smaller shape after a real out-of-memory error (``resilience.oom``), and
-:func:`catalog_table` tabulates what fits for every catalog model.
+next smaller shape after a real out-of-memory error (``resilience.oom``),
+:func:`split_global_batch` shares a global batch among several processes (one
+per GPU), and :func:`catalog_table` tabulates what fits for every catalog model.
 :func:`training_estimate_kwargs` describes how the kit trains on a runtime
 (backend, precision, optimizer), so every caller estimates the same run.
 
@@ -17,6 +18,7 @@ The estimates are **not calibrated on a GPU yet** (see ``docs/memory.md``).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -90,20 +92,23 @@ class CatalogRow:
 
 
 def _cuda_total_gib() -> float | None:
-    """Total memory of CUDA device 0 in GiB, or None without a CUDA GPU."""
+    """Total memory of this process's CUDA device in GiB (device 0, or the local rank's under a launcher), or
+    None without a CUDA GPU."""
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
-    return torch.cuda.get_device_properties(0).total_memory / 2**30
+    from ..distributed import cuda_index
+
+    return torch.cuda.get_device_properties(cuda_index()).total_memory / 2**30
 
 
 def resolve_budget_gib(gpu: Any = "auto") -> float:
     """GiB to plan for: ``"auto"`` (this machine's CUDA GPU, else a T4), ``"T4"``, or a number.
 
-    ``"auto"`` reads ``total_memory`` of device 0, the figure 14.74 GiB is
+    ``"auto"`` reads ``total_memory`` of this process's device (device 0 with one process), the figure 14.74 GiB is
     for a T4; the estimates count the CUDA context themselves.
     """
     if isinstance(gpu, (int, float)) and not isinstance(gpu, bool):
@@ -276,6 +281,37 @@ def _changes(spec: ModelSpec, r: int, asked_seq: int, seq: int, asked_batch: int
                 break
             smaller_r //= 2
     return "; ".join(notes)
+
+
+def split_global_batch(batch_size: int, grad_accum: int, processes: int) -> tuple[int, int]:
+    """``(micro_batch, grad_accum)`` per process so that ``processes`` of them keep ``batch_size * grad_accum``.
+
+    The global batch (sequences per optimizer step, over every process) stays
+    what one GPU would use: each process takes ``1/processes`` of it, with the
+    largest micro-batch up to ``batch_size`` that divides its share. The rank
+    presets and every measurement made on one GPU then hold unchanged: the
+    same optimisation, on more GPUs. A ``ValueError`` says what to change when
+    the global batch cannot be shared evenly.
+
+    >>> split_global_batch(2, 4, 2)   # 8 = 2 processes x micro-batch 2 x grad_accum 2
+    (2, 2)
+    >>> split_global_batch(8, 1, 2)   # 8 = 2 x 4 x 1
+    (4, 1)
+    """
+    global_batch = batch_size * grad_accum
+    if processes <= 1:
+        return batch_size, grad_accum
+    if global_batch % processes:
+        step = math.lcm(batch_size, processes)
+        near = [n for n in ((global_batch // step) * step, (global_batch // step + 1) * step) if n > 0]
+        ideas = " or ".join(f"grad_accum={n // batch_size} ({n} sequences)" for n in near)
+        raise ValueError(
+            f"batch_size={batch_size} x grad_accum={grad_accum} = {global_batch} sequences per optimizer step (the "
+            f"global batch) cannot be shared evenly by {processes} processes: make it a multiple of {processes}, "
+            f"e.g. with batch_size={batch_size}: {ideas}.")
+    share = global_batch // processes
+    micro = _divisors_desc(share, batch_size)[0]
+    return micro, share // micro
 
 
 def halve_micro_batch(micro_batch: int, grad_accum: int) -> tuple[int, int] | None:
