@@ -40,6 +40,19 @@ Finally the result is clamped to [LR_FLOOR, LR_CEILING] = [1e-5, 3e-4]:
 r <= 4 gets 3e-4 and r = 1024 gets 1.57e-5. Ranks outside 1..1024 are
 rejected.
 
+The batch the presets are for
+-----------------------------
+The anchors come from Unsloth's T4 notebooks: micro-batch 2 x gradient
+accumulation 4, a **global batch of 8** sequences per optimizer step on one
+GPU, the kit's default. On several GPUs (``docs/scale-out.md``) the kit keeps
+``batch_size * grad_accum`` as the global batch and shares it among the
+processes (fewer accumulation steps each), so the presets, the step counts
+and the divergence guard's thresholds hold unchanged: the same optimisation,
+faster. A larger global batch is the user's choice (raise ``grad_accum``); the
+lr is not rescaled for it (for Adam a square-root rule, lr x sqrt(k) for a k
+times larger batch, is the usual starting point: Malladi et al. 2022,
+arXiv:2205.10287).
+
 Preference tuning (DPO)
 -----------------------
 DPO steps are far smaller than SFT steps: ``lr_for_rank(r, "dpo")`` is the

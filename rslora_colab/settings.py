@@ -24,10 +24,11 @@ from .config import FinetuneConfig
 from .presets import adapter_scale, preset_for_rank
 from .runtime import Runtime
 
-MANIFEST_FIELDS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio", "batch_size",
-                   "grad_accum", "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit", "weight_decay",
+MANIFEST_FIELDS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio",
+                   "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit", "weight_decay",
                    "max_grad_norm", "dropout", "method", "beta")
-"""Resolved settings a resumed run must share with the run it continues (plus the optimizer)."""
+"""Resolved settings a resumed run must share with the run it continues (plus the optimizer and the global batch:
+how it is split into processes, micro-batches and accumulation may change, as after an out-of-memory error)."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,14 @@ class RunSettings:
     """Backend, precision and device the run trains on."""
     gpu_plan: str | None = None
     """The memory plan's verdict in one line; None when no plan was made (a CPU, or ``plan=False``)."""
+    world_size: int = 1
+    """Processes training data-parallel (one per GPU, under torchrun or accelerate launch); 1 without a launcher.
+    ``config.batch_size`` and ``config.grad_accum`` are per process."""
+
+    @property
+    def global_batch(self) -> int:
+        """Sequences per optimizer step over every process: world_size x batch_size x grad_accum."""
+        return self.world_size * self.config.batch_size * self.config.grad_accum
 
     @property
     def scale(self) -> float:
@@ -61,7 +70,8 @@ class RunSettings:
         """The settings that shape training: a resume with any of them different is refused."""
         config = self.config
         fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if name != "beta" or config.method == "dpo"}
-        return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer}
+        return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer,
+                "global_batch": self.global_batch}
 
     def as_dict(self) -> dict[str, Any]:
         """What ``FinetuneResult.settings`` and ``metrics.json`` show: backend, precision, r, alpha, scale, lr, ..."""
@@ -70,18 +80,24 @@ class RunSettings:
             "backend": rt.backend, "precision": rt.precision, "device": rt.device,
             "r": c.r, "alpha": c.alpha, "use_rslora": c.use_rslora, "scale": self.scale, "lr": c.lr,
             "warmup_ratio": c.warmup_ratio, "lr_scheduler": c.lr_scheduler, "optimizer": self.optimizer,
-            "batch_size": c.batch_size, "grad_accum": c.grad_accum, "max_seq_length": c.max_seq_length,
+            "batch_size": c.batch_size, "grad_accum": c.grad_accum, "world_size": self.world_size,
+            "global_batch": self.global_batch, "max_seq_length": c.max_seq_length,
             "max_steps": c.max_steps, "epochs": c.epochs, "seed": c.seed, "target_modules": list(c.target_modules),
             "load_in_4bit": c.load_in_4bit, "method": c.method, **({"beta": c.beta} if c.method == "dpo" else {}),
             "gpu_plan": self.gpu_plan,
         }
 
 
-def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None = None) -> RunSettings:
-    """Fill the config's open fields from the rank preset for its method; the result is frozen."""
+def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None = None,
+                world_size: int = 1) -> RunSettings:
+    """Fill the config's open fields from the rank preset for its method; the result is frozen.
+
+    ``world_size``: the processes training together; ``config`` then holds one process's batch shape
+    (:func:`~rslora_colab.memory.plan.split_global_batch`).
+    """
     preset = preset_for_rank(config.r, config.alpha, config.use_rslora, config.method)
     filled = dataclasses.replace(
         config, alpha=preset.alpha, lr=config.lr if config.lr is not None else preset.lr,
         warmup_ratio=config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
         lr_scheduler=config.lr_scheduler or preset.lr_scheduler)
-    return RunSettings(filled, runtime, gpu_plan)
+    return RunSettings(filled, runtime, gpu_plan, world_size)

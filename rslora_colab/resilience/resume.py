@@ -4,9 +4,11 @@
 :func:`prepare_run`, which reads the run manifest (``run_manifest.json``: the
 model, a fingerprint of the data and every setting that shapes training) that
 the first run wrote into ``output_dir``. A resume with a different model,
-dataset, rank, learning rate, batch or step count is refused with the
-differences listed; the checkpoint itself (adapter, optimizer, scheduler, RNG,
-data position) is restored by transformers' ``trainer.train(resume_from_checkpoint=...)``.
+dataset, rank, learning rate, global batch or step count is refused with the
+differences listed (the global batch may be split differently: another
+micro-batch, or another number of processes, ``docs/scale-out.md``); the
+checkpoint itself (adapter, optimizer, scheduler, RNG, data position) is
+restored by transformers' ``trainer.train(resume_from_checkpoint=...)``.
 """
 
 from __future__ import annotations
@@ -135,6 +137,9 @@ def _check_same_run(out: Path, saved: dict | None, manifest: dict) -> None:
     if saved is None:
         logger.warning(f"no {MANIFEST_FILE} in {out}; cannot check that the settings match")
         return
+    if "global_batch" not in saved and "batch_size" in saved:  # a manifest from before the global batch was stored
+        saved = {k: v for k, v in saved.items() if k not in ("batch_size", "grad_accum")} | {
+            "global_batch": saved["batch_size"] * saved.get("grad_accum", 1)}
     differences = manifest_differences(saved, manifest)
     if differences:
         raise ValueError(f"Cannot resume the run in {str(out)!r}: these settings differ from the saved run:\n  "

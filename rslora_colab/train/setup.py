@@ -25,6 +25,11 @@ read). On a big dataset the lengths come from an evenly spaced sample
 (:data:`~rslora_colab.data.lengths.LENGTH_SAMPLE` rows) and the plan says so;
 a longer row the sample missed is what out-of-memory recovery is for.
 
+Several processes: :func:`share_batch`, under a launcher that started several
+processes (one per GPU), gives each its share of the global batch
+``batch_size * grad_accum``, which stays what one GPU would use
+(``docs/scale-out.md``); the memory plan then fits that share to each GPU.
+
 The estimates are not yet calibrated on a GPU (``docs/memory.md``).
 """
 
@@ -39,9 +44,16 @@ import torch
 
 from ..config import FinetuneConfig
 from ..data import TokenLengths, check_truncation, token_lengths
+from ..distributed import smallest, world_size
 from ..load import load_model, load_tokenizer, runtime_of
 from ..memory.catalog import model_spec, unsloth_maps_to_dynamic
-from ..memory.plan import TrainPlan, plan_for_gpu, training_estimate_kwargs
+from ..memory.plan import (
+    TrainPlan,
+    plan_for_gpu,
+    resolve_budget_gib,
+    split_global_batch,
+    training_estimate_kwargs,
+)
 from ..runtime import detect_runtime
 
 logger = logging.getLogger(__name__)
@@ -68,6 +80,9 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     ``source``). Raises
     ``ValueError`` with the planner's "does not fit: needs X GiB, you have Y"
     and its suggestion when nothing fits. Logs one line with the outcome.
+    Under several processes the plan is per GPU: ``config`` holds one
+    process's share of the global batch (:func:`share_batch`), and every
+    process plans for the smallest GPU among them, so all take the same shape.
     """
     if not _wants_plan(config):
         return config, None
@@ -85,7 +100,8 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         return config, None
     cap = min(config.max_seq_length, spec.max_position_embeddings or config.max_seq_length)
     seq = lengths.longest(cap) if lengths is not None else cap
-    plan = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=config.gpu, batch_size=config.batch_size,
+    gpu = config.gpu if world_size() == 1 else smallest(resolve_budget_gib(config.gpu))  # every process one plan
+    plan = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=gpu, batch_size=config.batch_size,
                         grad_accum=config.grad_accum, max_micro_batch=config.batch_size, **kwargs)
     if not plan.fits:
         raise ValueError(f"{plan.message}. Suggestion: {plan.suggestion} Or pass plan=False to try anyway "
@@ -110,6 +126,23 @@ def _planned_length_note(lengths: TokenLengths, cap: int, seq: int) -> str:
     if longest > cap:
         return f"your longest row is {longest} tokens{sample}, cut to max_seq_length={cap}; planning for {seq}"
     return f"your longest row is {longest} tokens{sample}; planning for {seq} (max_seq_length={cap} stays the cap)"
+
+
+def share_batch(config: FinetuneConfig) -> FinetuneConfig:
+    """``config`` with one process's share of the global batch, under a launcher that started several processes.
+
+    The global batch ``batch_size * grad_accum`` (the rank presets assume the
+    default 2 x 4 = 8) is kept: each of the ``N`` processes gets ``1/N`` of it,
+    as fewer accumulation steps (:func:`~rslora_colab.memory.plan.split_global_batch`),
+    so ``N`` GPUs train the same run as one, faster. Unchanged with one process.
+    """
+    processes = world_size()
+    if processes == 1:
+        return config
+    micro, accum = split_global_batch(config.batch_size, config.grad_accum, processes)
+    logger.info(f"{processes} processes: the global batch of {config.batch_size * config.grad_accum} sequences per "
+                f"step is kept, {processes} x micro-batch {micro} x grad_accum {accum}")
+    return dataclasses.replace(config, batch_size=micro, grad_accum=accum)
 
 
 def check_lengths(model: Any, dataset: Any, fmt: str, config: FinetuneConfig,
