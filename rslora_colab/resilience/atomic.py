@@ -10,12 +10,18 @@ from typing import Any
 
 
 def write_json(data: dict, path: str | Path) -> Path:
-    """Write ``data`` as JSON atomically (temp file, then rename), creating its folder; NaN becomes null."""
+    """Write ``data`` as JSON atomically (temp file, then rename), creating its folder; NaN becomes null.
+
+    The temp file's name is unique to this process, so two writers of one file never rename each other's.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(finite(data), indent=2))
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(finite(data), indent=2))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 

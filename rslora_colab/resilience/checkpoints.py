@@ -16,6 +16,12 @@ but cannot be loaded. This module adds the missing pieces:
   loads and whose weights are finite, skipping (and naming) any that is not.
 * :class:`OutputWriteError` — a checkpoint that cannot be written (read-only
   folder, full disk) stops training with one message saying how to resume.
+
+Under several processes (``docs/scale-out.md``) a checkpoint is still written
+once: transformers saves the adapter, optimizer, scheduler and state from rank
+0 and an RNG file (``rng_state_<rank>.pth``) from every process, so every
+process saves into the staging folder, and rank 0 renames it only once every
+process's file is there. The timer decides for all processes together.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from transformers.trainer_utils import (
     rotate_checkpoints,
     sort_checkpoints,
 )
+
+from ..distributed import agree, run_on_main, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +89,7 @@ class CheckpointTimer(TrainerCallback):
         self._last_save = time.monotonic()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if time.monotonic() - self._last_save >= self.minutes * 60:
+        if agree(time.monotonic() - self._last_save >= self.minutes * 60):  # every process's clock: one decision
             control.should_save = True
         return control
 
@@ -95,26 +103,42 @@ def make_checkpoints_atomic(trainer: Any) -> Any:
     Wraps the trainer's own ``_save_checkpoint`` (so TRL's model cards and
     every file transformers writes stay as they are) and then applies
     ``save_total_limit`` in the real output folder. Returns ``trainer``.
+
+    Under several processes every process saves its part into the staging
+    folder (rank 0 everything but the other processes' RNG files); rank 0
+    checks that the checkpoint is complete for every process, renames it and
+    rotates, while the others wait; a failure on any process stops all of them
+    with the same :class:`OutputWriteError`.
     """
     save = trainer._save_checkpoint
+
+    def publish(src: Path, dst: Path) -> None:
+        missing = [name for name in rng_files(world_size()) if not (src / name).is_file()] if world_size() > 1 else []
+        if missing:
+            raise OSError(f"the checkpoint is incomplete: {', '.join(missing)} missing in {src}")
+        _publish(src, dst)
+        shutil.rmtree(src.parent, ignore_errors=True)
+        rotate_checkpoints(str(dst.parent), trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
 
     def save_atomically(model, trial):
         run_dir = Path(trainer._get_output_dir(trial))
         name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
         staging = run_dir / f"{STAGING_PREFIX}{name}"
         try:
-            shutil.rmtree(staging, ignore_errors=True)
+            run_on_main(shutil.rmtree, staging, ignore_errors=True)
             trainer._get_output_dir = lambda trial=None: str(staging)  # transformers writes staging/checkpoint-N
+            failed: BaseException | None = None
             try:
                 save(model, trial)
+            except WRITE_ERRORS as err:
+                failed = err
             finally:
                 del trainer._get_output_dir  # back to the class's method
-            _publish(staging / name, run_dir / name)
-            shutil.rmtree(staging, ignore_errors=True)
-            if trainer.args.should_save:
-                rotate_checkpoints(str(run_dir), trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
+            if agree(failed is not None):  # each process wrote its own files: all go on, or all stop
+                raise failed or OSError("another process could not write its part of the checkpoint")
+            run_on_main(publish, staging / name, run_dir / name)  # the others wait: nobody looks before the rename
         except WRITE_ERRORS as err:
-            shutil.rmtree(staging, ignore_errors=True)
+            run_on_main(shutil.rmtree, staging, ignore_errors=True)
             raise OutputWriteError(checkpoint_write_failure(run_dir, name, trainer.state.global_step, err)) from err
 
     trainer._save_checkpoint = save_atomically
@@ -147,6 +171,11 @@ def _publish(src: Path, dst: Path) -> None:
         old = src.parent / "replaced"
         os.replace(dst, old)
     os.replace(src, dst)
+
+
+def rng_files(processes: int) -> list[str]:
+    """The RNG files transformers writes into a checkpoint: one, or one per process (``rng_state_<rank>.pth``)."""
+    return [RNG_FILE] if processes <= 1 else [f"rng_state_{rank}.pth" for rank in range(processes)]
 
 
 def _load_torch(path: Path) -> Any:
@@ -213,7 +242,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
     weights are finite: ``trainer_state.json`` parses and records the step;
     the adapter weights load and hold no NaN/inf; ``optimizer.pt`` loads and
     its state is finite; ``scheduler.pt`` and, when present, ``scaler.pt``
-    and ``rng_state.pth`` load. ``.pt`` files are read with
+    and the RNG files (``rng_state.pth``, or ``rng_state_<rank>.pth`` from
+    several processes) load. ``.pt`` files are read with
     ``torch.load(weights_only=True, map_location="cpu")``: tensors and plain
     containers, never arbitrary pickled objects. Cost: one read of the
     checkpoint (for a LoRA run the adapter and its optimizer state, a few MB
@@ -228,7 +258,8 @@ def checkpoint_problem(path: str | Path) -> str | None:
         return "no adapter weights"
     checks = [(adapter, _load_weights, True), (path / OPTIMIZER_FILE, _load_torch, True),
               (path / SCHEDULER_FILE, _load_torch, False)]
-    checks += [(path / name, _load_torch, False) for name in (SCALER_FILE, RNG_FILE) if (path / name).exists()]
+    extra = [path / SCALER_FILE] + sorted(path.glob("rng_state*.pth"))  # rng_state_<rank>.pth: several processes
+    checks += [(file, _load_torch, False) for file in extra if file.exists()]
     return _state_problem(path / TRAINER_STATE) or next(
         (problem for file, load, finite in checks if (problem := _file_problem(file, load, finite))), None)
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from ..distributed import run_on_main, world_size
+
 logger = logging.getLogger(__name__)
 
 try:
@@ -148,8 +150,21 @@ def run_lock(output_dir: str | Path) -> Iterator[Path]:
 
     Re-entrant in the thread that holds it (``quick_finetune`` holds it and
     calls ``train_adapter``, which takes it again). Another thread or process
-    gets a ``ValueError`` naming the live run.
+    gets a ``ValueError`` naming the live run. Under several processes of one
+    run (a launcher's), rank 0 takes the lock for all of them and its
+    outcome, or its error, holds for every process.
     """
+    if world_size() == 1:
+        with _lock(output_dir) as folder:
+            yield folder
+        return
+    with contextlib.ExitStack() as held:
+        yield run_on_main(lambda: held.enter_context(_lock(output_dir)))  # entered on rank 0 only
+
+
+@contextlib.contextmanager
+def _lock(output_dir: str | Path) -> Iterator[Path]:
+    """:func:`run_lock` in this process."""
     folder = check_output_dir(output_dir)
     key = str(folder.resolve())
     with _held_guard:

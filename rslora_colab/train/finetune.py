@@ -13,6 +13,12 @@ The path of one ``quick_finetune`` call, each step in its own module:
    checkpoints, out-of-memory recovery and Ctrl-C handling from
    :mod:`rslora_colab.resilience`;
 7. save: the adapter, ``metrics.json`` and ``loss.png``.
+
+The same call runs data-parallel when a launcher starts it in several
+processes, one per GPU (``torchrun``, ``accelerate launch``,
+``accelerate.notebook_launcher``; ``docs/scale-out.md``): each process trains
+its share of every global batch, and rank 0 alone talks and writes the
+lock, the manifest, the final files (:mod:`rslora_colab.distributed`).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import torch
 
 from ..config import FinetuneConfig
 from ..data import load_and_validate, source_name
+from ..distributed import gather, run_on_main, start, world_size
 from ..load import runtime_of
 from ..resilience.atomic import write_json
 from ..resilience.checkpoints import (
@@ -60,7 +67,7 @@ from ..save import (
 )
 from ..settings import RunSettings, resolve_run
 from ..watch import HistoryCallback, quiet_progress
-from .setup import check_lengths, fit_to_gpu, load_pair
+from .setup import check_lengths, fit_to_gpu, load_pair, share_batch
 from .trainer import attach_adapter, build_trainer
 
 logger = logging.getLogger(__name__)
@@ -105,9 +112,14 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     :class:`~rslora_colab.resilience.checkpoints.OutputWriteError`, saying what
     ``resume=True`` will continue from.
 
+    Started by a launcher in several processes (one per GPU), the run is
+    data-parallel: ``batch_size * grad_accum`` stays the global batch, shared
+    by the processes, and only rank 0 talks and writes (``docs/scale-out.md``).
+
     >>> result = quick_finetune("demo", demo_dataset(), r=16, max_steps=20)  # doctest: +SKIP
     """
-    config = FinetuneConfig.from_overrides(r=r, **overrides)
+    start()  # several processes: join them now (the lock and the manifest need it); nothing with one
+    config = share_batch(FinetuneConfig.from_overrides(r=r, **overrides))
     source = source_name(dataset)
     dataset, fmt = load_and_validate(dataset, config.method)
     with run_lock(config.output_dir):  # a writable folder, and no other live run in it
@@ -126,9 +138,13 @@ def save_final_outputs(result: FinetuneResult, tokenizer: Any, output_dir: str |
     A failure raises :class:`~rslora_colab.resilience.checkpoints.OutputWriteError`
     saying that ``--resume`` saves the finished run without training again
     (the manifest still says ``final_save: pending``, so a fresh start will
-    not delete that run's last checkpoint).
+    not delete that run's last checkpoint). Under several processes rank 0
+    writes and the others wait for it (and raise its error).
     """
-    out = Path(output_dir)
+    run_on_main(_save_final_outputs, result, tokenizer, Path(output_dir))
+
+
+def _save_final_outputs(result: FinetuneResult, tokenizer: Any, out: Path) -> None:
     try:
         save_adapter(result.model, tokenizer, result.adapter_path)
         write_json(result.summary(), out / METRICS_FILE)
@@ -154,8 +170,11 @@ def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
     Ctrl-C stops after the current step, saves a checkpoint and raises
     :class:`~rslora_colab.resilience.interrupt.TrainingInterrupted`; when the divergence
     guard gives up, the last good adapter is saved to ``output_dir/last_good_adapter``
-    and ``DivergenceError`` says so.
+    and ``DivergenceError`` says so. Under several processes ``config``'s
+    ``batch_size * grad_accum`` is the global batch they share (see :func:`quick_finetune`).
     """
+    start()
+    config = share_batch(config)
     with run_lock(config.output_dir):
         return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False)
 
@@ -166,10 +185,10 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
 
     ``saves_outputs``: the caller writes the final files, so the manifest marks that save pending until then.
     """
-    run = resolve_run(config, runtime_of(model), gpu_plan)
+    run = resolve_run(config, runtime_of(model), gpu_plan, world_size())
     manifest = run_manifest(model, dataset, fmt, run)
-    checkpoint = prepare_run(config.output_dir, {**manifest, FINAL_SAVE: "pending"} if saves_outputs else manifest,
-                             resume)
+    checkpoint = run_on_main(prepare_run, config.output_dir,  # rank 0 decides; every process resumes the same one
+                             {**manifest, FINAL_SAVE: "pending"} if saves_outputs else manifest, resume)
     warn_if_volatile(config.output_dir)
     recorder, interrupt = HistoryCallback(history_until(checkpoint)), InterruptCallback()
     timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
@@ -204,7 +223,7 @@ def _result(trainer: Any, tokenizer: Any, run: RunSettings, history: list[dict],
         model=trainer.model, tokenizer=tokenizer, adapter_path=Path(run.config.output_dir) / ADAPTER_DIR,
         settings=run.as_dict(), history=history, wall_time_s=wall,
         tokens_per_s=_tokens_seen(trainer, history) / wall if steps else 0.0,
-        peak_gpu_memory_gib=torch.cuda.max_memory_reserved() / 2**30 if run.runtime.on_gpu else None,
+        peak_gpu_memory_gib=max(gather(torch.cuda.max_memory_reserved() / 2**30)) if run.runtime.on_gpu else None,
     )
 
 
@@ -212,19 +231,23 @@ def _announce(run: RunSettings, kept: int, rows: int, fmt: str) -> None:
     """One line before training: the adapter, the learning rate, the rows TRL kept, the precision and device."""
     c = run.config
     shown = f"{kept} of {rows}" if kept != rows else f"{kept}"  # TRL drops rows truncation leaves nothing to learn in
+    where = f"{run.runtime.device} x {run.world_size} processes" if run.world_size > 1 else run.runtime.device
     logger.info(f"training r={c.r} alpha={c.alpha:g} (scale {run.scale:.3g}) lr={c.lr:.3g} on {shown} {fmt} rows, "
-                f"{run.runtime.precision} on {run.runtime.device}")
+                f"global batch {run.global_batch}, {run.runtime.precision} on {where}")
 
 
 def _gave_up(err: DivergenceError, trainer: Any, tokenizer: Any, guard: DivergenceGuard | None, run: RunSettings,
              history: list[dict], out: Path) -> DivergenceError:
     """The guard gave up: keep the evidence and the last good adapter (the model holds it), and say where."""
-    write_json({"settings": run.as_dict(), "history": history}, out / METRICS_FILE)
     path = out / LAST_GOOD_DIR
     step = guard.last_good_step if guard is not None else None
-    try:
-        save_adapter(trainer.model, tokenizer, path)
-        kept = f" The last good adapter (step {step}) is saved in {path}."
-    except WRITE_ERRORS as save_err:
-        kept = f" Saving the last good adapter (step {step}) to {path} failed too ({type(save_err).__name__})."
-    return DivergenceError(f"{err}{kept}")
+
+    def keep() -> str:
+        write_json({"settings": run.as_dict(), "history": history}, out / METRICS_FILE)
+        try:
+            save_adapter(trainer.model, tokenizer, path)
+            return f" The last good adapter (step {step}) is saved in {path}."
+        except WRITE_ERRORS as save_err:
+            return f" Saving the last good adapter (step {step}) to {path} failed too ({type(save_err).__name__})."
+
+    return DivergenceError(f"{err}{run_on_main(keep)}")  # rank 0 writes

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..adapt import add_rslora, keep_adapter_fp32
 from ..data import to_dpo_dataset, to_trainer_dataset
+from ..distributed import check_trainer_world, timeout_s
 from ..load import runtime_of
 from ..resilience.checkpoints import checkpoint_args, make_checkpoints_atomic
 from ..settings import RunSettings
@@ -52,6 +53,11 @@ def trainer_args(run: RunSettings) -> dict:
         **checkpoint_args(config.checkpoint_every, config.keep_checkpoints),
         report_to="none",
         seed=config.seed,
+        # Several processes (DDP): a LoRA adapter on a dense model uses every trainable weight in every step, so
+        # DDP need not search for unused ones (transformers' default for a PEFT model, which fails with reentrant
+        # checkpointing, Unsloth's); the timeout is the one the kit's process group was created with.
+        ddp_find_unused_parameters=False,
+        ddp_timeout=timeout_s(),
     )
 
 
@@ -85,6 +91,7 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSe
         train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
         trainer = SFTTrainer(model=model, args=sft_config(run, **extra), train_dataset=train_dataset,
                              processing_class=tokenizer, callbacks=callbacks or [])
+    check_trainer_world(trainer.args)  # a launcher's processes that would each train alone: say so now
     if not runtime_of(model).unsloth_gpu:
         keep_adapter_fp32(trainer.model)  # undo TRL's bf16 cast of QLoRA adapters (Unsloth's CPU backend too)
     return make_checkpoints_atomic(trainer)
