@@ -14,6 +14,8 @@ from pathlib import Path
 
 from transformers import ProgressCallback, TrainerCallback
 
+from .distributed import agree
+
 HISTORY_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm", "num_tokens": "num_tokens",
                 "mean_token_accuracy": "token_accuracy",
                 # DPO: beta * (policy - reference) log-prob of the chosen and rejected answers, and their gap
@@ -176,7 +178,7 @@ class StopCallback(TrainerCallback):
         return self._event.is_set()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self._event.is_set():
+        if agree(self._event.is_set()):  # several processes: all stop after the same step
             control.should_training_stop = True
 
 

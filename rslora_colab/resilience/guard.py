@@ -40,6 +40,11 @@ naming the step, the learning rate and what to try; the model then holds the
 last good weights (:attr:`DivergenceGuard.last_good_step`), which
 ``train_adapter`` saves to ``output_dir/last_good_adapter``. Every event goes
 into ``history`` and the trainer's ``log_history`` (so it is in every checkpoint).
+
+Under several processes (``docs/scale-out.md``) the guard decides once for
+all of them (:func:`agreed_verdict`): every process restores the same
+snapshot and cuts the learning rate by the same factor, so the adapters,
+identical before, stay identical.
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ from typing import Any, Callable, Literal
 
 import torch
 from transformers import TrainerCallback
+
+from ..distributed import worst
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +101,25 @@ def judge_step(loss: float, grad_norm: float | None, recent: list[float], weight
         return "diverged", (f"loss rose to {loss:.4g} in the first steps, over {early_factor:g}x the starting "
                             f"loss {start:.4g}")
     return "ok", ""
+
+
+VERDICTS: tuple[Verdict, ...] = ("ok", "skip", "diverged")
+"""From mild to severe: several processes take the most severe verdict any of them reached."""
+
+
+def agreed_verdict(verdict: Verdict, reason: str) -> tuple[Verdict, str]:
+    """The most severe verdict of every process training this run, so that all roll back (or skip) together.
+
+    Each process judges the same numbers (the logged loss is averaged over
+    the processes, the gradient norm is taken after they are averaged), so
+    the verdicts agree already; this one integer per logged step makes sure,
+    because a rollback on one process only would leave the adapters apart
+    for good. With one process it returns its arguments.
+    """
+    agreed = VERDICTS[worst(VERDICTS.index(verdict))]
+    if agreed == verdict:
+        return verdict, reason
+    return agreed, f"another process judged this step {agreed!r}"
 
 
 def _copy(tree: Any, device: str | None = "cpu") -> Any:
@@ -208,6 +234,7 @@ class DivergenceGuard(TrainerCallback):
                                      lambda: _weights_finite(model), self.spike_factor, self.spike_margin,
                                      self.min_history, self._start, self.precision, self.early_factor,
                                      self.early_margin)
+        verdict, reason = agreed_verdict(verdict, reason)
         if verdict == "skip":
             self._skips += 1
             self._record(state, "scaler_skip", reason, optimizer.param_groups[0]["lr"])

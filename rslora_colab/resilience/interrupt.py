@@ -13,6 +13,11 @@ the checkpoint and the resume command; the CLI prints it and exits with 130.
 
 Signal handlers can only be set in the main thread: a run in another thread
 (the control panel's) has its Stop button instead.
+
+Under a launcher (torchrun, ``accelerate launch``) Ctrl-C reaches the
+launcher, which passes it to every process; they stop after the same step
+(the first one any of them saw the request at) and save one checkpoint.
+The launcher gives them 30 s before it kills them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import threading
 from typing import Any, Iterator
 
 from transformers import TrainerCallback
+
+from ..distributed import agree
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +64,7 @@ class InterruptCallback(TrainerCallback):
         self.requested = True
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.requested and self.stopped_at is None:
+        if agree(self.requested) and self.stopped_at is None:  # several processes stop after the same step
             control.should_training_stop = True
             control.should_save = True
             self.stopped_at = state.global_step

@@ -21,6 +21,18 @@ It says so each time and records the change in the history. At micro-batch 1
 it gives up with an error saying what to change, keeping a checkpoint of the
 completed steps that ``--resume`` continues from.
 
+Under several processes (``docs/scale-out.md``) the micro-batch must change
+on every process at once, from the same step. An out-of-memory error in the
+model's forward pass can be coordinated: :func:`coordinate_out_of_memory` has
+every process tell the others, right after its forward pass, whether it ran
+out of memory; if any did, all raise :class:`CoordinatedOutOfMemory` at the
+same micro-step, before any other collective, and recover together. One in
+the backward pass cannot: the other processes are already waiting in DDP's
+gradient all-reduce, which the failed process will never join. There the
+error is not caught: the process exits, the launcher stops the others within
+about a second, and ``--resume`` continues from the last checkpoint (with a
+smaller ``batch_size``; the global batch may be split differently).
+
 Why not transformers' ``auto_find_batch_size``: accelerate's
 ``find_executable_batch_size`` multiplies the micro-batch by 0.9 on an
 out-of-memory error and reruns the whole training loop from step 0 (or from
@@ -37,6 +49,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import agree, world_size
 from ..memory.plan import halve_micro_batch
 from ..settings import RunSettings
 from .checkpoints import save_checkpoint_now
@@ -54,6 +67,48 @@ def is_out_of_memory(error: BaseException) -> bool:
     from accelerate.utils.memory import should_reduce_batch_size
 
     return isinstance(error, torch.OutOfMemoryError) or should_reduce_batch_size(error)
+
+
+class CoordinatedOutOfMemory(torch.OutOfMemoryError):
+    """Raised on every process when any process ran out of memory in the forward pass of the same micro-step."""
+
+
+COORDINATED_ATTR = "rslora_colab_coordinated_forward"
+
+
+def coordinate_out_of_memory(model: Any) -> Any:
+    """Have ``model`` (what DDP wraps) tell every process after each training forward pass whether it ran out of
+    memory; when any did, every process raises :class:`CoordinatedOutOfMemory`. Returns ``model``.
+
+    The flag is one all-reduce right after the forward pass, before any other
+    collective of that micro-step: TRL's ``compute_loss`` gathers metrics
+    across processes after the forward pass, and a process that left for its
+    recovery there would leave the others waiting in that gather. Only in
+    training with gradients on, so generation or an evaluation on one process
+    never waits for the others. Installed once; nothing changes with one process.
+    """
+    if world_size() == 1 or getattr(model, COORDINATED_ATTR, False):
+        return model
+    forward = model.forward
+
+    def coordinated_forward(*args, **kwargs):
+        if not (model.training and torch.is_grad_enabled()):
+            return forward(*args, **kwargs)
+        output, failed = None, None
+        try:
+            output = forward(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - only out-of-memory errors are shared, others re-raised
+            if not is_out_of_memory(error):
+                raise
+            failed = error
+        if agree(failed is not None):
+            where = "this process" if failed is not None else "another process"
+            raise CoordinatedOutOfMemory(f"out of memory in the forward pass on {where}") from failed
+        return output
+
+    model.forward = coordinated_forward
+    setattr(model, COORDINATED_ATTR, True)
+    return model
 
 
 def free_memory(trainer: Any) -> None:
@@ -99,6 +154,14 @@ def _give_up(trainer: Any, step: int) -> torch.OutOfMemoryError:
     )
 
 
+def _uncoordinated(error: BaseException) -> torch.OutOfMemoryError:
+    return torch.OutOfMemoryError(
+        f"rslora-colab: out of GPU memory outside the forward pass ({error}); with several processes only an "
+        "out-of-memory error in the forward pass can be recovered in step with the others, so this run stops here. "
+        "Run the same command with --resume (Python: resume=True) and a smaller batch_size (the global batch "
+        "batch_size x grad_accum is what must stay the same): it continues from the last checkpoint.")
+
+
 def train_with_oom_recovery(trainer: Any, run: RunSettings, history: list[dict] | None = None,
                             resume_from: str | None = None) -> RunSettings:
     """``trainer.train()``, halving the micro-batch after each out-of-memory error; returns the run as it ended.
@@ -111,6 +174,7 @@ def train_with_oom_recovery(trainer: Any, run: RunSettings, history: list[dict] 
     ``resume_from`` is a checkpoint to start from.
     """
     resume: str | None = resume_from
+    coordinate_out_of_memory(trainer.model)
     while True:
         try:
             trainer.train(resume_from_checkpoint=resume)
@@ -118,6 +182,8 @@ def train_with_oom_recovery(trainer: Any, run: RunSettings, history: list[dict] 
         except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled
             if not is_out_of_memory(error):
                 raise
+            if world_size() > 1 and not isinstance(error, CoordinatedOutOfMemory):
+                raise _uncoordinated(error) from error
             step = trainer.state.global_step
             smaller = halve_micro_batch(trainer.args.per_device_train_batch_size,
                                         trainer.args.gradient_accumulation_steps)
@@ -132,7 +198,8 @@ def train_with_oom_recovery(trainer: Any, run: RunSettings, history: list[dict] 
         set_micro_batch(trainer, *smaller)
         run = run.with_batch(*smaller)
         resume = str(save_checkpoint_now(trainer)) if step > 0 else None
+        kept = f"global batch {run.global_batch}" if run.world_size > 1 else f"effective batch {old[0] * old[1]}"
         logger.info(f"out of GPU memory in step {step + 1}: micro-batch {old[0]} -> {smaller[0]}, grad_accum "
-                    f"{old[1]} -> {smaller[1]} (effective batch {old[0] * old[1]} unchanged); resuming after step {step}")
+                    f"{old[1]} -> {smaller[1]} ({kept} unchanged); resuming after step {step}")
         if history is not None:
             history.append({"step": step, "event": "oom", "micro_batch": smaller[0], "grad_accum": smaller[1]})
