@@ -23,6 +23,7 @@ import sys
 import warnings
 
 from .commands import COMMANDS
+from .distributed import die_with_launcher, rank, world_size
 from .resilience.checkpoints import OutputWriteError
 from .resilience.guard import DivergenceError
 from .resilience.interrupt import INTERRUPTED_EXIT
@@ -41,20 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()  # under torchrun / accelerate launch: go when the launcher goes
     args = build_parser().parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not for CLI users
+    error = f"error (process {rank()}): " if world_size() > 1 and rank() > 0 else "error: "
     try:
         return args.func(args)
     except ValueError as err:  # our errors name the field and the fix: no traceback needed
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{error}{err}", file=sys.stderr)
         return EXIT_SETTINGS
     except DivergenceError as err:  # the guard's message names the step, the lr and what to try
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{error}{err}", file=sys.stderr)
         return EXIT_DIVERGED
     except OutputWriteError as err:  # names the folder, the cause and what --resume will continue from
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{error}{err}", file=sys.stderr)
         return EXIT_WRITE
     except KeyboardInterrupt as err:  # the kit's own (TrainingInterrupted) says where the checkpoint is
+        if rank() > 0:  # several processes: they stopped together, rank 0 says where
+            return INTERRUPTED_EXIT
         print(f"interrupted: {err}" if str(err) else "interrupted (Ctrl-C). What was saved is kept: after `train`, "
               "run the same command with --resume to continue from its newest checkpoint.", file=sys.stderr)
         return INTERRUPTED_EXIT

@@ -31,6 +31,7 @@ import torch
 
 from .config import FinetuneConfig, is_int, is_positive
 from .data import load_and_validate, source_name
+from .distributed import world_size
 from .load import load_model
 from .presets import MAX_RANK, MIN_RANK
 from .resilience.atomic import write_json
@@ -415,6 +416,9 @@ def compare_ranks(
     ...                        grad_accum=1, max_seq_length=256)           # doctest: +SKIP
     >>> print(result.markdown()); result.plot("sweep.png")              # doctest: +SKIP
     """
+    if world_size() > 1:
+        raise ValueError("compare_ranks runs in one process (its runs are small and one after another): start it "
+                         "without torchrun or accelerate launch, e.g. python -m rslora_colab compare.")
     sweep = SweepConfig(_as_tuple(ranks), None if methods is None else _as_tuple(methods), mode, alpha, lr,
                         max_steps, _as_tuple(seeds))
     if not isinstance(model, (str, Path)):

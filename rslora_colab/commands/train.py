@@ -5,12 +5,17 @@ tiny Llama built locally, fine-tuned on rows made from Python's manual
 (with --method dpo: on pairs of a right and a wrong answer to each question).
 Every setting of FinetuneConfig is an option (its help is the field's docstring).
 
+Started by torchrun or accelerate launch in several processes (one per GPU), it trains data-parallel with the
+same global batch (--batch x --grad-accum); only rank 0 prints and writes (docs/scale-out.md).
+
 examples:
   python -m rslora_colab train
   python -m rslora_colab train --method dpo
   python -m rslora_colab train --model unsloth/Llama-3.2-1B-Instruct-bnb-4bit --data data.jsonl --rank 64
   python -m rslora_colab train --resume          # continue the newest checkpoint after a disconnect
   python -m rslora_colab train --method dpo --model MODEL --data HuggingFaceH4/ultrafeedback_binarized --rank 256
+  torchrun --nproc_per_node 2 -m rslora_colab train --model MODEL --data data.jsonl --rank 64
+  accelerate launch --multi_gpu --num_processes 2 -m rslora_colab train --model MODEL --data data.jsonl --rank 64
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import fields
 
 from ..choices import GPU_DEFAULT_MODEL
 from ..config import FinetuneConfig
+from ..distributed import is_main, start
 from .common import ALIASES, resolve_job
 from .options import config_parser, given
 
@@ -46,12 +52,15 @@ def run(args) -> int:
     from ..chat import SampleCallback, chat
     from ..train import quick_finetune
 
+    start()  # several processes (torchrun, accelerate launch): join them before the first message
     settings = given(args, SETTINGS)
     method = settings.get("method", "sft")
     model_name, data, overrides = resolve_job(args.model, args.data, settings, method)
     sample = [SampleCallback(args.sample)] if args.sample else []
     result = quick_finetune(model_name, data, use_rslora=not args.lora, resume=args.resume, callbacks=sample,
                             **overrides)
+    if not is_main():  # several processes: rank 0 reports
+        return 0
     if args.sample:
         print(f"\nAfter training, {args.sample!r} ->", flush=True)
         chat(result, None, args.sample, max_new_tokens=40)

@@ -6,6 +6,7 @@ import io
 import math
 import time
 
+from ..distributed import is_main
 from ..resilience.drive import on_colab
 from ..watch import HistoryCallback, mean_loss, plot_loss
 
@@ -73,7 +74,9 @@ class LivePlotCallback(HistoryCallback):
         self._shown = True
 
     def redraw(self) -> None:
-        """Draw the loss curve of :attr:`history` into the view now."""
+        """Draw the loss curve of :attr:`history` into the view now (on rank 0 only, under several processes)."""
+        if not is_main():
+            return
         self.image.value = figure_png(plot_loss(self.history, None, self.title))
         self.image.layout.display = None  # shown from the first drawing on
         self.draws += 1
@@ -85,7 +88,7 @@ class LivePlotCallback(HistoryCallback):
         self.draws, self._drawn_step, self._start = 0, 0, time.monotonic()
         self.bar.max, self.bar.value, self.bar.bar_style = max(state.max_steps, 1), 0, "info"
         self.label.value = f"step 0/{state.max_steps}: starting"
-        if self.display and not self._shown and _in_ipython():
+        if self.display and not self._shown and _in_ipython() and is_main():
             self._ipython_display_()
 
     def on_step_end(self, args, state, control, **kwargs):
