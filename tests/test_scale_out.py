@@ -22,6 +22,7 @@ two processes each taking the whole global batch).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -40,7 +41,9 @@ from safetensors.torch import load_file
 
 from rslora_colab import FinetuneConfig, demo_dataset, quick_finetune
 from rslora_colab.distributed import start
-from rslora_colab.memory.plan import split_global_batch
+from rslora_colab.memory.estimate import estimate_vram
+from rslora_colab.memory.plan import split_global_batch, training_estimate_kwargs
+from rslora_colab.runtime import detect_runtime
 from rslora_colab.resilience.checkpoints import checkpoint_problem
 from rslora_colab.train.setup import fit_to_gpu, share_batch
 from rslora_colab.watch import StopCallback
@@ -316,7 +319,10 @@ def test_the_memory_plan_fits_each_gpu_with_its_share_of_the_global_batch(monkey
     assert (config.batch_size, config.grad_accum) == (2, 2)
     planned, plan = fit_to_gpu("Llama-3.2-1B-Instruct", config)
     assert plan.fits and 2 * planned.batch_size * planned.grad_accum == 8
-    tight, plan = fit_to_gpu("Llama-3.1-8B-Instruct", FinetuneConfig(**{**config.__dict__, "max_seq_length": 8192}))
+    kwargs = training_estimate_kwargs(detect_runtime(), config.target_modules)  # how quick_finetune trains here
+    one, two = (estimate_vram("Llama-3.2-1B-Instruct", r=16, max_seq_length=2048, batch_size=b, **kwargs).total_gib
+                for b in (1, 2))
+    tight, plan = fit_to_gpu("Llama-3.2-1B-Instruct", dataclasses.replace(config, gpu=(one + two) / 2))
     assert plan.fits and (tight.batch_size, tight.grad_accum) == (1, 4)  # micro-batch 1 on each GPU, still 8 in all
 
 
