@@ -83,7 +83,8 @@ def injections(stopper, rank: int = RANK) -> list:
     on_rank, slow = int(os.environ.get("PROBE_RANK", "1")), float(os.environ.get("PROBE_SLOW", "0"))
 
     class Injector(TrainerCallback):
-        step, fired = 0, set()
+        def __init__(self) -> None:
+            self.step, self.fired = 0, set()
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             norm = next(m for n, m in model.named_modules() if n.endswith("model.norm"))  # the final norm

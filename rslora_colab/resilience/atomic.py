@@ -20,8 +20,9 @@ def write_json(data: dict, path: str | Path) -> Path:
     try:
         tmp.write_text(json.dumps(finite(data), indent=2))
         os.replace(tmp, path)
-    finally:
+    except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
     return path
 
 
