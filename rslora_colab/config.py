@@ -25,10 +25,15 @@ HF_NAMES = {
     "gradient_accumulation_steps": "grad_accum", "lora_r": "r", "rank": "r", "lora_rank": "r",
     "lora_alpha": "alpha", "lora_dropout": "dropout", "max_length": "max_seq_length", "max_seq_len": "max_seq_length",
     "lr_scheduler_type": "lr_scheduler", "random_state": "seed", "save_steps": "checkpoint_every",
-    "save_total_limit": "keep_checkpoints",
+    "save_total_limit": "keep_checkpoints", "eval_steps": "eval_every", "val_size": "eval_fraction",
+    "val_set_size": "eval_fraction", "test_size": "eval_fraction", "validation_split": "eval_fraction",
+    "load_best_model_at_end": "save_best",
+    "eval_strategy": "eval_every", "evaluation_strategy": "eval_every", "eval_dataset_size": "eval_fraction",
 }
 """Names from transformers' ``TrainingArguments``, PEFT's ``LoraConfig`` and Unsloth's notebooks, and the field
 each one means here: an unknown keyword among them gets that field as its "did you mean"."""
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
+"""Experiment trackers ``report_to`` may name, and the pip package each needs (transformers' integrations)."""
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,25 @@ class FinetuneConfig:
     """Also save a checkpoint every this many steps; None: only the timer and the end of training save."""
     keep_checkpoints: int = 2
     """How many of the newest checkpoints to keep in output_dir."""
+    eval_fraction: float | None = None
+    """Share of the training rows held out to measure the eval loss (split with ``seed``; 0 holds none out).
+    None: 5% of the rows, at most 100, when the data has 1,000 rows or more and no eval_dataset is given; else
+    none (see ``rslora_colab.data.split``)."""
+    eval_every: int | None = None
+    """Evaluate on the held-out rows every this many steps, and at the end; None: every checkpoint_every steps
+    when that is set, else 5 times a run (every 20% of the steps)."""
+    save_best: bool | None = None
+    """With eval rows: save the adapter of the evaluation with the lowest eval loss (its step is named) instead
+    of the last step's; a checkpoint is then also saved at every evaluation (transformers'
+    load_best_model_at_end). None: on with early stopping, else off."""
+    early_stopping_patience: int | None = None
+    """Stop after this many evaluations in a row without a new best eval loss; None: never stop early. Needs eval
+    rows and save_best (the best adapter is the one saved)."""
+    early_stopping_threshold: float = 0.0
+    """How far below the best eval loss so far an evaluation must get to reset early stopping's patience."""
+    report_to: str = "none"
+    """Experiment tracking, as transformers' report_to: 'none', or one or more of 'tensorboard', 'wandb',
+    'trackio' separated by commas (the package must be installed; tensorboard writes to output_dir/runs)."""
     method: str = "sft"
     """'sft' (learn the responses) or 'dpo' (preference tuning on chosen/rejected pairs, TRL's DPOTrainer)."""
     beta: float = 0.1
@@ -147,10 +171,29 @@ class FinetuneConfig:
             (self.checkpoint_every is None or (is_int(self.checkpoint_every) and self.checkpoint_every > 0),
              "checkpoint_every", "a positive number of steps, or None"),
             (is_int(self.keep_checkpoints) and self.keep_checkpoints > 0, "keep_checkpoints", "an integer >= 1"),
+            (self.eval_fraction is None or (is_number(self.eval_fraction) and 0 <= self.eval_fraction < 1),
+             "eval_fraction", "a fraction in [0, 1), e.g. 0.1, or None for the automatic split"),
+            (self.eval_every is None or (is_int(self.eval_every) and self.eval_every > 0), "eval_every",
+             "a positive number of steps, or None"),
+            (self.save_best is None or isinstance(self.save_best, bool), "save_best",
+             "True, False, or None (on with early stopping)"),
+            (self.early_stopping_patience is None
+             or (is_int(self.early_stopping_patience) and self.early_stopping_patience > 0),
+             "early_stopping_patience", "a positive number of evaluations, or None to never stop early"),
+            (self.early_stopping_patience is None or self.save_best is not False, "early_stopping_patience",
+             "None with save_best=False: early stopping keeps the best adapter, so it needs save_best"),
+            (is_number(self.early_stopping_threshold) and self.early_stopping_threshold >= 0,
+             "early_stopping_threshold", "a number >= 0, e.g. 0.01"),
+            *report_to_checks(self.report_to),
             (self.method in METHODS, "method", f"one of {METHODS}"),
             (is_positive(self.beta), "beta", "a positive number, e.g. 0.1"),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
+
+    @property
+    def keeps_best(self) -> bool:
+        """True when the saved adapter is the best evaluation's: ``save_best``, or by default early stopping."""
+        return self.save_best if self.save_best is not None else self.early_stopping_patience is not None
 
     @classmethod
     def from_overrides(cls, **overrides: Any) -> "FinetuneConfig":
@@ -161,6 +204,30 @@ class FinetuneConfig:
             hints = [f"{k!r}" + (f" (did you mean {m!r}?)" if (m := suggest_name(k, known)) else "") for k in unknown]
             raise ValueError(f"Unknown setting(s) {', '.join(hints)}. Known settings: {', '.join(known)}.")
         return cls(**overrides)
+
+
+def report_targets(report_to: Any) -> list[str]:
+    """``report_to`` as a list of tracker names: ``"tensorboard, wandb"`` -> ``["tensorboard", "wandb"]``."""
+    return [name.strip().lower() for name in str(report_to).split(",") if name.strip()]
+
+
+def report_to_checks(report_to: Any) -> list[tuple[bool, str, str]]:
+    """``problems()`` entries for ``report_to``: known tracker names, each one's package installed.
+
+    Installed means what transformers' ``report_to`` itself tests when the trainer is built
+    (``is_tensorboard_available`` and friends), checked here so a missing package stops the run before any
+    model loads.
+    """
+    from transformers.integrations import integration_utils as hf
+
+    names = report_targets(report_to) if isinstance(report_to, str) else []
+    known = f"'none', or some of {', '.join(TRACKERS)} separated by commas"
+    if names == ["none"]:
+        return []
+    if not names or any(name not in TRACKERS for name in names):
+        return [(False, "report_to", known)]
+    return [(getattr(hf, f"is_{name}_available")(), "report_to", f"{name} installed: pip install {TRACKERS[name]}")
+            for name in names]
 
 
 def gpu_budget_value(gpu: Any) -> Any:

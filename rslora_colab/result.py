@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .watch import mean_value, plot_loss
+from .watch import best_eval, eval_records, mean_value, plot_loss
 
 
 @dataclass
@@ -23,16 +24,23 @@ class FinetuneResult:
     settings: dict
     """Settings actually used: backend, precision, r, alpha, scale, lr, batch, steps, ..."""
     history: list[dict] = field(default_factory=list)
-    """One record per logged step (step, loss, lr, grad_norm, num_tokens), plus events: the divergence
-    guard's (``{"step", "event": "rollback" | "scaler_skip" | "gave_up", "reason", "lr", ...}``) and
-    out-of-memory recoveries (``{"step", "event": "oom", "micro_batch", "grad_accum"}``); a resumed run
-    includes the steps before the checkpoint."""
+    """One record per logged step (step, loss, lr, grad_norm, num_tokens); one per evaluation on the eval rows
+    (``{"step", "eval_loss", ...}``, the first at step 0, before training; DPO adds ``eval_reward_accuracy`` and
+    ``eval_reward_margin``); and events: the divergence guard's (``{"step", "event": "rollback" | "scaler_skip"
+    | "gave_up", "reason", "lr", ...}``) and out-of-memory recoveries (``{"step", "event": "oom",
+    "micro_batch", "grad_accum"}``). A resumed run includes the records before the checkpoint."""
     wall_time_s: float = 0.0
     """Seconds spent in ``trainer.train()``."""
     tokens_per_s: float = 0.0
     """Training tokens processed per second."""
     peak_gpu_memory_gib: float | None = None
     """Peak reserved CUDA memory in GiB; None on CPU."""
+    adapter_step: int | None = None
+    """The step whose adapter weights ``model`` holds (and ``quick_finetune`` saves): with eval rows and
+    ``save_best``, the evaluation with the lowest eval loss; otherwise the last step trained."""
+    eval_dataset: Any = None
+    """The rows the eval loss was measured on (held out with ``eval_fraction``, or the ``eval_dataset`` given), as
+    validated, before TRL shaped them; None without evaluation. Not written to ``metrics.json``."""
 
     @property
     def first_loss(self) -> float:
@@ -44,20 +52,48 @@ class FinetuneResult:
         """Mean loss of the last 5 logged steps."""
         return self.mean_of("loss", first=False)
 
+    @property
+    def eval_history(self) -> list[dict]:
+        """The evaluations, in order: ``{"step", "eval_loss", ...}`` (the first at step 0 on a fresh run)."""
+        return eval_records(self.history)
+
+    @property
+    def first_eval_loss(self) -> float:
+        """The first evaluation's loss (step 0 on a fresh run: the model before training); NaN without evals."""
+        evals = self.eval_history
+        return evals[0]["eval_loss"] if evals else math.nan
+
+    @property
+    def final_eval_loss(self) -> float:
+        """The last evaluation's loss (at the step training ended); NaN without evals."""
+        evals = self.eval_history
+        return evals[-1]["eval_loss"] if evals else math.nan
+
+    @property
+    def best_eval(self) -> dict | None:
+        """The evaluation with the lowest eval loss after training began (its ``step`` and ``eval_loss``)."""
+        return best_eval(self.history)
+
     def mean_of(self, key: str, first: bool, n: int = 5) -> float:
         """Mean of the first (or last) ``n`` finite values of ``key`` in the history, e.g. ``"reward_margin"``."""
         return mean_value(self.history, key, first, n)
 
     def summary(self) -> dict:
         """The JSON-ready part of the result (everything but model and tokenizer)."""
+        best = self.best_eval
+        evaluation = {} if not self.eval_history else {
+            "first_eval_loss": self.first_eval_loss, "final_eval_loss": self.final_eval_loss,
+            "best_eval_loss": best["eval_loss"] if best else None, "best_step": best["step"] if best else None}
         return {"adapter_path": str(self.adapter_path), "settings": self.settings, "history": self.history,
                 "wall_time_s": self.wall_time_s, "tokens_per_s": self.tokens_per_s,
                 "peak_gpu_memory_gib": self.peak_gpu_memory_gib,
-                "first_loss": self.first_loss, "final_loss": self.final_loss}
+                "first_loss": self.first_loss, "final_loss": self.final_loss, "adapter_step": self.adapter_step,
+                **evaluation}
 
     def plot(self, path: str | Path | None = None):
-        """The loss curve as a matplotlib figure."""
-        return plot_loss(self.history, path, title=f"rsLoRA r={self.settings['r']}, lr={self.settings['lr']:.2g}")
+        """The loss curve (and the eval loss, with the step of the saved adapter) as a matplotlib figure."""
+        return plot_loss(self.history, path, title=f"rsLoRA r={self.settings['r']}, lr={self.settings['lr']:.2g}",
+                         adapter_step=self.adapter_step if self.eval_history else None)
 
 
 def model_and_tokenizer(result_or_model: Any, tokenizer: Any = None) -> tuple[Any, Any]:

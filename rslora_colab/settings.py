@@ -26,9 +26,12 @@ from .runtime import Runtime
 
 MANIFEST_FIELDS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio",
                    "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit", "weight_decay",
-                   "max_grad_norm", "dropout", "method", "beta")
+                   "max_grad_norm", "dropout", "method", "beta", "eval_fraction", "early_stopping_patience",
+                   "early_stopping_threshold")
 """Resolved settings a resumed run must share with the run it continues (plus the optimizer and the global batch:
-how it is split into processes, micro-batches and accumulation may change, as after an out-of-memory error)."""
+how it is split into processes, micro-batches and accumulation may change, as after an out-of-memory error);
+``beta`` only for DPO, ``eval_fraction`` only when rows are held out, early stopping's only when it is on (a
+resume restores its counter with the saved patience)."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,8 @@ class RunSettings:
     world_size: int = 1
     """Processes training data-parallel (one per GPU, under torchrun or accelerate launch); 1 without a launcher.
     ``config.batch_size`` and ``config.grad_accum`` are per process."""
+    eval_rows: int = 0
+    """Rows the eval loss is measured on (held out with ``eval_fraction``, or an ``eval_dataset``); 0: no evaluation."""
 
     @property
     def global_batch(self) -> int:
@@ -69,7 +74,10 @@ class RunSettings:
     def manifest(self) -> dict[str, Any]:
         """The settings that shape training: a resume with any of them different is refused."""
         config = self.config
-        fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if name != "beta" or config.method == "dpo"}
+        stopping = config.early_stopping_patience is not None
+        optional = {"beta": config.method == "dpo", "eval_fraction": bool(config.eval_fraction),
+                    "early_stopping_patience": stopping, "early_stopping_threshold": stopping}
+        fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if optional.get(name, True)}
         return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer,
                 "global_batch": self.global_batch}
 
@@ -84,20 +92,23 @@ class RunSettings:
             "global_batch": self.global_batch, "max_seq_length": c.max_seq_length,
             "max_steps": c.max_steps, "epochs": c.epochs, "seed": c.seed, "target_modules": list(c.target_modules),
             "load_in_4bit": c.load_in_4bit, "method": c.method, **({"beta": c.beta} if c.method == "dpo" else {}),
-            "gpu_plan": self.gpu_plan,
+            "gpu_plan": self.gpu_plan, "eval_fraction": c.eval_fraction, "eval_rows": self.eval_rows,
+            "eval_every": c.eval_every, "save_best": c.keeps_best, "early_stopping_patience": c.early_stopping_patience,
+            "early_stopping_threshold": c.early_stopping_threshold, "report_to": c.report_to,
         }
 
 
 def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None = None,
-                world_size: int = 1) -> RunSettings:
+                world_size: int = 1, eval_rows: int = 0) -> RunSettings:
     """Fill the config's open fields from the rank preset for its method; the result is frozen.
 
     ``world_size``: the processes training together; ``config`` then holds one process's batch shape
-    (:func:`~rslora_colab.memory.plan.split_global_batch`).
+    (:func:`~rslora_colab.memory.plan.split_global_batch`). ``eval_fraction`` is already resolved by then (it
+    depends on the data: :func:`~rslora_colab.train.split_eval`).
     """
     preset = preset_for_rank(config.r, config.alpha, config.use_rslora, config.method)
     filled = dataclasses.replace(
         config, alpha=preset.alpha, lr=config.lr if config.lr is not None else preset.lr,
         warmup_ratio=config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
         lr_scheduler=config.lr_scheduler or preset.lr_scheduler)
-    return RunSettings(filled, runtime, gpu_plan, world_size)
+    return RunSettings(filled, runtime, gpu_plan, world_size, eval_rows)

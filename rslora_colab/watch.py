@@ -21,10 +21,17 @@ HISTORY_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm",
                 # DPO: beta * (policy - reference) log-prob of the chosen and rejected answers, and their gap
                 "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
                 "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy"}
+"""Training logs the history keeps, and their names there."""
+EVAL_KEYS = {"eval_loss": "eval_loss", "eval_mean_token_accuracy": "eval_token_accuracy",
+             # DPO on held-out pairs: how often the chosen answer out-scores the rejected one, and by how much
+             "eval_rewards/accuracies": "eval_reward_accuracy", "eval_rewards/margins": "eval_reward_margin",
+             "eval_rewards/chosen": "eval_reward_chosen", "eval_rewards/rejected": "eval_reward_rejected"}
+"""Evaluation logs the history keeps (one record per evaluation), and their names there."""
 
 
 class HistoryCallback(TrainerCallback):
-    """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens (and DPO's rewards).
+    """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens (and DPO's rewards), and one per
+    evaluation: step, eval_loss (and DPO's held-out reward accuracy and margin).
 
     A :class:`~rslora_colab.resilience.guard.DivergenceGuard` appends its events
     (``{"step", "event", "reason", "lr", ...}``) to the same list.
@@ -37,13 +44,15 @@ class HistoryCallback(TrainerCallback):
         self.history: list[dict] = [] if history is None else history
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
+        if logs and ("loss" in logs or "eval_loss" in logs):
             self.history.append(history_record(state.global_step, logs))
 
 
 def history_record(step: int, logs: dict) -> dict:
-    """The history record of one logged step: step, loss, lr, grad_norm, num_tokens, token_accuracy."""
-    return {"step": step, **{short: float(logs[key]) for key, short in HISTORY_KEYS.items() if key in logs}}
+    """The history record of one logged step (step, loss, lr, grad_norm, num_tokens, token_accuracy) or of one
+    evaluation (step, eval_loss, ...)."""
+    keys = EVAL_KEYS if "eval_loss" in logs else HISTORY_KEYS
+    return {"step": step, **{short: float(logs[key]) for key, short in keys.items() if key in logs}}
 
 
 ADAPTER_PARAM_MARK = "lora_"
@@ -97,6 +106,21 @@ def losses(history: list[dict]) -> list[float]:
     return [h["loss"] for h in history if "loss" in h]
 
 
+def eval_records(history: list[dict]) -> list[dict]:
+    """The evaluations in a history, in order (the first may be at step 0: before training)."""
+    return [h for h in history if "eval_loss" in h]
+
+
+def best_eval(history: list[dict]) -> dict | None:
+    """The evaluation with the lowest finite eval loss after training began (the first of equals), or None.
+
+    This is transformers' own rule for ``metric_for_best_model="eval_loss"``: strictly lower wins, and the
+    evaluation before the first step (``eval_on_start``) is not a candidate.
+    """
+    candidates = [h for h in eval_records(history) if h["step"] > 0 and math.isfinite(h["eval_loss"])]
+    return min(candidates, key=lambda h: h["eval_loss"], default=None)
+
+
 def mean_value(history: list[dict], key: str, first: bool, n: int = 5) -> float:
     """Mean of the first (or last) ``n`` finite values of ``key`` (e.g. ``"reward_margin"``); NaN when none."""
     values = [h[key] for h in history if key in h and math.isfinite(h[key])]
@@ -110,12 +134,22 @@ def mean_loss(history: list[dict], first: bool, n: int = 5) -> float:
 
 
 class LossInBarCallback(ProgressCallback):
-    """transformers' progress bar, showing loss and lr in the bar instead of printing a line per log."""
+    """transformers' progress bar, showing loss, lr and the latest eval loss in the bar instead of printing a line
+    per log."""
+
+    eval_loss: float | None = None
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "eval_loss" in logs:
+            self.eval_loss = logs["eval_loss"]
         if self.training_bar is not None and logs and "loss" in logs:
             shown = {"loss": f"{logs['loss']:.3f}", "lr": f"{logs.get('learning_rate', 0):.2e}"}
+            if self.eval_loss is not None:
+                shown["eval"] = f"{self.eval_loss:.3f}"
             self.training_bar.set_postfix(shown, refresh=False)
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """No second bar for each evaluation: its loss shows in the training bar."""
 
 
 def notebook_bar_callback():
@@ -182,14 +216,28 @@ class StopCallback(TrainerCallback):
             control.should_training_stop = True
 
 
-def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "Training loss"):
-    """Plot loss (and learning rate) against step; save to ``path`` if given. Returns the figure."""
+def plot_loss(history: list[dict], path: str | Path | None = None, title: str = "Training loss",
+              adapter_step: int | None = None):
+    """Plot the training loss, the eval loss (when evaluated) and the learning rate against step.
+
+    ``adapter_step`` marks the step whose adapter was kept (the lowest eval loss with ``save_best``). Saved to
+    ``path`` if given. Returns the figure.
+    """
     from matplotlib.figure import Figure  # no pyplot: works headless and in threads
 
     steps = [h["step"] for h in history if "loss" in h]
     fig = Figure(figsize=(6, 3.5))
     ax = fig.add_subplot()
-    ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".", color="tab:blue", label="loss")
+    ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".", color="tab:blue", label="training loss")
+    evals = eval_records(history)
+    if evals:
+        ax.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], marker="o", color="tab:red",
+                label="eval loss (held out)")
+        kept = next((h for h in evals if h["step"] == adapter_step), None)
+        if kept is not None:
+            ax.plot([kept["step"]], [kept["eval_loss"]], marker="*", markersize=14, color="tab:red", linestyle="",
+                    label=f"adapter kept (step {kept['step']})")
+        ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(title)

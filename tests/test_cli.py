@@ -19,8 +19,12 @@ def test_cli_demo_runs_end_to_end(tmp_path, demo_path):
     assert "offline demo" in proc.stdout
     assert "Before training" in proc.stdout and "After training" in proc.stdout
     assert "%|" in proc.stderr  # the progress bar
+    assert "A held-out question (an eval row, never trained on)" in proc.stdout  # and what it answers
     assert (out / "adapter" / "adapter_config.json").exists()
-    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 30
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 31))
+    # the demo holds out 10% of its rows: eval loss before training, every 20% of the steps, and at the end
+    assert [h["step"] for h in history if "eval_loss" in h] == [0, 6, 12, 18, 24, 30]
     assert (out / "loss.png").exists()
 
 

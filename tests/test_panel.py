@@ -52,7 +52,10 @@ def test_clicking_train_on_cpu_fills_the_history(tmp_path):
     panel.train_button.click()
     assert panel.running and panel.train_button.disabled and not panel.stop_button.disabled
     result = panel.wait(timeout=240)
-    assert result is panel.result and len(panel.result.history) == 6
+    assert result is panel.result and [h["step"] for h in result.history if "loss" in h] == [1, 2, 3, 4, 5, 6]
+    # the demo's own 10% held out: the eval loss before, during and after, on the panel's plot and status
+    assert panel.eval_split.value == 0.1 and [h["step"] for h in result.history if "eval_loss" in h] == [0, 2, 4, 6]
+    assert "eval loss" in panel.status.value and "eval loss" in panel.watch.label.value
     assert panel.watch.bar.value == 6 and panel.watch.bar.bar_style == "success"
     assert panel.watch.draws >= 2 and panel.watch.image.value[:4] == b"\x89PNG"
     assert "done" in panel.status.value and "done at step 6/6" in panel.watch.label.value

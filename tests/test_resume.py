@@ -31,6 +31,7 @@ import torch
 from transformers import TrainerCallback
 
 from rslora_colab import demo_dataset, latest_valid_checkpoint, quick_finetune
+from rslora_colab.demo import demo_data, demo_training
 from rslora_colab.cli import main
 from rslora_colab.resilience.checkpoints import OutputWriteError, checkpoint_problem
 
@@ -39,8 +40,10 @@ ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 STEPS = 40
 ARGS = ["train", "--max-steps", str(STEPS), "--batch-size", "2", "--grad-accum", "1", "--seq", "128", "--rank", "8",
         "--checkpoint-every", "5", "--sample", "", "--resume"]
-SAME = {"r": 8, "max_steps": STEPS, "batch_size": 2, "grad_accum": 1, "max_seq_length": 128, "checkpoint_every": 5}
-"""The CLI run's settings, for in-process calls on the same output folder."""
+SAME = {**demo_training(), "r": 8, "max_steps": STEPS, "batch_size": 2, "grad_accum": 1, "max_seq_length": 128,
+        "checkpoint_every": 5}
+"""The CLI run's settings (the demo's own under the options typed), for in-process calls on the same output folder;
+its data is the demo's own, ``demo_data()``."""
 
 SLOW_SAVE = textwrap.dedent("""
     import sys, time
@@ -99,12 +102,12 @@ def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
     assert "adapter_model.safetensors cannot be loaded" in checkpoint_problem(out / "checkpoint-7")
     assert latest_valid_checkpoint(out).name == "checkpoint-5"
     with pytest.raises(ValueError, match=r"unfinished run .*step 5 of 40.*resume=True \(CLI: --resume\)"):
-        quick_finetune(demo_path, demo_dataset(), output_dir=str(out), **SAME)
+        quick_finetune(demo_path, demo_data(), output_dir=str(out), **SAME)
     with pytest.raises(ValueError, match=r"r: 8 in the saved run, 16 now") as refused:
-        quick_finetune(demo_path, demo_dataset(), output_dir=str(out), resume=True, **{**SAME, "r": 16})
+        quick_finetune(demo_path, demo_data(), output_dir=str(out), resume=True, **{**SAME, "r": 16})
     assert "alpha: 8.0 in the saved run, 16.0 now" in str(refused.value)
-    with pytest.raises(ValueError, match=r"dataset: '\w+' in the saved run.*\n.*rows: 158 in the saved run, 150 now"):
-        quick_finetune(demo_path, demo_dataset(n=150), output_dir=str(out), resume=True, **SAME)
+    with pytest.raises(ValueError, match=r"dataset: '\w+' in the saved run.*\n.*rows: 71 in the saved run, 63 now"):
+        quick_finetune(demo_path, demo_dataset(questions="heading", n=70), output_dir=str(out), resume=True, **SAME)
 
     # 3. SIGKILL --resume runs at random later steps
     rng, deadline, kills = random.Random(), time.monotonic() + 15, 0
@@ -126,9 +129,13 @@ def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
     assert latest_valid_checkpoint(out).name == f"checkpoint-{STEPS}" and not list(out.glob(".staging-*"))
     history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
     assert [h["step"] for h in history] == list(range(1, STEPS + 1))  # every step once, in order
-    straight = quick_finetune(demo_path, demo_dataset(), output_dir=str(tmp_path / "straight"), **SAME)
+    straight = quick_finetune(demo_path, demo_data(), output_dir=str(tmp_path / "straight"), **SAME)
     # same data order, lr and adapter precision (bf16 adapters stay bf16 after a resume)
-    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in straight.history], abs=1e-6)
+    assert [h["loss"] for h in history] == pytest.approx([h["loss"] for h in straight.history if "loss" in h],
+                                                         abs=1e-6)
+    evals = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [0, 5, 10, 15, 20, 25, 30, 35, 40]  # each once, across four resumes
+    assert [h["eval_loss"] for h in evals] == pytest.approx([h["eval_loss"] for h in straight.eval_history], abs=1e-6)
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -266,7 +273,9 @@ def test_a_failed_final_save_is_resumed_not_retrained(demo_path, tmp_path, capsy
     assert "nothing left to train" in capsys.readouterr().out
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert json.loads((out / "run_manifest.json").read_text())["final_save"] == "done"
-    assert [h["step"] for h in json.loads((out / "metrics.json").read_text())["history"]] == list(range(1, 7))
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 7))
+    assert [h["step"] for h in history if "eval_loss" in h] == [0, 2, 4, 6]  # the demo holds out 10%
 
 
 # ---------------------------------------------------------------- Ctrl-C

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from ..choices import default_model
-from ..demo import DEMO_NAME, demo_dataset, demo_preferences, demo_training
+from ..demo import DEMO_NAME, demo_data, demo_training
 
 logger = logging.getLogger(__name__)
 
@@ -23,10 +23,10 @@ def resolve_job(model: str | None, data: str | None, overrides: dict[str, Any],
     """
     chosen = model or default_model()
     if chosen == DEMO_NAME:
-        rows = "preference pairs" if method == "dpo" else "rows"
+        rows = "158 preference pairs" if method == "dpo" else "79 questions ('give the heading of topic X')"
         logger.info("no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) built "
-                    f"here and fine-tuned on 158 {rows} from Python's manual. Pass --model and --data for a real run.")
+                    f"here and fine-tuned on {rows} from Python's manual. Pass --model and --data for a real run.")
         overrides = {**demo_training(method), **overrides}
     if data is None and chosen != DEMO_NAME and model is not None:
         raise ValueError("--data is required with --model: pass a .jsonl/.json/.csv/.parquet file or a hub dataset id.")
-    return chosen, data or (demo_preferences() if method == "dpo" else demo_dataset()), overrides
+    return chosen, data or demo_data(method), overrides

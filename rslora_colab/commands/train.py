@@ -44,8 +44,25 @@ def register(subparsers) -> None:
     p.add_argument("--resume", action="store_true",
                    help="continue the newest valid checkpoint in --out (same settings), or start if there is none")
     p.add_argument("--lora", action="store_true", help="classic LoRA scaling alpha/r instead of rsLoRA")
-    p.add_argument("--sample", default=SAMPLE_PROMPT, help="prompt for the before/after sample ('' to skip)")
+    p.add_argument("--eval-data", help="eval rows: a .jsonl/.json/.csv/.parquet file or a hub dataset id, in the "
+                                       "training data's format (default: --eval-fraction of --data)")
+    p.add_argument("--sample", default=SAMPLE_PROMPT, help="prompt for the before/after sample ('' to skip; after "
+                                                           "training, one eval row is asked too)")
     p.set_defaults(func=run)
+
+
+def held_out_question(result, max_chars: int = 120) -> tuple[object, str] | None:
+    """An eval row to ask after training, and its answer: the one with the shortest answer (so the reply shown
+    can be compared whole), among rows whose answer fits ``max_chars``; None without eval rows or for formats
+    not trained through the chat template."""
+    from ..data import detect_format, prompt_and_answer
+
+    rows = result.eval_dataset
+    if rows is None or result.settings.get("method") == "dpo":
+        return None
+    fmt = detect_format(rows.column_names)
+    asked = [pair for row in rows if (pair := prompt_and_answer(row, fmt)) and len(pair[1]) <= max_chars]
+    return min(asked, key=lambda pair: len(pair[1]), default=None)
 
 
 def run(args) -> int:
@@ -58,12 +75,19 @@ def run(args) -> int:
     model_name, data, overrides = resolve_job(args.model, args.data, settings, method)
     sample = [SampleCallback(args.sample)] if args.sample else []
     result = quick_finetune(model_name, data, use_rslora=not args.lora, resume=args.resume, callbacks=sample,
-                            **overrides)
+                            eval_dataset=args.eval_data, **overrides)
     if not is_main():  # several processes: rank 0 reports
         return 0
     if args.sample:
         print(f"\nAfter training, {args.sample!r} ->", flush=True)
         chat(result, None, args.sample, max_new_tokens=40)
+        held = held_out_question(result)
+        if held is not None:
+            prompt, answer = held
+            shown = prompt if isinstance(prompt, str) else prompt[-1]["content"]
+            print(f"\nA held-out question (an eval row, never trained on), {shown!r} ->", flush=True)
+            chat(result, None, prompt, max_new_tokens=40)
+            print(f"(the row's answer: {answer!r})")
     print(f"\nloss {result.first_loss:.3f} -> {result.final_loss:.3f} (mean of first/last 5 steps) in "
           f"{result.wall_time_s:.1f} s, {result.tokens_per_s:,.0f} tokens/s")
     if method == "dpo":

@@ -8,6 +8,7 @@ module                        job
 :mod:`.sft`                   SFT formats, their row checks, shape for ``SFTTrainer``
 :mod:`.preference`            DPO formats, their row checks, shape for ``DPOTrainer``
 :mod:`.lengths`               token lengths with the tokenizer alone (dropped rows, memory plan)
+:mod:`.split`                 held-out rows for the eval loss (``eval_fraction``, its default)
 ============================  =================================================
 
 Problems raise one ``ValueError`` naming the source, the row (``line N`` of a
@@ -16,9 +17,10 @@ Problems raise one ``ValueError`` naming the source, the row (``line N`` of a
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from ..demo import DEMO_NAME, demo_dataset, demo_preferences
+from ..demo import DEMO_NAME, demo_data
 from ..presets import check_method
 from .lengths import TokenLengths, check_truncation, token_lengths
 from .preference import (
@@ -27,10 +29,12 @@ from .preference import (
     to_dpo_dataset,
 )
 from .read import MAX_REPORTED, read_dataset, row_label, source_name
-from .sft import detect_format, row_problems, to_trainer_dataset
+from .sft import detect_format, prompt_and_answer, row_problems, to_trainer_dataset
+from .split import eval_fraction_for, hold_out
 
-__all__ = ["TokenLengths", "check_truncation", "detect_format", "detect_preference_format", "load_and_validate",
-           "read_dataset", "source_name", "to_dpo_dataset", "to_trainer_dataset", "token_lengths", "validate"]
+__all__ = ["TokenLengths", "check_truncation", "detect_format", "detect_preference_format", "eval_fraction_for",
+           "hold_out", "load_and_validate", "load_eval_dataset", "prompt_and_answer", "read_dataset", "source_name",
+           "to_dpo_dataset", "to_trainer_dataset", "token_lengths", "validate"]
 
 
 def validate(dataset, source: str = "dataset", method: str = "sft") -> str:
@@ -56,9 +60,26 @@ def validate(dataset, source: str = "dataset", method: str = "sft") -> str:
 def load_and_validate(source: Any, method: str = "sft"):
     """Load ``source`` and check every row for ``method`` ('sft' or 'dpo'); returns ``(dataset, format)``.
 
-    ``"demo"`` names the offline demo data: ``demo_dataset()``, or ``demo_preferences()`` for DPO.
+    ``"demo"`` names the offline demo's own data (:func:`~rslora_colab.demo.demo_data`): its heading questions,
+    or ``demo_preferences()`` for DPO.
     """
     if isinstance(source, str) and source == DEMO_NAME:
-        source = demo_preferences() if method == "dpo" else demo_dataset()
+        source = demo_data(method)
     dataset = read_dataset(source)
     return dataset, validate(dataset, source_name(source), method)
+
+
+def load_eval_dataset(source: Any, fmt: str, method: str = "sft"):
+    """Load and check eval data exactly like training data; returns the dataset.
+
+    It must be in the training data's format ``fmt``: TRL shapes and masks
+    both with the same trainer settings (e.g. chat data's assistant-only
+    loss), so another format would be scored on other tokens.
+    """
+    name = source_name(source) if isinstance(source, (str, Path)) else "eval_dataset"
+    dataset = read_dataset(source)
+    eval_fmt = validate(dataset, name, method)
+    if eval_fmt != fmt:
+        raise ValueError(f"{name}: is {eval_fmt} data, but the training data is {fmt}: the eval rows are masked "
+                         f"like the training rows, so give both the same format (columns).")
+    return dataset

@@ -121,3 +121,18 @@ def to_trainer_dataset(dataset, fmt: str, tokenizer):
         return dataset, {"assistant_only_loss": True}
     logger.info("this chat template cannot mark assistant turns; training on each row's last assistant turn")
     return dataset.map(_last_turn_to_completion, remove_columns=["messages"]), {}
+
+
+def prompt_and_answer(row: dict, fmt: str) -> tuple[str | list[dict], str] | None:
+    """What to ask a chat model for one validated row, and the answer the row holds: ``(prompt, answer)``.
+
+    The prompt is what the trainer shows the model before the trained tokens (an Alpaca instruction and
+    input as one user turn; a conversation up to its last assistant turn). None for ``text`` and
+    ``completion`` rows, which are not trained through the chat template.
+    """
+    if fmt == "alpaca":
+        return _alpaca_to_completion(row)["prompt"][0]["content"], row["output"]
+    if fmt in ("chat", "sharegpt"):
+        completion = _last_turn_to_completion(row if fmt == "chat" else _sharegpt_to_chat(row))
+        return completion["prompt"], completion["completion"][0]["content"]
+    return None

@@ -8,7 +8,7 @@ import time
 
 from ..distributed import is_main
 from ..resilience.drive import on_colab
-from ..watch import HistoryCallback, mean_loss, plot_loss
+from ..watch import HistoryCallback, best_eval, eval_records, mean_loss, plot_loss
 
 
 def enable_colab_widgets() -> None:
@@ -38,7 +38,8 @@ def _in_ipython() -> bool:
 
 
 class LivePlotCallback(HistoryCallback):
-    """A progress bar, the latest numbers and the loss curve, updated in the notebook while training runs.
+    """A progress bar, the latest numbers and the loss curve (with the eval loss), updated in the notebook while
+    training runs.
 
     Pass it to ``quick_finetune(..., callbacks=[LivePlotCallback()])`` in a
     notebook cell: the view appears under the cell when training starts (set
@@ -100,18 +101,30 @@ class LivePlotCallback(HistoryCallback):
         if len(self.history) == before:
             return
         last = self.history[-1]
+        if "eval_loss" in last:  # an evaluation: drawn at once, it is rare and the number users wait for
+            self.redraw()
+            return
         self.label.value = (f"step {last['step']}/{state.max_steps} &middot; loss {last['loss']:.4f} &middot; "
-                            f"lr {last.get('lr', math.nan):.2e} &middot; {time.monotonic() - self._start:.0f} s")
+                            f"lr {last.get('lr', math.nan):.2e}{self._eval_text()} &middot; "
+                            f"{time.monotonic() - self._start:.0f} s")
         due = last["step"] - self._drawn_step >= self.every
         if due and time.monotonic() - self._drawn_time >= self.min_interval_s:
             self.redraw()
+
+    def _eval_text(self) -> str:
+        """`` · eval loss X (step S)`` for the latest evaluation, or nothing before the first."""
+        evals = eval_records(self.history)
+        return f" &middot; eval loss {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})" if evals else ""
 
     def on_train_end(self, args, state, control, **kwargs):
         self.bar.value = min(state.global_step, self.bar.max)
         finished = state.global_step >= state.max_steps
         self.bar.bar_style = "success" if finished else "warning"
         first, final = mean_loss(self.history, first=True), mean_loss(self.history, first=False)
+        evals, best = eval_records(self.history), best_eval(self.history)
+        held = (f" &middot; eval loss {evals[0]['eval_loss']:.3f} &rarr; {evals[-1]['eval_loss']:.3f}, lowest "
+                f"{best['eval_loss']:.3f} at step {best['step']}") if evals and best else ""
         self.label.value = (f"{'done' if finished else 'stopped'} at step {state.global_step}/{state.max_steps} "
-                            f"&middot; loss {first:.3f} &rarr; {final:.3f} (mean of first/last 5) &middot; "
+                            f"&middot; loss {first:.3f} &rarr; {final:.3f} (mean of first/last 5){held} &middot; "
                             f"{time.monotonic() - self._start:.0f} s")
         self.redraw()

@@ -28,13 +28,14 @@ from typing import Any
 
 from ..choices import resolve_choices
 from ..config import FinetuneConfig
-from ..demo import DEMO_NAME, DEMO_TRAINING, demo_dataset
+from ..demo import DEMO_NAME, DEMO_TRAINING, demo_data
 from ..memory import CATALOG, FitCheck, check_fit
 from ..presets import lr_for_rank
 from ..resilience.checkpoints import OutputWriteError
 from ..resilience.drive import default_output_dir
 from ..resilience.guard import DivergenceError
 from ..train import quick_finetune
+from ..train.evaluation import describe_best
 from ..watch import StopCallback
 from .live import LivePlotCallback, enable_colab_widgets
 
@@ -48,6 +49,9 @@ DATA_FILE_TYPES = ".jsonl,.json,.csv,.parquet"
 """File types the upload button accepts (those ``load_and_validate`` reads)."""
 DEFAULT_MAX_STEPS = 60
 """Max steps offered for a real model (Unsloth's T4 notebooks use 60)."""
+EVAL_SPLITS = (("auto: 5%, at most 100 rows, from 1,000 rows", None), ("none", 0.0), ("5%", 0.05), ("10%", 0.1),
+               ("20%", 0.2))
+"""The held-out share offered (``eval_fraction``): label and value."""
 GAUGE_COLOURS = {True: "success", False: "danger", None: "warning"}
 """Progress-bar style of the VRAM gauge: fits, won't fit, unknown."""
 WIDE = {"description_width": "110px"}
@@ -64,12 +68,14 @@ def _config_default(name: str) -> Any:
     return next(f.default for f in fields(FinetuneConfig) if f.name == name)
 
 
-def shape_defaults(model: str) -> dict[str, int]:
-    """Batch, accumulation, length and steps to start from: the demo's own on ``"demo"``, the kit's otherwise."""
+def shape_defaults(model: str) -> dict[str, Any]:
+    """Batch, accumulation, length, steps and eval split to start from: the demo's own on ``"demo"``, the kit's
+    otherwise (the learning rate follows the rank in the panel, also for the demo)."""
     if model == DEMO_NAME:
-        return dict(DEMO_TRAINING)
+        return {k: v for k, v in DEMO_TRAINING.items() if k != "lr"}
     return {"max_steps": DEFAULT_MAX_STEPS, "batch_size": _config_default("batch_size"),
-            "grad_accum": _config_default("grad_accum"), "max_seq_length": _config_default("max_seq_length")}
+            "grad_accum": _config_default("grad_accum"), "max_seq_length": _config_default("max_seq_length"),
+            "eval_fraction": _config_default("eval_fraction")}
 
 
 def save_upload(upload_value: Any, folder: str | Path) -> Path | None:
@@ -133,14 +139,14 @@ class ControlPanel:
 
     Widgets are attributes (``model``, ``dataset``, ``upload``, ``rank``,
     ``lr``, ``lr_auto``, ``alpha``, ``alpha_auto``, ``max_seq_length``,
-    ``batch_size``, ``grad_accum``, ``max_steps``, ``output_dir``,
+    ``batch_size``, ``grad_accum``, ``max_steps``, ``eval_split``, ``output_dir``,
     ``gauge_bar``, ``gauge_text``, ``train_button``, ``stop_button``,
     ``status``, ``log``), so code can drive it as a user would.
     """
 
     def __init__(self, model: str, dataset: str, r: int, lr: float | None, alpha: float | None,
                  max_seq_length: int, batch_size: int, grad_accum: int, max_steps: int, output_dir: str,
-                 gpu: Any = "auto") -> None:
+                 gpu: Any = "auto", eval_fraction: float | None = None) -> None:
         import ipywidgets as w
 
         enable_colab_widgets()
@@ -174,6 +180,9 @@ class ControlPanel:
         self.batch_size = w.BoundedIntText(value=batch_size, min=1, max=512, description="batch size", **box)
         self.grad_accum = w.BoundedIntText(value=grad_accum, min=1, max=512, description="grad accum", **box)
         self.max_steps = w.BoundedIntText(value=max_steps, min=1, max=1_000_000, description="max steps", **box)
+        splits = EVAL_SPLITS if eval_fraction in dict(EVAL_SPLITS).values() else \
+            (*EVAL_SPLITS, (f"{eval_fraction:.0%}", eval_fraction))
+        self.eval_split = w.Dropdown(options=splits, value=eval_fraction, description="held out (eval)", **box)
         self.output_dir = w.Text(value=output_dir, description="save to", **box)
         self.gauge_bar = w.FloatProgress(value=0, min=0, max=1, description="VRAM", style=WIDE,
                                          layout=w.Layout(width="340px", flex="0 0 auto"))
@@ -192,7 +201,7 @@ class ControlPanel:
             self.model, w.HBox([self.dataset, self.upload]),
             w.HBox([self.rank, self.max_seq_length]),
             w.HBox([self.lr, self.lr_auto]), w.HBox([self.alpha, self.alpha_auto]),
-            w.HBox([self.batch_size, self.grad_accum]), w.HBox([self.max_steps, self.output_dir]),
+            w.HBox([self.batch_size, self.grad_accum]), w.HBox([self.max_steps, self.eval_split]), self.output_dir,
             w.HBox([self.gauge_bar, self.gauge_text]),
             w.HBox([self.train_button, self.stop_button, self.status]),
             self.watch.widget, log_box,
@@ -248,16 +257,16 @@ class ControlPanel:
         """The chosen values as ``quick_finetune`` keywords, model and dataset included.
 
         ``quick_finetune(**panel.settings)`` runs what the Train button runs.
-        The dataset ``"demo"`` becomes ``demo_dataset()``.
+        The dataset ``"demo"`` becomes the demo's own data (``demo_data()``).
         """
         dataset = self.dataset.value.strip()
         return {
             "model": self.model.value.strip(),
-            "dataset": demo_dataset() if dataset == DEMO_NAME else dataset,
+            "dataset": demo_data() if dataset == DEMO_NAME else dataset,
             "r": self.rank.value, "lr": float(self.lr.value), "alpha": float(self.alpha.value),
             "max_seq_length": self.max_seq_length.value, "batch_size": self.batch_size.value,
             "grad_accum": self.grad_accum.value, "max_steps": self.max_steps.value,
-            "output_dir": self.output_dir.value.strip(),
+            "eval_fraction": self.eval_split.value, "output_dir": self.output_dir.value.strip(),
         }
 
     def problems(self) -> list[str]:
@@ -318,8 +327,11 @@ class ControlPanel:
             try:
                 self.result = quick_finetune(**settings, callbacks=[self.watch, self._stopper])
                 stopped = " (stopped early)" if self._stopper.requested else ""
+                best = describe_best(self.result.history, self.result.adapter_step,
+                                     max((h["step"] for h in self.result.history), default=0))
+                held = f"; {html.escape(best)}" if best else ""
                 self.status.value = (f"<span style='color:green'>done{stopped}: loss {self.result.first_loss:.3f} "
-                                     f"&rarr; {self.result.final_loss:.3f} in {self.result.wall_time_s:.0f} s; "
+                                     f"&rarr; {self.result.final_loss:.3f}{held} in {self.result.wall_time_s:.0f} s; "
                                      f"adapter in {self.result.adapter_path}</span>")
             except Exception as err:  # shown in the panel; the log gets the message, or the traceback if unexpected
                 self.error = err
@@ -380,4 +392,5 @@ def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: f
               "max_steps": max_steps}
     shape.update({k: v for k, v in chosen.items() if v is not None})
     return ControlPanel(model, dataset, r, lr, alpha, shape["max_seq_length"], shape["batch_size"],
-                        shape["grad_accum"], shape["max_steps"], output_dir or default_output_dir(), gpu)
+                        shape["grad_accum"], shape["max_steps"], output_dir or default_output_dir(), gpu,
+                        shape["eval_fraction"])

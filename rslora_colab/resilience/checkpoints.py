@@ -9,7 +9,9 @@ file, so a kill mid-save leaves a folder that looks like the newest checkpoint
 but cannot be loaded. This module adds the missing pieces:
 
 * :func:`make_checkpoints_atomic` — the trainer writes each checkpoint into a
-  hidden staging folder; only a complete one is renamed to ``checkpoint-<step>``.
+  hidden staging folder; only a complete one is renamed to ``checkpoint-<step>``
+  (and the best checkpoint, when evaluation keeps one, is recorded under
+  that name, not the staging one).
 * :class:`CheckpointTimer` — also save every ``checkpoint_minutes`` of wall
   time, so a disconnect loses minutes, whatever a step costs.
 * :func:`latest_valid_checkpoint` — the newest checkpoint whose every file
@@ -136,6 +138,8 @@ def make_checkpoints_atomic(trainer: Any) -> Any:
                 del trainer._get_output_dir  # back to the class's method
             if agree(failed is not None):  # each process wrote its own files: all go on, or all stop
                 raise failed or OSError("another process could not write its part of the checkpoint")
+            _best_in_published(trainer.state, staging, run_dir, staging / name / TRAINER_STATE,
+                               write=trainer.args.should_save)  # every process's state; rank 0's file
             run_on_main(publish, staging / name, run_dir / name)  # the others wait: nobody looks before the rename
         except WRITE_ERRORS as err:
             run_on_main(shutil.rmtree, staging, ignore_errors=True)
@@ -163,6 +167,23 @@ def checkpoint_write_failure(run_dir: Path, name: str, step: int, err: Exception
     return (f"could not write {name} to {run_dir} ({type(err).__name__}: {err}); training stopped at step {step}. "
             f"Make the folder writable again (or free some space), then run the same command with --resume "
             f"(Python: resume=True): it continues {since}.")
+
+
+def _best_in_published(state: Any, staging: Path, run_dir: Path, state_file: Path, write: bool = True) -> None:
+    """Point ``best_model_checkpoint`` at the published folder, in the trainer's state and (``write``: the process
+    that saves the state, rank 0) in the checkpoint's ``trainer_state.json``.
+
+    transformers names the best checkpoint inside the folder it was written
+    to, here the staging folder, which is gone once published: a resume would
+    drop that best ("does not exist anymore"), the rotation would delete it,
+    and ``load_best_model_at_end`` would not find it.
+    """
+    best = state.best_model_checkpoint
+    if best is None or Path(best).parent != staging:
+        return
+    state.best_model_checkpoint = str(run_dir / Path(best).name)
+    if write and state_file.is_file():
+        state.save_to_json(str(state_file))  # what was just written, with the published path
 
 
 def _publish(src: Path, dst: Path) -> None:
@@ -287,9 +308,9 @@ def resume_training(trainer: Any, checkpoint: str | Path | None,
                     train: Callable[[str | None], Any] | None = None) -> tuple[Any, int]:
     """``train(checkpoint)`` (default ``trainer.train(resume_from_checkpoint=...)``): ``(what it returned, steps trained)``.
 
-    A checkpoint taken at the last step only has its weights loaded (and
-    ``train`` is not called: ``(None, 0)``); transformers 5.23 would otherwise
-    run one step past ``max_steps``.
+    A checkpoint taken at the last step only has its weights and its
+    ``TrainerState`` loaded (and ``train`` is not called: ``(None, 0)``);
+    transformers 5.23 would otherwise run one step past ``max_steps``.
     """
     train = train or (lambda resume: trainer.train(resume_from_checkpoint=resume))
     if checkpoint is None:
@@ -299,6 +320,7 @@ def resume_training(trainer: Any, checkpoint: str | Path | None,
     if step >= total:
         logger.info(f"{checkpoint} is the end of the run (step {step} of {total}); nothing left to train")
         trainer._load_from_checkpoint(str(checkpoint))
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))  # its step, its best
         return None, 0
     outcome = train(str(checkpoint))
     return outcome, trainer.state.global_step - step

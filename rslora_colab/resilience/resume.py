@@ -64,10 +64,13 @@ def model_identity(model: Any) -> str:
     return str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__)
 
 
-def run_manifest(model: Any, dataset: Any, fmt: str, run: RunSettings) -> dict:
-    """What defines a run: model, data fingerprint, and the resolved settings that shape training."""
+def run_manifest(model: Any, dataset: Any, fmt: str, run: RunSettings, eval_dataset: Any = None) -> dict:
+    """What defines a run: model, data fingerprint, and the resolved settings that shape training (and, with eval
+    rows, their fingerprint: the best adapter so far was chosen on them)."""
+    held = {} if eval_dataset is None else {"eval_dataset": dataset_fingerprint(eval_dataset),
+                                            "eval_rows": len(eval_dataset)}
     return {"model": model_identity(model), "dataset": dataset_fingerprint(dataset), "rows": len(dataset),
-            "format": fmt, **run.manifest()}
+            "format": fmt, **held, **run.manifest()}
 
 
 def manifest_differences(saved: dict, current: dict) -> list[str]:
@@ -148,8 +151,9 @@ def _check_same_run(out: Path, saved: dict | None, manifest: dict) -> None:
 
 
 def history_until(checkpoint: str | Path | None) -> list[dict]:
-    """The history records (steps and guard events) a checkpoint's ``trainer_state.json`` holds."""
+    """The history records (steps, evaluations and guard events) a checkpoint's ``trainer_state.json`` holds."""
     if checkpoint is None:
         return []
     log = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE)).log_history
-    return [dict(h) if "event" in h else history_record(h["step"], h) for h in log if "event" in h or "loss" in h]
+    return [dict(h) if "event" in h else history_record(h["step"], h) for h in log
+            if "event" in h or "loss" in h or "eval_loss" in h]

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data import load_and_validate, source_name
+from ..data import load_and_validate, load_eval_dataset, source_name
 from ..distributed import gather, run_on_main, start, world_size
 from ..load import runtime_of
 from ..resilience.atomic import write_json
@@ -67,7 +67,8 @@ from ..save import (
 )
 from ..settings import RunSettings, resolve_run
 from ..watch import HistoryCallback, quiet_progress
-from .setup import check_lengths, fit_to_gpu, load_pair, share_batch
+from .evaluation import adapter_step, describe_best, load_best
+from .setup import check_lengths, fit_to_gpu, load_pair, share_batch, split_eval
 from .trainer import attach_adapter, build_trainer
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def _tokens_seen(trainer: Any, history: list[dict]) -> float:
 
 
 def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None = None, resume: bool = False,
-                   **overrides: Any) -> FinetuneResult:
+                   eval_dataset: Any = None, **overrides: Any) -> FinetuneResult:
     """Fine-tune ``model`` on ``dataset`` with a rank-``r`` rsLoRA adapter, in one call.
 
     ``model``: a hub id, a local folder, ``"demo"``, or a ``(model, tokenizer)``
@@ -98,6 +99,16 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     ``resume=True`` continues the newest valid checkpoint there (same settings
     required) and ends at the same step count. A :class:`DivergenceGuard`
     rolls back NaN/exploding steps; it raises ``DivergenceError`` if that fails.
+
+    Evaluation (:mod:`rslora_colab.train.evaluation`): ``eval_dataset`` takes
+    the same kinds of data as ``dataset`` (checked the same way, same format),
+    or ``eval_fraction`` holds out a share of the rows with the run's seed
+    (default: 5%, at most 100 rows, for data of 1,000 rows or more). The eval
+    loss is measured before the first step, every ``eval_every`` steps and at
+    the end, and recorded in the history. ``early_stopping_patience`` stops a
+    run whose eval loss stopped improving, and then (or with
+    ``save_best=True``) the adapter saved is the one with the lowest eval
+    loss; ``result.adapter_step`` names its step.
 
     Before the model loads: ``output_dir`` must be writable and is locked for
     the whole run (a second run on it is refused, :mod:`rslora_colab.resilience.lock`),
@@ -122,12 +133,16 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     config = share_batch(FinetuneConfig.from_overrides(r=r, **overrides))
     source = source_name(dataset)
     dataset, fmt = load_and_validate(dataset, config.method)
+    held = None if eval_dataset is None else load_eval_dataset(eval_dataset, fmt, config.method)
+    config, dataset, held = split_eval(dataset, config, held, source)
     with run_lock(config.output_dir):  # a writable folder, and no other live run in it
         lengths = check_lengths(model, dataset, fmt, config, source)  # the tokenizer only: rows TRL would drop
+        if held is not None:
+            check_lengths(model, held, fmt, config, _eval_source(eval_dataset, source))
         config, plan = fit_to_gpu(model, config, lengths, source)  # before any weights load; raises if it won't fit
         model, tokenizer = load_pair(model, config)
         result = _train(model, tokenizer, dataset, fmt, config, callbacks, resume, plan.message if plan else None,
-                        saves_outputs=True)
+                        saves_outputs=True, eval_dataset=held)
         save_final_outputs(result, tokenizer, config.output_dir)
     return result
 
@@ -158,8 +173,16 @@ def _save_final_outputs(result: FinetuneResult, tokenizer: Any, out: Path) -> No
             "resume=True) to save them without training again.") from err
 
 
+def _eval_source(eval_dataset: Any, source: str) -> str:
+    """How messages name the eval rows: the eval file or hub id, or the rows held out of the training data."""
+    if eval_dataset is None:
+        return f"{source} (the rows held out for evaluation)"
+    return source_name(eval_dataset) if isinstance(eval_dataset, (str, Path)) else "eval_dataset"
+
+
 def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig,
-                  callbacks: list | None = None, resume: bool = False, gpu_plan: str | None = None) -> FinetuneResult:
+                  callbacks: list | None = None, resume: bool = False, gpu_plan: str | None = None,
+                  eval_dataset: Any = None) -> FinetuneResult:
     """Add the adapter ``config`` describes to a loaded model and train it; saves no adapter or metrics.
 
     ``dataset`` must already be validated as format ``fmt`` (see
@@ -172,31 +195,36 @@ def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
     guard gives up, the last good adapter is saved to ``output_dir/last_good_adapter``
     and ``DivergenceError`` says so. Under several processes ``config``'s
     ``batch_size * grad_accum`` is the global batch they share (see :func:`quick_finetune`).
+    The eval rows are ``eval_dataset`` (validated, the same format) or
+    ``config.eval_fraction`` of ``dataset``, as in :func:`quick_finetune`.
     """
     start()
-    config = share_batch(config)
+    config, dataset, held = split_eval(dataset, share_batch(config), eval_dataset)
     with run_lock(config.output_dir):
-        return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False)
+        return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False,
+                      eval_dataset=held)
 
 
 def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig, callbacks: list | None,
-           resume: bool, gpu_plan: str | None, saves_outputs: bool) -> FinetuneResult:
+           resume: bool, gpu_plan: str | None, saves_outputs: bool, eval_dataset: Any = None) -> FinetuneResult:
     """:func:`train_adapter` in a folder the caller holds (:func:`~rslora_colab.resilience.lock.run_lock`).
 
+    ``dataset`` and ``eval_dataset`` are the training and eval rows, already split (:func:`split_eval`).
     ``saves_outputs``: the caller writes the final files, so the manifest marks that save pending until then.
     """
-    run = resolve_run(config, runtime_of(model), gpu_plan, world_size())
-    manifest = run_manifest(model, dataset, fmt, run)
+    run = resolve_run(config, runtime_of(model), gpu_plan, world_size(),
+                      len(eval_dataset) if eval_dataset is not None else 0)
+    manifest = run_manifest(model, dataset, fmt, run, eval_dataset)
     checkpoint = run_on_main(prepare_run, config.output_dir,  # rank 0 decides; every process resumes the same one
                              {**manifest, FINAL_SAVE: "pending"} if saves_outputs else manifest, resume)
     warn_if_volatile(config.output_dir)
     recorder, interrupt = HistoryCallback(history_until(checkpoint)), InterruptCallback()
     timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
     trainer = build_trainer(attach_adapter(model, run), tokenizer, dataset, fmt, run,
-                            [recorder, *timer, interrupt, *(callbacks or [])])
+                            [recorder, *timer, interrupt, *(callbacks or [])], eval_dataset)
     guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
     quiet_progress(trainer)
-    _announce(run, len(trainer.train_dataset), len(dataset), fmt)
+    _announce(run, len(trainer.train_dataset), len(dataset), fmt, trainer.eval_dataset)
     if run.runtime.on_gpu:
         torch.cuda.reset_peak_memory_stats()
     start, out = time.perf_counter(), Path(config.output_dir)
@@ -206,7 +234,13 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
                 trainer, run, recorder.history, resume_from))
     except DivergenceError as err:
         raise _gave_up(err, trainer, tokenizer, guard, run, recorder.history, out) from None
-    result = _result(trainer, tokenizer, ended or run, recorder.history, time.perf_counter() - start, steps)
+    if checkpoint is not None and steps == 0:
+        load_best(trainer)  # the run had ended there: train() did not run, so it did not load the best either
+    result = _result(trainer, tokenizer, ended or run, recorder.history, time.perf_counter() - start, steps,
+                     eval_dataset)
+    best = describe_best(result.history, result.adapter_step, trainer.state.global_step)
+    if best:
+        logger.info(best)
     if interrupt.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
         saved = out / f"checkpoint-{interrupt.stopped_at}"
         raise TrainingInterrupted(
@@ -217,23 +251,30 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
 
 
 def _result(trainer: Any, tokenizer: Any, run: RunSettings, history: list[dict], wall: float,
-            steps: int) -> FinetuneResult:
+            steps: int, eval_dataset: Any = None) -> FinetuneResult:
     """The run's result; ``run`` is the settings it ended with (out-of-memory recovery may have changed the batch)."""
     return FinetuneResult(
         model=trainer.model, tokenizer=tokenizer, adapter_path=Path(run.config.output_dir) / ADAPTER_DIR,
         settings=run.as_dict(), history=history, wall_time_s=wall,
         tokens_per_s=_tokens_seen(trainer, history) / wall if steps else 0.0,
         peak_gpu_memory_gib=max(gather(torch.cuda.max_memory_reserved() / 2**30)) if run.runtime.on_gpu else None,
+        adapter_step=adapter_step(trainer), eval_dataset=eval_dataset,
     )
 
 
-def _announce(run: RunSettings, kept: int, rows: int, fmt: str) -> None:
-    """One line before training: the adapter, the learning rate, the rows TRL kept, the precision and device."""
+def _announce(run: RunSettings, kept: int, rows: int, fmt: str, eval_rows: Any = None) -> None:
+    """One line before training: the adapter, the learning rate, the rows TRL kept (and the eval rows), the
+    precision and device."""
     c = run.config
     shown = f"{kept} of {rows}" if kept != rows else f"{kept}"  # TRL drops rows truncation leaves nothing to learn in
+    held = ""
+    if eval_rows is not None:
+        dropped = f" of {run.eval_rows}" if len(eval_rows) != run.eval_rows else ""
+        how = f"held out ({c.eval_fraction:.0%})" if c.eval_fraction else "from eval_dataset"
+        held = f", eval loss on {len(eval_rows)}{dropped} rows {how}"
     where = f"{run.runtime.device} x {run.world_size} processes" if run.world_size > 1 else run.runtime.device
-    logger.info(f"training r={c.r} alpha={c.alpha:g} (scale {run.scale:.3g}) lr={c.lr:.3g} on {shown} {fmt} rows, "
-                f"global batch {run.global_batch}, {run.runtime.precision} on {where}")
+    logger.info(f"training r={c.r} alpha={c.alpha:g} (scale {run.scale:.3g}) lr={c.lr:.3g} on {shown} {fmt} rows"
+                f"{held}, global batch {run.global_batch}, {run.runtime.precision} on {where}")
 
 
 def _gave_up(err: DivergenceError, trainer: Any, tokenizer: Any, guard: DivergenceGuard | None, run: RunSettings,
@@ -241,13 +282,16 @@ def _gave_up(err: DivergenceError, trainer: Any, tokenizer: Any, guard: Divergen
     """The guard gave up: keep the evidence and the last good adapter (the model holds it), and say where."""
     path = out / LAST_GOOD_DIR
     step = guard.last_good_step if guard is not None else None
+    which = "last good adapter"
+    if trainer.state.global_step != adapter_step(trainer):  # transformers loaded the best checkpoint before stopping
+        step, which = adapter_step(trainer), "adapter with the lowest eval loss"
 
     def keep() -> str:
         write_json({"settings": run.as_dict(), "history": history}, out / METRICS_FILE)
         try:
             save_adapter(trainer.model, tokenizer, path)
-            return f" The last good adapter (step {step}) is saved in {path}."
+            return f" The {which} (step {step}) is saved in {path}."
         except WRITE_ERRORS as save_err:
-            return f" Saving the last good adapter (step {step}) to {path} failed too ({type(save_err).__name__})."
+            return f" Saving the {which} (step {step}) to {path} failed too ({type(save_err).__name__})."
 
     return DivergenceError(f"{err}{run_on_main(keep)}")  # rank 0 writes

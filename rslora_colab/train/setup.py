@@ -3,9 +3,11 @@
 ``quick_finetune`` resolves everything it can before it loads a model, so a
 run that cannot work fails in seconds, not after a download:
 
+* :func:`split_eval` holds out the eval rows (``eval_fraction``) or takes
+  the ``eval_dataset`` (:mod:`rslora_colab.data.split`).
 * :func:`check_lengths` tokenizes the rows as TRL will
-  (:mod:`rslora_colab.data.lengths`), names the rows TRL would drop, and
-  returns every row's length.
+  (:mod:`rslora_colab.data.lengths`), names the rows TRL would drop (for the
+  training and the eval rows alike), and returns every row's length.
 * :func:`fit_to_gpu` reads the model's architecture without loading it (a
   catalog id needs nothing, a local folder its ``config.json``, any other hub
   id only ``config.json`` through ``AutoConfig``; a loaded model its
@@ -43,7 +45,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data import TokenLengths, check_truncation, token_lengths
+from ..data import TokenLengths, check_truncation, eval_fraction_for, hold_out, token_lengths
 from ..distributed import smallest, world_size
 from ..load import load_model, load_tokenizer, runtime_of
 from ..memory.catalog import model_spec, unsloth_maps_to_dynamic
@@ -55,6 +57,7 @@ from ..memory.plan import (
     training_estimate_kwargs,
 )
 from ..runtime import detect_runtime
+from .evaluation import check_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +163,27 @@ def check_lengths(model: Any, dataset: Any, fmt: str, config: FinetuneConfig,
     lengths = token_lengths(dataset, fmt, tokenizer, config.method)
     check_truncation(lengths, config.max_seq_length, source, "pairs" if config.method == "dpo" else "rows")
     return lengths
+
+
+def split_eval(dataset: Any, config: FinetuneConfig, eval_dataset: Any = None,
+               source: str = "dataset") -> tuple[FinetuneConfig, Any, Any]:
+    """``(config, train rows, eval rows)``: the held-out split, before any weights load.
+
+    ``eval_dataset`` (already validated, see :func:`~rslora_colab.data.load_eval_dataset`)
+    is used as given; otherwise ``config.eval_fraction`` of the rows is held
+    out with ``config.seed`` (None: the default of :mod:`rslora_colab.data.split`).
+    The returned config records the fraction used. Evaluation settings that
+    cannot work with the result raise ``ValueError`` here.
+    """
+    if eval_dataset is not None and config.eval_fraction:
+        raise ValueError(f"eval_fraction={config.eval_fraction} and an eval_dataset: pass one of them (the "
+                         "eval_dataset is used whole; eval_fraction holds rows out of the training data).")
+    fraction = eval_fraction_for(len(dataset), config.eval_fraction, eval_dataset is not None)
+    config = dataclasses.replace(config, eval_fraction=fraction)
+    if eval_dataset is None:
+        dataset, eval_dataset = hold_out(dataset, fraction, config.seed, source)
+    check_evaluation(config, eval_dataset is not None)
+    return config, dataset, eval_dataset
 
 
 def load_pair(model: Any, config: FinetuneConfig):

@@ -19,19 +19,24 @@ import logging
 from typing import Any
 
 from ..adapt import add_rslora, keep_adapter_fp32
+from ..config import report_targets
 from ..data import to_dpo_dataset, to_trainer_dataset
 from ..distributed import check_trainer_world, timeout_s
 from ..load import runtime_of
 from ..resilience.checkpoints import checkpoint_args, make_checkpoints_atomic
 from ..settings import RunSettings
+from .evaluation import eval_args, eval_callbacks
 
 logger = logging.getLogger(__name__)
 
 
 def trainer_args(run: RunSettings) -> dict:
-    """The arguments SFT and DPO share: TRL's ``SFTConfig`` and ``DPOConfig`` both take them."""
+    """The arguments SFT and DPO share: TRL's ``SFTConfig`` and ``DPOConfig`` both take them.
+
+    With eval rows, evaluation's own (:func:`~rslora_colab.train.evaluation.eval_args`) are added on top.
+    """
     config, precision = run.config, run.runtime.precision
-    return dict(
+    args = dict(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
@@ -51,7 +56,7 @@ def trainer_args(run: RunSettings) -> dict:
         logging_steps=config.logging_steps,
         logging_nan_inf_filter=False,  # a NaN must show in the history, not be averaged away
         **checkpoint_args(config.checkpoint_every, config.keep_checkpoints),
-        report_to="none",
+        report_to=report_targets(config.report_to),
         seed=config.seed,
         # Several processes (DDP): a LoRA adapter on a dense model uses every trainable weight in every step, so
         # DDP need not search for unused ones (transformers' default for a PEFT model, which fails with reentrant
@@ -59,6 +64,7 @@ def trainer_args(run: RunSettings) -> dict:
         ddp_find_unused_parameters=False,
         ddp_timeout=timeout_s(),
     )
+    return {**args, **eval_args(run)}
 
 
 def sft_config(run: RunSettings, **extra: Any):
@@ -81,16 +87,27 @@ def attach_adapter(model: Any, run: RunSettings):
     return add_rslora(model, c.r, c.alpha, c.target_modules, c.dropout, c.use_rslora, c.gradient_checkpointing, c.seed)
 
 
-def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list | None = None):
-    """TRL's ``SFTTrainer`` (``DPOTrainer`` for ``method="dpo"``) over an adapted model and validated data."""
+def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list | None = None,
+                  eval_dataset: Any = None):
+    """TRL's ``SFTTrainer`` (``DPOTrainer`` for ``method="dpo"``) over an adapted model and validated data.
+
+    ``eval_dataset`` (validated, the same format; ``run.eval_rows`` rows) goes to the trainer's own
+    ``eval_dataset``, so TRL shapes and masks it exactly like the training rows.
+    """
+    if (eval_dataset is not None) != bool(run.eval_rows):
+        raise ValueError(f"eval_dataset: the run expects {run.eval_rows} eval rows but got "
+                         f"{'none' if eval_dataset is None else len(eval_dataset)}; resolve the run with "
+                         "resolve_run(..., eval_rows=len(eval_dataset)).")
+    callbacks = [*(callbacks or []), *eval_callbacks(run)]
     if run.config.method == "dpo":
-        trainer = _dpo_trainer(model, tokenizer, dataset, fmt, run, callbacks)
+        trainer = _dpo_trainer(model, tokenizer, dataset, fmt, run, callbacks, eval_dataset)
     else:
         from trl import SFTTrainer
 
         train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
+        shaped_eval = None if eval_dataset is None else to_trainer_dataset(eval_dataset, fmt, tokenizer)[0]
         trainer = SFTTrainer(model=model, args=sft_config(run, **extra), train_dataset=train_dataset,
-                             processing_class=tokenizer, callbacks=callbacks or [])
+                             eval_dataset=shaped_eval, processing_class=tokenizer, callbacks=callbacks)
     check_trainer_world(trainer.args)  # a launcher's processes that would each train alone: say so now
     if not runtime_of(model).unsloth_gpu:
         keep_adapter_fp32(trainer.model)  # undo TRL's bf16 cast of QLoRA adapters (Unsloth's CPU backend too)
@@ -114,7 +131,8 @@ def use_base_as_reference(trainer: Any, fresh: bool) -> None:
                     "start from), not the bare base")
 
 
-def _dpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list | None):
+def _dpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list,
+                 eval_dataset: Any = None):
     """TRL's ``DPOTrainer`` over an rsLoRA-adapted model; the reference is the base, adapter disabled."""
     if runtime_of(model).backend == "unsloth":
         import unsloth
@@ -126,8 +144,9 @@ def _dpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSet
 
     fresh = is_fresh_adapter(model)
     trainer = DPOTrainer(model=model, ref_model=None, args=dpo_config(run),
-                         train_dataset=to_dpo_dataset(dataset, fmt, tokenizer), processing_class=tokenizer,
-                         callbacks=callbacks or [])
+                         train_dataset=to_dpo_dataset(dataset, fmt, tokenizer),
+                         eval_dataset=None if eval_dataset is None else to_dpo_dataset(eval_dataset, fmt, tokenizer),
+                         processing_class=tokenizer, callbacks=callbacks)
     use_base_as_reference(trainer, fresh)
     return trainer
 
