@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 from transformers import AutoTokenizer
@@ -149,6 +150,48 @@ def test_other_file_types_load(tmp_path, suffix):
     {".csv": rows.to_csv, ".parquet": rows.to_parquet, ".json": rows.to_json}[suffix](str(path))
     dataset, fmt = load_and_validate(str(path))
     assert fmt == "alpaca" and len(dataset) == 4
+
+
+BAD_FILES = [
+    ("latin1.jsonl", b'{"text": "ok"}\n{"text": "caf\xe9"}\n',
+     "latin1.jsonl line 2: not UTF-8 text (byte 0xe9 at column 14"),
+    ("comma.jsonl", b'{"text": "ok"}\n{"text": "x",}\n', "comma.jsonl line 2: not valid JSON (Expecting property name"),
+    ("list.jsonl", b'{"text": "ok"}\n["text"]\n', "list.jsonl line 2: expected a JSON object, got list"),
+    ("broken.json", b'[{"text": "ok"},\n {"text": "x"},\n {"text": }\n]',
+     "broken.json line 3: not valid JSON (Expecting value at column 11)"),
+    ("latin1.json", b'[{"text": "ok"},\n {"text": "caf\xe9"}]', "latin1.json line 2: not UTF-8 text (byte 0xe9"),
+    ("lines.json", b'{"text": "ok"}\n{"text": "x",}\n', "lines.json line 2: not valid JSON"),  # JSON Lines in .json
+    ("strings.json", b'["a", "b"]', "strings.json: item 0 of the list is a str; expected one JSON object per row"),
+    ("scalar.json", b'"just text"', "scalar.json: holds a single str; expected a list of JSON objects"),
+    ("fields.csv", b'text,other\n"a",b\n"c",d,e\n', "fields.csv line 3: 3 fields, but the header has 2 (text, other)"),
+    ("latin1.csv", b"text\ncaf\xe9\n", "latin1.csv line 2: not UTF-8 text (byte 0xe9 at column 4"),
+    ("quote.csv", b'text\n"never closed\nmore\n', "quote.csv line 2: not valid CSV"),
+    ("renamed.parquet", b"text\nnot parquet at all\n", "renamed.parquet: could not be read as a Parquet file"),
+]
+"""Files that cannot be read, and the start of the one-line error each must give: the file, and the line where
+there is one."""
+
+
+@pytest.mark.parametrize("name, content, message", BAD_FILES, ids=[name for name, _, _ in BAD_FILES])
+def test_a_data_file_that_cannot_be_read_is_one_error_naming_it(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / message))) as err:
+        load_and_validate(str(path))
+    assert not isinstance(err.value, UnicodeError) and len(str(err.value).splitlines()) == 1
+    # as eval data: the same error, before any model loads (the model id does not exist and there is no network)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / message))):
+        quick_finetune("no-such-org/no-such-model", demo_dataset("text", n=4), eval_dataset=str(path),
+                       output_dir=str(tmp_path / "run"))
+
+
+def test_a_truncated_parquet_file_is_named_with_the_cause(tmp_path):
+    path = tmp_path / "cut.parquet"
+    demo_dataset(n=40).to_parquet(str(path))
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=re.escape(f"{path}: could not be read as a Parquet file (damaged, or another "
+                                                   "format renamed?) (ArrowInvalid: ")):
+        load_and_validate(str(path))
 
 
 def test_bad_data_fails_before_the_model_loads(tmp_path):

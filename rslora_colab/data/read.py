@@ -1,16 +1,22 @@
 """Read a dataset from wherever the user has it: a ``datasets.Dataset``, a list of dicts, a file or a hub id.
 
-Every failure is one ``ValueError`` that names the file (and the line, for a
-``.jsonl``) or the hub id, and says what to do; nothing surfaces as a bare
-decoder or network error. A string that looks like a path is never sent to
-the Hub, so a typo gets "no such file", not a network error.
+Every failure is one ``ValueError`` that names the file (and the line, for
+text that is not UTF-8, JSON that does not parse, or a CSV row with too many
+fields or an unclosed quote) or the hub id, and says what to do; nothing
+surfaces as a bare decoder, parser or network error. The text formats are
+checked line by line before ``datasets`` parses them, since its own errors
+name no line ("An error occurred while generating the dataset"). A string
+that looks like a path is never sent to the Hub, so a typo gets "no such
+file", not a network error.
 """
 
 from __future__ import annotations
 
+import codecs
+import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 """File suffixes the kit reads, and the ``datasets`` builder for each."""
@@ -81,26 +87,98 @@ def _load_file(path: Path):
                          "dataset id looks like 'namespace/name'.")
     if builder is None:
         raise ValueError(f"{path}: unsupported file type; use one of {sorted(FILE_BUILDERS)}.")
-    if path.suffix.lower() == ".jsonl":
-        _check_jsonl(path)
+    CHECKS.get(path.suffix.lower(), lambda p: None)(path)
     try:
         return load_dataset(builder, data_files=str(path), split="train")
-    except Exception as err:  # datasets wraps parser errors in many types
-        raise ValueError(f"{path}: could not be read as {builder}: {err}") from err
+    except Exception as err:  # noqa: BLE001 — datasets wraps parser errors in many types; name the file and the cause
+        cause = root_cause(err)
+        reason = (str(cause).strip().splitlines() or [""])[0][:300]
+        kind = "a Parquet file (damaged, or another format renamed?)" if builder == "parquet" else builder.upper()
+        raise ValueError(f"{path}: could not be read as {kind} ({type(cause).__name__}: {reason}). Nothing was "
+                         "trained yet.") from err
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The innermost exception behind ``err`` (``datasets`` wraps a parser's error in "An error occurred ...")."""
+    seen = {id(err)}
+    while (err.__cause__ or err.__context__) is not None and id(err.__cause__ or err.__context__) not in seen:
+        err = err.__cause__ or err.__context__
+        seen.add(id(err))
+    return err
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file (a byte-order mark allowed); a line that is not UTF-8 is a
+    ``ValueError`` naming it, never a bare ``UnicodeDecodeError``."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8):]
+            try:
+                yield number, raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                byte = raw[err.start]
+                raise ValueError(
+                    f"{path} line {number}: not UTF-8 text (byte 0x{byte:02x} at column {err.start + 1}; the file "
+                    "was probably saved as Latin-1 or Windows-1252). Save it as UTF-8, e.g. `iconv -f cp1252 -t "
+                    f"utf-8 old{path.suffix} > new{path.suffix}`. Nothing was trained yet.") from None
 
 
 def _check_jsonl(path: Path) -> None:
-    """Name the first line of a .jsonl file that is not a JSON object (a UTF-8 byte-order mark is allowed)."""
-    with path.open(encoding="utf-8-sig") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: not valid JSON ({err.msg}); each line must be one object.")
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}.")
+    """Name the first line of a .jsonl file that is not UTF-8 or not a JSON object."""
+    for number, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno}); each line "
+                             "must be one object.") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}.")
+
+
+def _check_json(path: Path) -> None:
+    """A .json file must be UTF-8 JSON: a list of objects (one per row), an object, or JSON Lines (which
+    ``datasets`` also reads from .json); the first problem names its line."""
+    text = "".join(line for _, line in _text_lines(path))
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # one value, then more: JSON Lines in a .json file
+            return _check_jsonl(path)
+        raise ValueError(f"{path} line {err.lineno}: not valid JSON ({err.msg} at column {err.colno}).") from None
+    if isinstance(content, list):
+        bad = next((i for i, row in enumerate(content) if not isinstance(row, dict)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: item {bad} of the list is a {type(content[bad]).__name__}; expected one JSON "
+                             "object per row, e.g. [{\"text\": \"...\"}].")
+    elif not isinstance(content, dict):
+        raise ValueError(f"{path}: holds a single {type(content).__name__}; expected a list of JSON objects, one "
+                         "per row, e.g. [{\"text\": \"...\"}].")
+
+
+def _check_csv(path: Path) -> None:
+    """Name the first line of a .csv file that is not UTF-8, has more fields than the header, or opens a quote
+    that never closes."""
+    lines = _text_lines(path)
+    reader = csv.reader((line for _, line in lines), strict=True)
+    header, start = None, 1
+    try:
+        for row in reader:
+            if header is None:
+                header = row
+            elif len(row) > len(header):
+                raise ValueError(f"{path} line {start}: {len(row)} fields, but the header has {len(header)} "
+                                 f"({', '.join(header)}); a value with a comma in it needs double quotes.")
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise ValueError(f"{path} line {start}: not valid CSV ({err}); a value that starts with a double quote "
+                         "must end with one, and a quote inside it is written twice (\"\").") from None
+
+
+CHECKS = {".jsonl": _check_jsonl, ".json": _check_json, ".csv": _check_csv}
+"""Checks run before ``datasets`` parses a text file, so an error can name the line."""
 
 
 def row_label(source: str, index: int) -> str:
