@@ -43,8 +43,10 @@ def run_defaults(model: str, method: str = "sft", max_steps: int | None = None) 
 
 
 def sweep_defaults(model: str, max_steps: int | None = None) -> dict:
-    """``compare_ranks`` keywords to start from: the demo's batch and length with 50 steps a run, else 100 steps."""
-    shape = {k: v for k, v in run_defaults(model).items() if k in ("batch_size", "grad_accum", "max_seq_length")}
+    """``compare_ranks`` keywords to start from: the demo's batch, length and held-out share with 50 steps a run,
+    else 100 steps (and the default held-out split)."""
+    keys = ("batch_size", "grad_accum", "max_seq_length", "eval_fraction")
+    shape = {k: v for k, v in run_defaults(model).items() if k in keys}
     return {**shape, "max_steps": max_steps or (DEMO_SWEEP_STEPS if model == DEMO_NAME else 100)}
 
 

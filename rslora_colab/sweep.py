@@ -12,7 +12,11 @@ Two modes:
 Every run reloads the base model with :func:`~rslora_colab.load_model`, so all
 start from the same weights, and trains through the kit's own
 :func:`~rslora_colab.train.train_adapter` (TRL ``SFTTrainer``), recording the
-loss and the adapter's gradient norm at every step.
+loss and the adapter's gradient norm at every step, and, with held-out rows
+(``eval_fraction``, split with each run's seed, so every run of a seed is
+measured on the same rows), the eval loss at every evaluation: a lower
+training loss at a higher rank may be capacity to memorize, and the held-out
+loss says whether it carries over to rows the adapter never saw.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from .presets import MAX_RANK, MIN_RANK
 from .resilience.atomic import write_json
 from .resilience.interrupt import TrainingInterrupted
 from .train import check_lengths, train_adapter
-from .watch import AdapterGradNormCallback, finish_figure, losses
+from .watch import AdapterGradNormCallback, best_eval, eval_records, finish_figure, losses
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +87,8 @@ class RunRecord:
     (LoRA weights only, before clipping), num_tokens."""
     wall_time_s: float = 0.0
     """Seconds spent training."""
+    eval_history: list[dict] = field(default_factory=list)
+    """One record per evaluation on the held-out rows: step (0: before training), eval_loss; empty without them."""
 
     def mean_loss(self, first: bool, steps: int = LAST_STEPS) -> float:
         """Mean loss of the first (or last) ``steps`` steps (NaN if any of them is not finite)."""
@@ -109,6 +115,17 @@ class RunRecord:
         norms = [h["adapter_grad_norm"] for h in finite if h["step"] > self.warmup_steps]
         norms = norms or [h["adapter_grad_norm"] for h in finite]
         return sum(norms) / len(norms) if norms else math.nan
+
+    @property
+    def final_eval_loss(self) -> float:
+        """The held-out loss at the last evaluation (the end of the run); NaN without held-out rows."""
+        return self.eval_history[-1]["eval_loss"] if self.eval_history else math.nan
+
+    @property
+    def lowest_eval(self) -> tuple[float, int]:
+        """``(lowest held-out loss, its step)`` after training began; ``(NaN, 0)`` without held-out rows."""
+        best = best_eval(self.eval_history)
+        return (best["eval_loss"], best["step"]) if best else (math.nan, 0)
 
     def diverged(self, last: int = LAST_STEPS) -> bool:
         """True when a loss is not finite, or the run ends above where it started."""
@@ -148,22 +165,36 @@ class SweepResult:
         return grouped
 
     def table(self, last: int = LAST_STEPS) -> list[dict]:
-        """One row per method and rank: final loss and adapter gradient norm, mean ± std over seeds.
+        """One row per method and rank: final loss, held-out loss and adapter gradient norm, mean ± std over seeds.
 
         ``final_loss`` is the mean loss of each run's last ``last`` steps;
-        ``grad_norm`` is each run's mean adapter gradient norm after warm-up;
-        ``diverged`` counts runs with a non-finite loss or a final loss above
-        the first one.
+        ``eval_loss`` the held-out loss at the end of each run and
+        ``lowest_eval_loss`` its lowest after step 0 (``lowest_eval_step`` the
+        mean step it was reached at): an end well above the lowest is a run
+        that started to overfit (NaN without held-out rows); ``grad_norm`` is
+        each run's mean adapter gradient norm after warm-up; ``diverged`` counts
+        runs with a non-finite loss or a final loss above the first one.
         """
         rows = []
         for (method, r), runs in self.groups().items():
             loss, loss_std = _mean_std([run.mean_loss(False, last) for run in runs])
+            evaluated = [run for run in runs if run.eval_history]
+            held, held_std = _mean_std([run.final_eval_loss for run in evaluated])
+            lowest, lowest_std = _mean_std([run.lowest_eval[0] for run in evaluated])
             grad, grad_std = _mean_std([run.mean_grad_norm() for run in runs])
             rows.append({"method": method, "r": r, "alpha": runs[0].alpha, "scale": runs[0].scale, "lr": runs[0].lr,
                          "seeds": len(runs), "final_loss": loss, "final_loss_std": loss_std,
+                         "eval_loss": held, "eval_loss_std": held_std, "lowest_eval_loss": lowest,
+                         "lowest_eval_loss_std": lowest_std,
+                         "lowest_eval_step": statistics.fmean([run.lowest_eval[1] for run in evaluated] or [0]),
                          "grad_norm": grad, "grad_norm_std": grad_std,
                          "diverged": sum(run.diverged(last) for run in runs)})
         return rows
+
+    @property
+    def held_out(self) -> bool:
+        """True when the runs were evaluated on held-out rows."""
+        return any(run.eval_history for run in self.runs)
 
     def grad_norm_slopes(self, step: int | None = None) -> dict[str, float]:
         """Per method, the exponent p of (adapter gradient norm) ∝ r^p, fitted on log-log axes.
@@ -186,13 +217,22 @@ class SweepResult:
         return all(len(orders) == 1 for orders in by_seed.values())
 
     def markdown(self, last: int = LAST_STEPS) -> str:
-        """The table as Markdown, with the fitted gradient-norm slopes (after warm-up, and at step 1) underneath."""
-        lines = [f"| method | r | alpha | scale | lr | final loss (last {last} steps) | adapter grad norm | diverged |",
-                 "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        """The table as Markdown, with the fitted gradient-norm slopes (after warm-up, and at step 1) underneath.
+
+        With held-out rows it has two more columns: the held-out loss at the end, and the lowest one (at the mean
+        step it was reached).
+        """
+        held = self.held_out
+        extra = " held-out loss (end) | lowest held-out loss (step) |" if held else ""
+        lines = [f"| method | r | alpha | scale | lr | final loss (last {last} steps) |{extra} adapter grad norm "
+                 "| diverged |", "|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if held else "") + "---:|---:|"]
         for row in self.table(last):
+            cells = (f" {_pm(row['eval_loss'], row['eval_loss_std'], 3)} | "
+                     f"{_pm(row['lowest_eval_loss'], row['lowest_eval_loss_std'], 3)} ({row['lowest_eval_step']:.0f}) |"
+                     if held else "")
             lines.append(f"| {row['method']} | {row['r']} | {row['alpha']:g} | {row['scale']:.3g} | {row['lr']:.2g} "
-                         f"| {_pm(row['final_loss'], row['final_loss_std'], 3)} "
-                         f"| {_pm(row['grad_norm'], row['grad_norm_std'], 4)} | {row['diverged']}/{row['seeds']} |")
+                         f"| {_pm(row['final_loss'], row['final_loss_std'], 3)} |{cells}"
+                         f" {_pm(row['grad_norm'], row['grad_norm_std'], 4)} | {row['diverged']}/{row['seeds']} |")
         later = ", ".join(f"{m} r^{p:+.2f}" for m, p in self.grad_norm_slopes().items())
         first = ", ".join(f"{m} r^{p:+.2f}" for m, p in self.grad_norm_slopes(step=1).items())
         return "\n".join(lines) + (f"\n\nadapter grad norm vs rank (log-log fit): after warm-up {later}; "
@@ -201,8 +241,10 @@ class SweepResult:
     def plot(self, path: str | Path | None = None, smooth: int = 5):
         """Loss curves per rank (one panel per method), final loss vs rank, and grad norm vs rank (log-log).
 
-        Curves are the mean over seeds with a ``smooth``-step moving average.
-        Saved to ``path`` when given. Returns a matplotlib ``Figure``.
+        Curves are the mean over seeds with a ``smooth``-step moving average;
+        with held-out rows the held-out loss is drawn dashed beside them (per
+        rank in the curve panels, at the end of the runs in the loss-vs-rank
+        panel). Saved to ``path`` when given. Returns a matplotlib ``Figure``.
         """
         from matplotlib.figure import Figure  # no pyplot: works headless and in threads
 
@@ -223,6 +265,10 @@ class SweepResult:
             rs = [row["r"] for row in mine]
             loss_ax.errorbar(rs, [row["final_loss"] for row in mine], marker=marker, capsize=3, label=method,
                              yerr=_nan0([row["final_loss_std"] for row in mine]))
+            if self.held_out:
+                loss_ax.errorbar(rs, [row["eval_loss"] for row in mine], marker=marker, capsize=3, linestyle="--",
+                                 color=loss_ax.lines[-1].get_color(), mfc="none", label=f"{method}: held-out",
+                                 yerr=_nan0([row["eval_loss_std"] for row in mine]))
             norms = [row["grad_norm"] for row in mine]
             slope = loglog_slope(rs, norms)
             grad_ax.plot(rs, norms, marker=marker, linestyle="", label=f"{method}: slope {slope:+.2f}")
@@ -230,8 +276,8 @@ class SweepResult:
                 anchor = math.exp(statistics.fmean(math.log(n) for n in norms) - slope
                                   * statistics.fmean(math.log(r) for r in rs))
                 grad_ax.plot(rs, [anchor * r ** slope for r in rs], color=grad_ax.lines[-1].get_color(), alpha=0.6)
-        loss_ax.set(xscale="log", xlabel="rank r", ylabel=f"final loss (last {LAST_STEPS} steps)",
-                    title="final loss vs rank")
+        loss_ax.set(xscale="log", xlabel="rank r", ylabel=f"final loss (last {LAST_STEPS} steps)"
+                    + (", held-out at the end" if self.held_out else ""), title="final loss vs rank")
         grad_ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="adapter grad norm (after warm-up)",
                     title="gradient norm vs rank")
         for ax in axes:
@@ -255,7 +301,9 @@ class SweepResult:
     def from_json(cls, path: str | Path) -> "SweepResult":
         """Read a result written by :meth:`to_json` (to re-plot or re-tabulate it)."""
         data = json.loads(Path(path).read_text())
-        runs = [RunRecord(**{**run, "history": [_nan_for_none(h) for h in run["history"]]}) for run in data["runs"]]
+        runs = [RunRecord(**{**run, "history": [_nan_for_none(h) for h in run["history"]],
+                             "eval_history": [_nan_for_none(h) for h in run.get("eval_history", [])]})
+                for run in data["runs"]]
         return cls(settings=data["settings"], runs=runs)
 
 
@@ -292,7 +340,14 @@ def _plot_curves(ax, by_rank: dict[int, list[RunRecord]], colors: dict, smooth: 
         window = max(1, smooth)
         smoothed = [statistics.fmean(mean[max(0, i - window + 1): i + 1]) for i in range(length)]
         ax.plot(range(1, length + 1), smoothed, color=colors[r], label=f"r={r}")
-    ax.set(xlabel="step", ylabel=f"loss ({smooth}-step moving avg)")
+        evals = [run.eval_history for run in runs if run.eval_history]
+        if evals:
+            points = min(len(e) for e in evals)
+            ax.plot([evals[0][i]["step"] for i in range(points)],
+                    [statistics.fmean(e[i]["eval_loss"] for e in evals) for i in range(points)],
+                    color=colors[r], linestyle="--", marker=".", alpha=0.8)
+    held = " (dashed: held-out)" if any(run.eval_history for runs in by_rank.values() for run in runs) else ""
+    ax.set(xlabel="step", ylabel=f"loss ({smooth}-step moving avg){held}")
 
 
 @dataclass
@@ -409,7 +464,10 @@ def compare_ranks(
     the scaling change; in ``mode="presets"`` each rank gets alpha = r and
     ``lr_for_rank(r)``. Other keywords are :class:`FinetuneConfig` fields
     shared by every run (``batch_size``, ``grad_accum``, ``max_seq_length``,
-    ``load_in_4bit``, ...). ``save_to``: a JSON file rewritten after every
+    ``load_in_4bit``, ``eval_fraction``, ``eval_every``, ...). With
+    ``eval_fraction`` each run holds out that share of the rows (split with
+    its seed) and the table reports the held-out loss beside the training
+    loss. ``save_to``: a JSON file rewritten after every
     run, so a crash keeps the finished runs.
 
     >>> result = compare_ranks("demo", demo_dataset(), ranks=(4, 64), max_steps=60, batch_size=8,
@@ -454,8 +512,10 @@ def _train_one(model_name: str, dataset: Any, fmt: str, config: FinetuneConfig, 
     grads = AdapterGradNormCallback()
     trained = train_adapter(model, tokenizer, dataset, fmt, config, [grads])
     adapter_norms = {h["step"]: h["adapter_grad_norm"] for h in grads.history}
-    history = [{**h, "adapter_grad_norm": adapter_norms.get(h["step"], math.nan)} for h in trained.history]
+    history = [{**h, "adapter_grad_norm": adapter_norms.get(h["step"], math.nan)} for h in trained.history
+               if "loss" in h]
+    evals = [{"step": h["step"], "eval_loss": h["eval_loss"]} for h in eval_records(trained.history)]
     s = trained.settings
     return RunRecord(method=method, r=config.r, seed=config.seed, alpha=s["alpha"], scale=s["scale"], lr=s["lr"],
                      warmup_steps=math.ceil(config.max_steps * s["warmup_ratio"]), history=history,
-                     wall_time_s=trained.wall_time_s)
+                     wall_time_s=trained.wall_time_s, eval_history=evals)

@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,10 +25,13 @@ from rslora_colab.watch import ADAPTER_PARAM_MARK, AdapterGradNormCallback
 
 def test_small_sweep_runs_and_tabulates(demo_path, tmp_path):
     saved = tmp_path / "sweep.json"
-    result = compare_ranks(demo_path, demo_dataset(n=16), ranks=(2, 8), max_steps=3, batch_size=4, grad_accum=1,
-                           max_seq_length=128, save_to=saved)
+    result = compare_ranks(demo_path, demo_dataset(n=20), ranks=(2, 8), max_steps=3, batch_size=4, grad_accum=1,
+                           max_seq_length=128, save_to=saved, eval_fraction=0.2)
     assert [(run.method, run.r) for run in result.runs] == [("lora", 2), ("lora", 8), ("rslora", 2), ("rslora", 8)]
     assert all(len(run.history) == 3 for run in result.runs)
+    # 4 held-out rows, the same for every run of the seed: the same loss before training, then each its own
+    assert all([h["step"] for h in run.eval_history] == [0, 1, 2, 3] for run in result.runs)
+    assert len({run.eval_history[0]["eval_loss"] for run in result.runs}) == 1
     assert all(math.isfinite(h["loss"]) and h["adapter_grad_norm"] > 0 for run in result.runs for h in run.history)
     assert result.same_data_order()  # controlled: every run of a seed saw the same batches
 
@@ -36,6 +40,8 @@ def test_small_sweep_runs_and_tabulates(demo_path, tmp_path):
     assert all(row["alpha"] == 8.0 and row["lr"] == 1e-3 and row["seeds"] == 1 for row in table)
     assert [row["scale"] for row in table] == [4.0, 1.0, pytest.approx(8 / 2 ** 0.5), pytest.approx(8 / 8 ** 0.5)]
     assert all(math.isfinite(row["final_loss"]) and row["grad_norm"] > 0 for row in table)
+    assert [row["eval_loss"] for row in table] == [run.final_eval_loss for run in result.runs]
+    assert all(row["lowest_eval_loss"] <= row["eval_loss"] and 1 <= row["lowest_eval_step"] <= 3 for row in table)
     assert set(result.grad_norm_slopes()) == {"lora", "rslora"}
     # Step 1 starts from B = 0 with the same A for both scalings at a rank, so the gradient is the scale times the
     # same matrix: lora / rslora = (alpha/r) / (alpha/sqrt(r)) = r^-1/2, and the log-log slopes differ by -1/2.
@@ -46,6 +52,8 @@ def test_small_sweep_runs_and_tabulates(demo_path, tmp_path):
     assert slopes["lora"] - slopes["rslora"] == pytest.approx(-0.5, abs=0.01)
     lines = result.markdown().splitlines()
     assert sum(line.startswith(("| lora |", "| rslora |")) for line in lines) == 4
+    assert "| held-out loss (end) | lowest held-out loss (step) |" in lines[0]
+    assert all(line.count("|") == lines[0].count("|") for line in lines[1:6])
 
     on_disk = json.loads(saved.read_text())  # rewritten after every run
     assert len(on_disk["runs"]) == 4 and len(on_disk["table"]) == 4
@@ -54,6 +62,13 @@ def test_small_sweep_runs_and_tabulates(demo_path, tmp_path):
     fig = result.plot(tmp_path / "sweep.png")
     assert isinstance(fig, Figure) and len(fig.axes) == 4  # lora, rslora, final loss, grad norm
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    assert "rslora: held-out" in fig.axes[2].get_legend_handles_labels()[1]
+
+
+def test_a_sweep_saved_before_held_out_rows_still_reads_and_tabulates():
+    old = SweepResult.from_json(Path(__file__).resolve().parents[1] / "bench/results/rank_sweep_controlled_fp32.json")
+    assert not old.held_out and all(math.isnan(row["eval_loss"]) for row in old.table())
+    assert "held-out" not in old.markdown()
 
 
 def test_recorded_grad_norm_is_the_adapter_norm_before_clipping(demo_pair, tmp_path):
