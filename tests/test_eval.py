@@ -294,6 +294,39 @@ def test_out_of_memory_recovery_keeps_the_best_and_evaluates_once_per_step(demo_
     assert result.settings["batch_size"] == 2
 
 
+class OomInEval(TrainerCallback):
+    """Raises ``torch.OutOfMemoryError`` from the first evaluation forward after step ``step``, once; records the
+    batch size of every evaluation forward pass."""
+
+    def __init__(self, step):
+        self.step, self.state, self.hooked, self.raised, self.eval_batches = step, None, False, False, []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.state = state
+        if not self.hooked:
+            model.register_forward_pre_hook(self._hook, with_kwargs=True)
+            self.hooked = True
+
+    def _hook(self, module, args, kwargs):
+        if module.training:
+            return
+        if self.state.global_step == self.step and not self.raised:
+            self.raised = True
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        self.eval_batches.append((self.state.global_step, kwargs["input_ids"].shape[0]))
+
+
+def test_an_evaluation_out_of_memory_halves_the_eval_batch_too(demo_path, tmp_path):
+    failing = OomInEval(step=4)
+    result = quick_finetune(demo_path, _headings(), callbacks=[failing], output_dir=str(tmp_path),
+                            **{**OVERFIT, "max_steps": 8})
+    assert [(h["step"], h["event"]) for h in result.history if "event" in h] == [(4, "oom")]
+    assert [s for s, _ in _evals(result.history)] == [0, 2, 6, 8]  # step 4's evaluation is the one skipped
+    assert {size for step, size in failing.eval_batches if step < 4} == {4, 2}  # 6 rows: 4 + 2
+    assert {size for step, size in failing.eval_batches if step > 4} == {2}  # halved with the micro-batch
+    assert [h["step"] for h in result.history if "loss" in h] == list(range(1, 9))
+
+
 def test_the_guard_gives_up_keeping_the_adapter_with_the_lowest_eval_loss(demo_path, tmp_path):
     from rslora_colab import DivergenceError
 

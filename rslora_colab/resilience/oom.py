@@ -17,6 +17,10 @@ out of memory in a training step it
    exactly the ``global_step * effective batch`` samples already trained on
    (the sampler's order does not depend on the micro-batch).
 
+An out-of-memory error in an evaluation (eval rows, :mod:`rslora_colab.train.evaluation`)
+is handled the same way, the evaluation batch halved with the training one;
+that evaluation is skipped (training resumes after its step).
+
 It says so each time and records the change in the history. At micro-batch 1
 it gives up with an error saying what to change, keeping a checkpoint of the
 completed steps that ``--resume`` continues from.
@@ -122,8 +126,9 @@ def free_memory(trainer: Any) -> None:
 
 
 def set_micro_batch(trainer: Any, micro_batch: int, grad_accum: int) -> None:
-    """Make the next ``trainer.train()`` use this micro-batch and gradient accumulation."""
+    """Make the next ``trainer.train()`` use this micro-batch and gradient accumulation (evaluation too)."""
     trainer.args.per_device_train_batch_size = micro_batch
+    trainer.args.per_device_eval_batch_size = micro_batch  # an evaluation that ran out of memory is halved too
     trainer.args.gradient_accumulation_steps = grad_accum
     trainer._train_batch_size = trainer.args.train_batch_size  # what get_train_dataloader() batches by
     trainer.state.train_batch_size = trainer._train_batch_size  # saved with the checkpoint
