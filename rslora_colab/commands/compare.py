@@ -3,8 +3,10 @@
 Controlled by default: every run has the same alpha, learning rate, schedule
 and data order; only the rank and the scaling (alpha/r vs alpha/sqrt(r))
 change. --presets instead gives each rank the kit's own rsLoRA settings
-(alpha = r, lr_for_rank(r)). With no --model on a machine without a GPU this
-runs on the offline demo model (1-2 min on 2 CPU cores, docs/results.md).
+(alpha = r, lr_for_rank(r)). Each run also measures the loss on rows held out
+with its seed (--eval-fraction; the demo holds out 10%), printed beside the
+training loss. With no --model on a machine without a GPU this runs on the
+offline demo model (1-2 min on 2 CPU cores, docs/results.md).
 
 examples:
   python -m rslora_colab compare
@@ -27,7 +29,7 @@ SWEEP_FILE = "sweep.json"
 PLOT_FILE = "sweep.png"
 SWEEP_OPTIONS = ["ranks", "methods", "alpha", "lr", "max_steps", "seeds"]
 """SweepConfig fields offered as options (``--presets`` sets its ``mode``)."""
-RUN_OPTIONS = ["batch_size", "grad_accum", "max_seq_length", "backend"]
+RUN_OPTIONS = ["batch_size", "grad_accum", "max_seq_length", "backend", "eval_fraction", "eval_every"]
 """FinetuneConfig fields shared by every run of the sweep."""
 
 
