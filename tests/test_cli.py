@@ -50,6 +50,7 @@ def test_cli_dpo_then_chat_then_export(tmp_path, capsys, demo_path):
                  "--out", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "158 preference pairs" in shown and "reward margin (chosen - rejected)" in shown
+    assert "on 16 held-out pairs: reward accuracy" in shown  # the demo holds out 10% of its pairs
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert (settings["method"], settings["beta"]) == ("dpo", 0.1)
     adapter = str(out / "adapter")

@@ -209,6 +209,14 @@ def test_eval_rows_trl_would_drop_are_checked_like_training_rows(demo_path, tmp_
     assert not (tmp_path / "run" / "run_manifest.json").exists()  # refused before the model loaded
 
 
+def test_held_out_rows_that_trl_would_all_drop_are_named(demo_path, tmp_path, capsys):
+    rows = [{"instruction": "word " * 100 if i % 5 else f"Heading of topic {i}?", "input": "", "output": "answer"}
+            for i in range(10)]  # 8 prompts too long for 64 tokens; with seed 0 the one row held out is one of them
+    with pytest.raises(ValueError, match="all 1 eval rows have a prompt of max_seq_length=64 tokens or more"):
+        quick_finetune(demo_path, rows, eval_fraction=0.1, seed=0, max_steps=2, output_dir=str(tmp_path), **QUICK)
+    assert "8 of 10 rows will be dropped by TRL" in capsys.readouterr().out  # warned, row by row, before loading
+
+
 # ---------------------------------------------------------------- DPO: held-out reward accuracy and margin
 
 def test_dpo_records_held_out_reward_accuracy_and_margin(demo_path, tmp_path):

@@ -93,6 +93,11 @@ def run(args) -> int:
     if method == "dpo":
         print(f"reward margin (chosen - rejected) {result.mean_of('reward_margin', True):.3f} -> "
               f"{result.mean_of('reward_margin', False):.3f} (mean of first/last 5 steps)")
+        held = result.eval_history
+        if held:
+            print(f"on {result.settings['eval_rows']} held-out pairs: reward accuracy "
+                  f"{held[0]['eval_reward_accuracy']:.2f} -> {held[-1]['eval_reward_accuracy']:.2f}, margin "
+                  f"{held[0]['eval_reward_margin']:.3f} -> {held[-1]['eval_reward_margin']:.3f}")
     out = result.adapter_path.parent
     print(f"saved: {result.adapter_path}/, {out}/metrics.json, {out}/loss.png")
     return 0

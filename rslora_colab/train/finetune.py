@@ -134,15 +134,16 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     source = source_name(dataset)
     dataset, fmt = load_and_validate(dataset, config.method)
     held = None if eval_dataset is None else load_eval_dataset(eval_dataset, fmt, config.method)
-    config, dataset, held = split_eval(dataset, config, held, source)
+    config, train_rows, held = split_eval(dataset, config, held, source)
     with run_lock(config.output_dir):  # a writable folder, and no other live run in it
-        lengths = check_lengths(model, dataset, fmt, config, source)  # the tokenizer only: rows TRL would drop
-        if held is not None:
-            check_lengths(model, held, fmt, config, _eval_source(eval_dataset, source))
+        # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
+        lengths = check_lengths(model, dataset, fmt, config, source)
+        if eval_dataset is not None:
+            check_lengths(model, held, fmt, config, _eval_source(eval_dataset))
         config, plan = fit_to_gpu(model, config, lengths, source)  # before any weights load; raises if it won't fit
         model, tokenizer = load_pair(model, config)
-        result = _train(model, tokenizer, dataset, fmt, config, callbacks, resume, plan.message if plan else None,
-                        saves_outputs=True, eval_dataset=held)
+        result = _train(model, tokenizer, train_rows, fmt, config, callbacks, resume,
+                        plan.message if plan else None, saves_outputs=True, eval_dataset=held)
         save_final_outputs(result, tokenizer, config.output_dir)
     return result
 
@@ -173,10 +174,8 @@ def _save_final_outputs(result: FinetuneResult, tokenizer: Any, out: Path) -> No
             "resume=True) to save them without training again.") from err
 
 
-def _eval_source(eval_dataset: Any, source: str) -> str:
-    """How messages name the eval rows: the eval file or hub id, or the rows held out of the training data."""
-    if eval_dataset is None:
-        return f"{source} (the rows held out for evaluation)"
+def _eval_source(eval_dataset: Any) -> str:
+    """How messages name an eval dataset: its file or hub id, else "eval_dataset"."""
     return source_name(eval_dataset) if isinstance(eval_dataset, (str, Path)) else "eval_dataset"
 
 
@@ -222,6 +221,10 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
     timer = [CheckpointTimer(config.checkpoint_minutes)] if config.checkpoint_minutes else []
     trainer = build_trainer(attach_adapter(model, run), tokenizer, dataset, fmt, run,
                             [recorder, *timer, interrupt, *(callbacks or [])], eval_dataset)
+    if eval_dataset is not None and len(trainer.eval_dataset) == 0:  # held-out rows are checked with the others
+        raise ValueError(f"all {len(eval_dataset)} eval rows have a prompt of max_seq_length={config.max_seq_length} "
+                         "tokens or more, so TRL drops them and nothing is left to evaluate on: raise "
+                         "max_seq_length, hold out other rows (another seed), or pass an eval_dataset.")
     guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
     quiet_progress(trainer)
     _announce(run, len(trainer.train_dataset), len(dataset), fmt, trainer.eval_dataset)
