@@ -314,9 +314,9 @@ def portable_model_name(name: str) -> str:
 DEMO_QUESTIONS: Questions = "heading"
 """The demo's own SFT data: the 79 "Give the heading of the Python docs topic 'X'" rows (:func:`demo_data`).
 
-Measured with :data:`DEMO_TRAINING` (150 steps, 2026-11-30, both lanes alike): trained on these, the model
-answers 70 of its 71 training questions exactly; trained on all 158 rows (the long "explain" answers take
-most of each batch's loss) only 12 of the same 71, in more time."""
+Measured with :data:`DEMO_TRAINING` (150 steps, 2026-11-30, ``bench/demo_settings.py``): trained on these, the
+model answers 70 of its 71 training questions exactly; trained on all 158 rows (the long "explain" answers
+take most of each batch's loss) only 12 of the same 71, in more time (docs/results.md)."""
 
 DEMO_TRAINING = {"max_steps": 150, "batch_size": 8, "grad_accum": 1, "max_seq_length": 256, "lr": 1e-3,
                  "eval_fraction": 0.1}
