@@ -30,6 +30,12 @@ Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
     lists every setting it takes. ``method="dpo"`` tunes on preference pairs
     with TRL's DPOTrainer, the base (adapter disabled) as the reference.
+Evaluate
+    ``quick_finetune(..., eval_dataset=...)`` or ``eval_fraction=0.1``: the
+    eval loss on held-out rows before, during and after training (in the
+    history, ``metrics.json`` and ``loss.png``; DPO: held-out reward accuracy
+    and margin); ``early_stopping_patience`` and ``save_best`` keep the
+    adapter with the lowest eval loss; ``report_to="tensorboard"``.
 Memory
     :func:`estimate_vram` → :class:`VramEstimate` — peak GPU memory of a run,
     term by term, from ``config.json`` alone (catalog ids need no network);
@@ -56,7 +62,8 @@ Watch
 Compare
     :func:`compare_ranks` → :class:`SweepResult` — LoRA vs rsLoRA across ranks
     (controlled: same alpha, lr and data order; or the kit's presets), with
-    per-step loss and adapter gradient norm, a table and a figure.
+    per-step loss and adapter gradient norm, the held-out loss beside them
+    (``eval_fraction``), a table and a figure.
 Save
     :func:`save` — ``how="adapter"`` / ``"merged_16bit"`` / ``"gguf"``;
     :func:`push_to_hub` — the same to the Hugging Face Hub (token from
