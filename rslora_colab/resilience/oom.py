@@ -18,8 +18,10 @@ out of memory in a training step it
    (the sampler's order does not depend on the micro-batch).
 
 An out-of-memory error in an evaluation (eval rows, :mod:`rslora_colab.train.evaluation`)
-is handled the same way, the evaluation batch halved with the training one;
-that evaluation is skipped (training resumes after its step).
+is handled the same way in one process, the evaluation batch halved with the
+training one; that evaluation is skipped (training resumes after its step).
+Under several processes it is not coordinated (only a training forward pass
+is, below): the run stops and ``--resume`` continues.
 
 It says so each time and records the change in the history. At micro-batch 1
 it gives up with an error saying what to change, keeping a checkpoint of the
