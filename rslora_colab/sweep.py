@@ -41,7 +41,13 @@ from .presets import MAX_RANK, MIN_RANK
 from .resilience.atomic import write_json
 from .resilience.interrupt import TrainingInterrupted
 from .train import check_lengths, train_adapter
-from .watch import AdapterGradNormCallback, best_eval, eval_records, finish_figure, losses
+from .watch import (
+    AdapterGradNormCallback,
+    best_eval,
+    eval_records,
+    finish_figure,
+    losses,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from callbacks import StopAt
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -39,16 +40,6 @@ def _same_weights(a: Path, b: Path) -> bool:
     first, second = load_file(str(a / WEIGHTS)), load_file(str(b / WEIGHTS))
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
-
-class StopAt(TrainerCallback):
-    """Ends training after ``step`` (a run cut off there, as by a disconnect after its last checkpoint)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 # ---------------------------------------------------------------- the held-out split and its default

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from callbacks import StopAt
 from transformers import TrainerCallback
 
 from rslora_colab import demo_dataset, latest_valid_checkpoint, quick_finetune
-from rslora_colab.demo import demo_data, demo_training
 from rslora_colab.cli import main
+from rslora_colab.demo import demo_data, demo_training
 from rslora_colab.resilience.checkpoints import OutputWriteError, checkpoint_problem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,16 +150,6 @@ def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
 
 QUICK = {"r": 8, "batch_size": 2, "grad_accum": 1, "max_seq_length": 64, "checkpoint_minutes": 0}
 
-
-class StopAt(TrainerCallback):
-    """Ends training after ``step`` (a run that was cut off there)."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def _corrupt_after_header(path: Path) -> None:

@@ -43,8 +43,8 @@ from rslora_colab import FinetuneConfig, demo_dataset, quick_finetune
 from rslora_colab.distributed import start
 from rslora_colab.memory.estimate import estimate_vram
 from rslora_colab.memory.plan import split_global_batch, training_estimate_kwargs
-from rslora_colab.runtime import detect_runtime
 from rslora_colab.resilience.checkpoints import checkpoint_problem
+from rslora_colab.runtime import detect_runtime
 from rslora_colab.train.setup import fit_to_gpu, share_batch
 from rslora_colab.watch import StopCallback
 

@@ -45,7 +45,13 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data import TokenLengths, check_truncation, eval_fraction_for, hold_out, token_lengths
+from ..data import (
+    TokenLengths,
+    check_truncation,
+    eval_fraction_for,
+    hold_out,
+    token_lengths,
+)
 from ..distributed import smallest, world_size
 from ..load import load_model, load_tokenizer, runtime_of
 from ..memory.catalog import model_spec, unsloth_maps_to_dynamic
