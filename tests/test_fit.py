@@ -65,6 +65,20 @@ def test_short_rows_get_a_larger_micro_batch_than_max_seq_length_allows(demo_pat
     assert result.settings["batch_size"] == 4 and result.settings["max_seq_length"] == 512
 
 
+def test_a_dpo_plan_counts_chosen_and_rejected(demo_path, capsys):
+    """TRL's DPOTrainer puts a row's chosen and rejected sequences through the model in one batch."""
+    config = FinetuneConfig(r=8, method="dpo", batch_size=4, grad_accum=1, max_seq_length=64)
+    kwargs = training_estimate_kwargs(detect_runtime(), config.target_modules)  # one sequence per row (SFT)
+    gib = lambda batch: estimate_vram(demo_path, r=8, max_seq_length=64, batch_size=batch, **kwargs).total_gib
+    budget = (gib(4) + gib(5)) / 2  # four sequences fit, five do not
+    sft, _ = fit_to_gpu(demo_path, dataclasses.replace(config, method="sft", gpu=budget))
+    dpo, plan = fit_to_gpu(demo_path, dataclasses.replace(config, gpu=budget))
+    assert sft.batch_size == 4 and (dpo.batch_size, dpo.grad_accum) == (2, 2)  # 2 pairs = 4 sequences
+    assert plan.estimate.sequences_per_row == 2 and plan.estimate.total_gib == pytest.approx(gib(4))
+    assert "micro-batch 2 (x2 sequences: chosen + rejected)" in plan.estimate.table()
+    assert "DPO: 2 sequences per row" in capsys.readouterr().out
+
+
 def test_tight_gpu_shrinks_the_micro_batch_and_keeps_the_effective_batch(demo_path, tmp_path, capsys):
     config = FinetuneConfig(r=8, max_seq_length=64)
     kwargs = training_estimate_kwargs(detect_runtime(), config.target_modules)  # how quick_finetune trains here

@@ -205,7 +205,7 @@ class VramEstimate:
     max_seq_length: int
     """Tokens per sequence (s)."""
     batch_size: int
-    """Micro-batch: sequences per forward/backward pass (b)."""
+    """Micro-batch: rows per forward/backward pass (b sequences; 2b for DPO, see ``sequences_per_row``)."""
     load_in_4bit: bool
     """Whether the base linear weights are NF4."""
     optimizer: str
@@ -246,6 +246,8 @@ class VramEstimate:
     """Load-time transient beyond what the first step allocates into its freed block (0 unless loads cast on GPU)."""
     load_transient_gib: float = 0.0
     """Extra copy alive while the loader casts the last 16-bit tensor; freed before training, not in ``total_gib``."""
+    sequences_per_row: int = 1
+    """Sequences each row puts through the model: 2 for DPO (chosen and rejected in one batch), else 1."""
 
     @property
     def static_gib(self) -> float:
@@ -267,7 +269,7 @@ class VramEstimate:
         """The breakdown as an aligned plain-text table."""
         ckpt = self.gradient_checkpointing
         head = (f"VRAM estimate for {self.model}: r={self.r}, max_seq_length={self.max_seq_length}, "
-                f"micro-batch {self.batch_size}, {'4-bit' if self.load_in_4bit else '16-bit'} base, "
+                f"micro-batch {self.batch_size}{_pairs_note(self.sequences_per_row)}, {'4-bit' if self.load_in_4bit else '16-bit'} base, "
                 f"{self.optimizer}, gradient_checkpointing={ckpt!r}")
         rows = [(label, getattr(self, name)) for name, label in TERM_LABELS
                 if getattr(self, name) or name not in OPTIONAL_TERMS]
@@ -278,6 +280,11 @@ class VramEstimate:
             lines.append(f"  (plus {self.offloaded_cpu_gib:.2f} GiB of checkpoints in CPU RAM)")
         lines.append(f"  LoRA parameters: {self.lora_params:,}")
         return "\n".join(lines)
+
+
+def _pairs_note(sequences_per_row: int) -> str:
+    """" (x2 sequences: chosen + rejected)" for a preference run, "" otherwise."""
+    return f" (x{sequences_per_row} sequences: chosen + rejected)" if sequences_per_row > 1 else ""
 
 
 TERM_LABELS: tuple[tuple[str, str], ...] = (
@@ -535,6 +542,7 @@ def estimate_vram(
     dtype_bytes: int = 2,
     fused_loss: bool | None = None,
     calibration: Calibration = DEFAULT_CALIBRATION,
+    sequences_per_row: int = 1,
 ) -> VramEstimate:
     """Estimated peak GPU memory of one LoRA training step.
 
@@ -545,17 +553,22 @@ def estimate_vram(
     and RoPE tables) exactly when ``gradient_checkpointing="unsloth"``, and
     transformers' fp32 loss otherwise. A spec with ``dynamic_quant`` (a hub id
     Unsloth maps to a dynamic repo, or that repo's id) counts its 16-bit
-    layers when ``load_in_4bit``. See the module docstring for every term and
-    its source.
+    layers when ``load_in_4bit``. ``sequences_per_row=2`` is a preference
+    (DPO) step: TRL's ``DPOTrainer`` puts each row's chosen and rejected
+    sequences through the model as one batch of ``2 * batch_size``, so the
+    activation and logit terms double (the reference forward that follows runs
+    without gradients, one layer at a time, inside that peak). See the module
+    docstring for every term and its source.
 
     >>> round(estimate_vram("Llama-3.2-1B-Instruct", r=16).total_gib, 1) > 0
     True
     """
     _validate(r, max_seq_length, batch_size, optimizer, gradient_checkpointing, dtype_bytes, load_in_4bit)
+    check_int("sequences_per_row", sequences_per_row, 1, 2, "1 (or 2 for DPO)")
     cal = calibration
     spec = resolve_spec(model)
     modules = lora_modules(spec, target_modules)
-    s, b, L = max_seq_length, batch_size, spec.num_hidden_layers
+    s, b, L = max_seq_length, batch_size * sequences_per_row, spec.num_hidden_layers  # b: sequences per forward
 
     linear_params = spec.linear_params_per_layer * L
     kept_16bit = dynamic_16bit_params(spec, cal) if load_in_4bit else 0
@@ -581,7 +594,7 @@ def estimate_vram(
     margin = tensors * cal.fragmentation
     total = tensors + margin + cal.cuda_context_gib * GIB
     return VramEstimate(
-        model=spec.name, r=r, max_seq_length=s, batch_size=b, load_in_4bit=load_in_4bit,
+        model=spec.name, r=r, max_seq_length=s, batch_size=batch_size, load_in_4bit=load_in_4bit,
         optimizer=optimizer, gradient_checkpointing=gradient_checkpointing, lora_params=lora_params,
         base_weights_gib=base / GIB, embeddings_gib=embeddings / GIB,
         lora_weights_gib=lora_weights / GIB, lora_grads_gib=lora_grads / GIB,
@@ -590,6 +603,7 @@ def estimate_vram(
         allocator_margin_gib=margin / GIB, total_gib=total / GIB, offloaded_cpu_gib=acts_cpu / GIB,
         dynamic_16bit_gib=dynamic_16bit / GIB, rope_cache_gib=rope / GIB,
         load_excess_gib=load_excess / GIB, load_transient_gib=transient / GIB,
+        sequences_per_row=sequences_per_row,
     )
 
 

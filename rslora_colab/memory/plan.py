@@ -126,14 +126,16 @@ def resolve_budget_gib(gpu: Any = "auto") -> float:
 
 
 def training_estimate_kwargs(runtime: Runtime, target_modules: Iterable[str] = STANDARD_MODULES,
-                             load_in_4bit: bool = True, gradient_checkpointing: bool = True) -> dict[str, Any]:
+                             load_in_4bit: bool = True, gradient_checkpointing: bool = True,
+                             method: str = "sft") -> dict[str, Any]:
     """:func:`estimate_vram` keyword arguments describing how the kit trains on ``runtime``.
 
     The transformers backend keeps embeddings and norms in fp32 (PEFT's
     ``prepare_model_for_kbit_training`` upcasts them) and uses plain gradient
     checkpointing; Unsloth keeps them 16-bit and offloads checkpoints. The
     optimizer is the runtime's. Target names the estimator does not know are
-    left out (an empty list means: no estimate possible).
+    left out (an empty list means: no estimate possible). ``method="dpo"``
+    counts two sequences per row (chosen and rejected share one forward).
     """
     unsloth = runtime.backend == "unsloth"
     wide = runtime.precision == "fp32" or (not unsloth and load_in_4bit)
@@ -144,6 +146,7 @@ def training_estimate_kwargs(runtime: Runtime, target_modules: Iterable[str] = S
         "optimizer": runtime.optimizer,
         "gradient_checkpointing": checkpointing,
         "dtype_bytes": 4 if wide else 2,
+        "sequences_per_row": 2 if method == "dpo" else 1,
     }
 
 

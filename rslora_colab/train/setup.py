@@ -103,7 +103,7 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         # Only Unsloth's mapper swaps a hub id for its dynamic 4-bit repo; transformers quantizes every linear.
         spec = dataclasses.replace(spec, dynamic_quant=False)
     kwargs = training_estimate_kwargs(runtime, config.target_modules, config.load_in_4bit,
-                                      config.gradient_checkpointing)
+                                      config.gradient_checkpointing, config.method)
     if not kwargs["target_modules"]:
         logger.info(f"no memory plan: the estimator does not know target_modules {list(config.target_modules)}")
         return config, None
@@ -120,6 +120,8 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         notes.append(f"max_seq_length {config.max_seq_length} -> {cap} (the model's context)")
     if lengths is not None:
         notes.append(_planned_length_note(lengths, cap, seq))
+    if config.method == "dpo":
+        notes.append("DPO: 2 sequences per row (chosen + rejected go through the model together)")
     logger.info(f"memory plan ({runtime.backend}, uncalibrated): {plan.message}" + "".join(f"; {n}" for n in notes))
     keep = cap if plan.max_seq_length >= seq else plan.max_seq_length  # the cap stays unless the plan had to cut
     if lengths is not None and keep < cap:
