@@ -142,6 +142,7 @@ def main() -> None:
         found, finite = digest(result.model)
         (evidence / f"rank{RANK}.json").write_text(json.dumps({
             "rank": RANK, "digest": found, "finite": finite, "history": result.history, "settings": result.settings,
+            "adapter_step": result.adapter_step,
             "kit": rslora_colab.__file__}, default=str))
         return result
 

@@ -169,6 +169,37 @@ def test_rank_0_alone_talks_and_writes_and_checkpoints_hold_every_process_rng(tw
     assert json.loads((out / "run_manifest.json").read_text())["global_batch"] == 8
 
 
+EVAL = {"eval_fraction": 1 / 3, "eval_every": 5, "early_stopping_patience": 1, "lr": 1e-3}
+"""48 rows: 16 held out, 32 train (4 global batches), and each process evaluates whole batches of 4, so DDP pads
+nothing. At lr 1e-3 the eval loss falls until step 15 and rises at step 20 (measured: 3.537, 3.340, 3.224, 3.187,
+3.196), so early stopping ends the run at step 20 and the kept adapter is step 15's, a checkpoint, not the last
+weights."""
+
+
+@pytest.mark.ddp
+def test_evaluation_early_stopping_and_the_best_adapter_under_two_processes_match_one_process(tmp_path, demo_path):
+    data, out = tmp_path / "rows48.jsonl", tmp_path / "out"
+    demo_dataset(n=48).to_json(str(data))
+    _launch("accelerate", tmp_path / "evidence", _args(out, data, **EVAL))
+    ranks = _evidence(tmp_path / "evidence")
+    single = quick_finetune("demo", str(data), output_dir=str(tmp_path / "single"), checkpoint_minutes=0,
+                            **{**SETTINGS, **EVAL})
+    assert ranks[0]["history"] == ranks[1]["history"]  # every process evaluated, stopped and chose alike
+    _assert_same_curve(ranks[0]["history"], single.history)
+    evals = [h for h in ranks[0]["history"] if "eval_loss" in h]
+    want = [h for h in single.history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [h["step"] for h in want] == [0, 5, 10, 15, 20]
+    assert all(math.isclose(a["eval_loss"], b["eval_loss"], rel_tol=RTOL) for a, b in zip(evals, want))
+    assert ranks[0]["history"][-1]["step"] == single.history[-1]["step"] == 20  # stopped early, at the same step
+    assert ranks[0]["adapter_step"] == ranks[1]["adapter_step"] == single.adapter_step == 15
+    assert ranks[0]["digest"] == ranks[1]["digest"]  # both processes loaded the same best checkpoint
+    assert json.loads((out / "metrics.json").read_text())["adapter_step"] == 15
+    two = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    one = load_file(str(single.adapter_path / "adapter_model.safetensors"))
+    assert two.keys() == one.keys() and all(torch.allclose(two[k], one[k], rtol=1e-4, atol=1e-6) for k in one)
+    assert not list(out.glob(".staging-*")) and not list(out.glob("*.tmp"))
+
+
 @pytest.mark.ddp
 def test_a_nan_on_one_process_is_rolled_back_on_both(tmp_path, demo_path, data128, monkeypatch):
     _launch("torchrun", tmp_path / "evidence", _args(tmp_path / "out", data128), PROBE_NAN_STEP="15",
