@@ -46,7 +46,11 @@ Terms (bytes), each summed into :class:`VramEstimate`:
   5*a*s^2*b. LoRA adds x@A (2*s*b*r bytes) per adapted module. Gradient
   checkpointing keeps only each layer's 16-bit input (2*s*b*h) plus one
   layer's full activations during recompute; Unsloth's ``"unsloth"`` mode
-  moves those per-layer inputs to CPU RAM, leaving a couple on the GPU.
+  moves those per-layer inputs to CPU RAM, leaving a couple on the GPU. The
+  layer whose backward runs also holds its MLP's gate and up gradients
+  (4*s*b*i bytes), which eq. 1 (stored activations only) leaves out; with it
+  the per-token growth matches Unsloth's published context lengths
+  (``docs/memory.md``).
 * logits: transformers' loss keeps all b*s*V logits: fp16 (2 B) + an fp32
   upcast (4 B) + its fp32 gradient (4 B) = 10 B. Unsloth's fused linear
   cross-entropy (``unsloth_zoo.fused_losses.fused_linear``) computes the logits
@@ -116,6 +120,12 @@ class Calibration:
     """What gradient checkpointing keeps per layer: its 16-bit input (2*s*b*h)."""
     recompute_layers: float = 1.0
     """Layers of full activations alive at once while checkpointed layers are recomputed."""
+    backward_bytes_per_sbi: float = 4.0
+    """Per s*b*i: gradients of the MLP's gate and up outputs (2 x i x 2 B per token), alive while one layer's
+    backward runs on top of its stored activations, which is all Korthikanti's count covers. 4 is the least any
+    SwiGLU backward needs (Unsloth's fused kernel writes them in place of the saved gate and up outputs; autograd
+    makes new tensors). Checked against Unsloth's published maximum context lengths
+    (``tests/data/published_context_lengths.json``)."""
     offload_resident_layers: float = 2.0
     """Layer inputs still on the GPU in Unsloth's offloaded mode (in use + prefetched)."""
     logits_bytes_unfused: float = 10.0
@@ -415,16 +425,20 @@ def activation_bytes(spec: ModelSpec, r: int, seq: int, batch: int, n_adapters: 
       recomputation").
     * ``"unsloth"``: as True, but the per-layer inputs live in CPU RAM; only
       ``offload_resident_layers`` of them sit on the GPU at once.
+
+    In every mode one layer's backward adds its MLP gradients
+    (``backward_bytes_per_sbi`` * s*b*i) on top.
     """
     full = layer_activation_bytes(spec, r, seq, batch, n_adapters, cal)
     ckpt = cal.checkpoint_bytes_per_sbh * seq * batch * spec.hidden_size
+    backward = cal.backward_bytes_per_sbi * seq * batch * spec.intermediate_size
     layers = spec.num_hidden_layers
     if gradient_checkpointing is False:
-        return layers * full, 0.0
+        return layers * full + backward, 0.0
     if gradient_checkpointing is True:
-        return layers * ckpt + cal.recompute_layers * full, 0.0
+        return layers * ckpt + cal.recompute_layers * full + backward, 0.0
     resident = min(cal.offload_resident_layers, layers)
-    return resident * ckpt + cal.recompute_layers * full, layers * ckpt
+    return resident * ckpt + cal.recompute_layers * full + backward, layers * ckpt
 
 
 def dynamic_16bit_params(spec: ModelSpec, cal: Calibration = DEFAULT_CALIBRATION) -> int:
