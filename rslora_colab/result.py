@@ -90,6 +90,22 @@ class FinetuneResult:
                 "first_loss": self.first_loss, "final_loss": self.final_loss, "adapter_step": self.adapter_step,
                 **evaluation}
 
+    def report(self) -> str:
+        """What the run did, in a few lines, as ``python -m rslora_colab train`` ends: the loss, and for DPO the
+        reward margin and the held-out reward accuracy. (The eval loss line is logged when training ends.)"""
+        lines = [f"loss {self.first_loss:.3f} -> {self.final_loss:.3f} (mean of first/last 5 steps) in "
+                 f"{self.wall_time_s:.1f} s, {self.tokens_per_s:,.0f} tokens/s"]
+        if self.settings.get("method") != "dpo":
+            return lines[0]
+        lines.append(f"reward margin (chosen - rejected) {self.mean_of('reward_margin', True):.3f} -> "
+                     f"{self.mean_of('reward_margin', False):.3f} (mean of first/last 5 steps)")
+        held = self.eval_history
+        if held:
+            lines.append(f"on {self.settings['eval_rows']} held-out pairs: reward accuracy "
+                         f"{held[0]['eval_reward_accuracy']:.2f} -> {held[-1]['eval_reward_accuracy']:.2f}, margin "
+                         f"{held[0]['eval_reward_margin']:.3f} -> {held[-1]['eval_reward_margin']:.3f}")
+        return "\n".join(lines)
+
     def plot(self, path: str | Path | None = None):
         """The loss curve (and the eval loss, with the step of the saved adapter) as a matplotlib figure."""
         return plot_loss(self.history, path, title=f"rsLoRA r={self.settings['r']}, lr={self.settings['lr']:.2g}",

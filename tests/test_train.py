@@ -22,6 +22,8 @@ def test_quick_finetune_lowers_the_loss_and_saves_everything(demo_path, tmp_path
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert len(metrics["history"]) == 80 and metrics["settings"]["scale"] == 8.0
     assert (tmp_path / "loss.png").stat().st_size > 5000
+    assert result.report() == (f"loss {result.first_loss:.3f} -> {result.final_loss:.3f} (mean of first/last 5 "
+                               f"steps) in {result.wall_time_s:.1f} s, {result.tokens_per_s:,.0f} tokens/s")
 
 
 def test_training_moves_the_adapter_and_not_the_base(demo_pair, tmp_path):

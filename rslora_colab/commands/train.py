@@ -88,16 +88,7 @@ def run(args) -> int:
             print(f"\nA held-out question (an eval row, never trained on), {shown!r} ->", flush=True)
             chat(result, None, prompt, max_new_tokens=40)
             print(f"(the row's answer: {answer!r})")
-    print(f"\nloss {result.first_loss:.3f} -> {result.final_loss:.3f} (mean of first/last 5 steps) in "
-          f"{result.wall_time_s:.1f} s, {result.tokens_per_s:,.0f} tokens/s")
-    if method == "dpo":
-        print(f"reward margin (chosen - rejected) {result.mean_of('reward_margin', True):.3f} -> "
-              f"{result.mean_of('reward_margin', False):.3f} (mean of first/last 5 steps)")
-        held = result.eval_history
-        if held:
-            print(f"on {result.settings['eval_rows']} held-out pairs: reward accuracy "
-                  f"{held[0]['eval_reward_accuracy']:.2f} -> {held[-1]['eval_reward_accuracy']:.2f}, margin "
-                  f"{held[0]['eval_reward_margin']:.3f} -> {held[-1]['eval_reward_margin']:.3f}")
+    print(f"\n{result.report()}")
     out = result.adapter_path.parent
     print(f"saved: {result.adapter_path}/, {out}/metrics.json, {out}/loss.png")
     return 0
