@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from rslora_colab.memory.catalog import resolve_spec
-from rslora_colab.memory.estimate import DEFAULT_CALIBRATION, GIB, estimate_vram
+from rslora_colab.memory.estimate import estimate_vram
 
 PUBLISHED = json.loads((Path(__file__).parent / "data" / "published_context_lengths.json").read_text())
 UNSLOTH = {int(gb): tokens for gb, tokens in PUBLISHED["unsloth"].items()}
