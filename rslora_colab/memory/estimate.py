@@ -279,7 +279,8 @@ class VramEstimate:
         """The breakdown as an aligned plain-text table."""
         ckpt = self.gradient_checkpointing
         head = (f"VRAM estimate for {self.model}: r={self.r}, max_seq_length={self.max_seq_length}, "
-                f"micro-batch {self.batch_size}{_pairs_note(self.sequences_per_row)}, {'4-bit' if self.load_in_4bit else '16-bit'} base, "
+                f"micro-batch {self.batch_size}{_pairs_note(self.sequences_per_row)}, "
+                f"{'4-bit' if self.load_in_4bit else '16-bit'} base, "
                 f"{self.optimizer}, gradient_checkpointing={ckpt!r}")
         rows = [(label, getattr(self, name)) for name, label in TERM_LABELS
                 if getattr(self, name) or name not in OPTIONAL_TERMS]

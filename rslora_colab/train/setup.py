@@ -120,8 +120,9 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         notes.append(f"max_seq_length {config.max_seq_length} -> {cap} (the model's context)")
     if lengths is not None:
         notes.append(_planned_length_note(lengths, cap, seq))
-    if config.method == "dpo":
-        notes.append("DPO: 2 sequences per row (chosen + rejected go through the model together)")
+    if kwargs["sequences_per_row"] > 1:
+        notes.append(f"DPO: {kwargs['sequences_per_row']} sequences per row (chosen + rejected go through the "
+                     "model together)")
     logger.info(f"memory plan ({runtime.backend}, uncalibrated): {plan.message}" + "".join(f"; {n}" for n in notes))
     keep = cap if plan.max_seq_length >= seq else plan.max_seq_length  # the cap stays unless the plan had to cut
     if lengths is not None and keep < cap:
