@@ -94,10 +94,11 @@ def unsloth_usable() -> tuple[bool, str]:
 
 
 def gpu_capability() -> tuple[int, int] | None:
-    """Compute capability of CUDA device 0, e.g. ``(7, 5)`` for a T4; None without a CUDA GPU."""
+    """Compute capability of this process's CUDA device (:func:`~rslora_colab.distributed.cuda_index`), e.g.
+    ``(7, 5)`` for a T4; None without a CUDA GPU."""
     if not torch.cuda.is_available():
         return None
-    return tuple(torch.cuda.get_device_capability(0))
+    return tuple(torch.cuda.get_device_capability(cuda_index()))
 
 
 def has_native_bf16() -> bool:

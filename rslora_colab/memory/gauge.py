@@ -53,7 +53,9 @@ def budget_and_device(gpu: Any = "auto") -> tuple[float, str]:
         import torch
 
         if torch.cuda.is_available():
-            return budget, torch.cuda.get_device_name(0)
+            from ..distributed import cuda_index
+
+            return budget, torch.cuda.get_device_name(cuda_index())
         return budget, "a T4 (no GPU here)"
     return budget, "a T4" if budget == T4_GIB else f"a {budget:.2f} GiB GPU"
 
