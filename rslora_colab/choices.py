@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from .data.read import read_dataset
 from .demo import DEMO_NAME, DEMO_SWEEP_STEPS, demo_preferences, demo_training
 
 GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
@@ -61,7 +62,5 @@ def preference_data(dataset: str = "auto", model: str = "demo") -> Any:
     if dataset == DEMO_NAME:
         return demo_preferences()
     if dataset == GPU_DEFAULT_PREFERENCES:
-        from datasets import load_dataset
-
-        return load_dataset(GPU_DEFAULT_PREFERENCES, split="train_prefs[:2000]")
+        return read_dataset(GPU_DEFAULT_PREFERENCES, split="train_prefs[:2000]")
     return dataset

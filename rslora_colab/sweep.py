@@ -36,7 +36,7 @@ import torch
 from .config import FinetuneConfig, is_int, is_positive
 from .data import load_and_validate, source_name
 from .distributed import world_size
-from .load import load_model
+from .load import load_model, load_tokenizer
 from .presets import MAX_RANK, MIN_RANK
 from .resilience.atomic import write_json
 from .resilience.interrupt import TrainingInterrupted
@@ -492,7 +492,8 @@ def compare_ranks(
         configs = _run_configs(sweep, overrides, scratch)
         source = source_name(dataset)
         dataset, fmt = load_and_validate(dataset)
-        check_lengths(model, dataset, fmt, configs[0], source)  # before any model loads: rows TRL would drop
+        # before any model loads: the rows TRL would drop
+        check_lengths(load_tokenizer(model), dataset, fmt, configs[0], source)
         result = SweepResult(settings={"mode": sweep.mode, "model": str(model), "rows": len(dataset), "format": fmt,
                                        "ranks": list(sweep.ranks), "methods": list(sweep.methods),
                                        "seeds": list(sweep.seeds), "max_steps": sweep.max_steps,

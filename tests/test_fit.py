@@ -18,6 +18,7 @@ from rslora_colab.memory.plan import (
     training_estimate_kwargs,
 )
 from rslora_colab.runtime import Runtime, detect_runtime
+from rslora_colab.load import load_tokenizer
 from rslora_colab.train.setup import check_lengths, fit_to_gpu
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -47,7 +48,7 @@ def test_short_rows_get_a_larger_micro_batch_than_max_seq_length_allows(demo_pat
     """Planned from the data: the demo's rows are ~110 tokens; max_seq_length 512 alone would allow micro-batch 1."""
     data, fmt = load_and_validate(demo_dataset(n=32))
     config = FinetuneConfig(r=8, batch_size=4, grad_accum=1, max_seq_length=512, output_dir=str(tmp_path))
-    lengths = check_lengths(demo_path, data, fmt, config)
+    lengths = check_lengths(load_tokenizer(demo_path), data, fmt, config)
     longest = lengths.longest(512)
     assert longest == max(lengths.total) < 200
     kwargs = training_estimate_kwargs(detect_runtime(), config.target_modules)

@@ -17,7 +17,6 @@ Problems raise one ``ValueError`` naming the source, the row (``line N`` of a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from ..demo import DEMO_NAME, demo_data
@@ -76,7 +75,7 @@ def load_eval_dataset(source: Any, fmt: str, method: str = "sft"):
     both with the same trainer settings (e.g. chat data's assistant-only
     loss), so another format would be scored on other tokens.
     """
-    name = source_name(source) if isinstance(source, (str, Path)) else "eval_dataset"
+    name = source_name(source, "eval_dataset")
     dataset = read_dataset(source)
     eval_fmt = validate(dataset, name, method)
     if eval_fmt != fmt:

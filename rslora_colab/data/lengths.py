@@ -117,6 +117,18 @@ def _column(dataset: Any, name: str) -> list:
     return list(dataset[name])  # datasets 5 returns a lazy Column; the tokenizer's batch calls want a list
 
 
+def _prompt_ids(tokenizer: Any, prompt: list) -> list[list[int]]:
+    """Each prompt's ids as TRL builds them: a conversation through the chat template with the generation prompt."""
+    return _render(tokenizer, prompt, True) if isinstance(prompt[0], list) else _encode(tokenizer, prompt)
+
+
+def _full_ids(tokenizer: Any, prompt: list, answers: list) -> list[list[int]]:
+    """Each prompt + answer's ids as TRL builds them: a conversation through the chat template, text with EOS."""
+    if isinstance(prompt[0], list):  # conversational prompt / answer
+        return _render(tokenizer, [p + a for p, a in zip(prompt, answers)], False)
+    return _encode(tokenizer, [p + a for p, a in zip(prompt, _with_eos(answers, tokenizer.eos_token))])
+
+
 def _sft_lengths(shaped: Any, tokenizer: Any) -> tuple[list[int], list[int]]:
     columns = set(shaped.column_names)
     eos = tokenizer.eos_token
@@ -130,26 +142,14 @@ def _sft_lengths(shaped: Any, tokenizer: Any) -> tuple[list[int], list[int]]:
         full = _render(tokenizer, conversations, False)
         return [_prefix(p, f) for p, f in zip(prompts, full)], [len(f) for f in full]
     prompt, completion = _column(shaped, "prompt"), _column(shaped, "completion")
-    if isinstance(prompt[0], list):  # conversational prompt / completion
-        prompts = _render(tokenizer, prompt, True)
-        full = _render(tokenizer, [p + c for p, c in zip(prompt, completion)], False)
-    else:
-        prompts = _encode(tokenizer, prompt)
-        full = _encode(tokenizer, [p + c for p, c in zip(prompt, _with_eos(completion, eos))])
+    prompts, full = _prompt_ids(tokenizer, prompt), _full_ids(tokenizer, prompt, completion)
     return [_prefix(p, f) for p, f in zip(prompts, full)], [len(f) for f in full]
 
 
 def _dpo_lengths(shaped: Any, tokenizer: Any) -> tuple[list[int], list[int]]:
     prompt, chosen, rejected = (_column(shaped, k) for k in ("prompt", "chosen", "rejected"))
-    if isinstance(prompt[0], list):
-        prompts = _render(tokenizer, prompt, True)
-        chosen = _render(tokenizer, [p + c for p, c in zip(prompt, chosen)], False)
-        rejected = _render(tokenizer, [p + r for p, r in zip(prompt, rejected)], False)
-    else:
-        eos = tokenizer.eos_token
-        prompts = _encode(tokenizer, prompt)
-        chosen = _encode(tokenizer, [p + c for p, c in zip(prompt, _with_eos(chosen, eos))])
-        rejected = _encode(tokenizer, [p + r for p, r in zip(prompt, _with_eos(rejected, eos))])
+    prompts = _prompt_ids(tokenizer, prompt)
+    chosen, rejected = _full_ids(tokenizer, prompt, chosen), _full_ids(tokenizer, prompt, rejected)
     starts = [min(_prefix(p, c), _prefix(p, r)) for p, c, r in zip(prompts, chosen, rejected)]
     return starts, [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
 

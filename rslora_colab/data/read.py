@@ -186,6 +186,6 @@ def row_label(source: str, index: int) -> str:
     return f"line {index + 1}" if source.endswith(".jsonl") else f"row {index}"
 
 
-def source_name(source: Any) -> str:
-    """A short name for error messages: the path or hub id, else 'dataset'."""
-    return str(source) if isinstance(source, (str, Path)) else "dataset"
+def source_name(source: Any, default: str = "dataset") -> str:
+    """A short name for error messages: the path or hub id, else ``default``."""
+    return str(source) if isinstance(source, (str, Path)) else default

@@ -56,6 +56,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 from ..config import FinetuneConfig
 from ..settings import RunSettings
+from ..watch import best_eval
 
 logger = logging.getLogger(__name__)
 
@@ -130,20 +131,23 @@ def checkpoint_step(path: str | Path) -> int:
     return int(Path(path).name.rsplit("-", 1)[-1])
 
 
+def _best_checkpoint(trainer: Any) -> str | None:
+    """The best checkpoint's folder when ``load_best_model_at_end`` loads it (and it is still there), else None."""
+    best = trainer.state.best_model_checkpoint
+    return best if trainer.args.load_best_model_at_end and best and Path(best).is_dir() else None
+
+
 def adapter_step(trainer: Any) -> int:
     """The step whose adapter weights the trainer's model holds after training: the best checkpoint's when
     ``load_best_model_at_end`` loaded it, else the last step trained."""
-    best = trainer.state.best_model_checkpoint
-    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
-        return checkpoint_step(best)
-    return int(trainer.state.global_step)
+    best = _best_checkpoint(trainer)
+    return checkpoint_step(best) if best else int(trainer.state.global_step)
 
 
 def load_best(trainer: Any) -> None:
     """Load the best checkpoint's adapter, as transformers does at the end of ``train()`` (for a run whose last
     checkpoint is its end: resuming it trains nothing, so ``train()`` never gets there)."""
-    best = trainer.state.best_model_checkpoint
-    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+    if _best_checkpoint(trainer):
         trainer._load_best_model()
 
 
@@ -153,7 +157,7 @@ def describe_best(history: list[dict], adapter_at: int | None, last_step: int) -
     if not evals:
         return None
     first, last = evals[0], evals[-1]
-    best = min((h for h in evals if h["step"] > 0), key=lambda h: h["eval_loss"], default=last)
+    best = best_eval(history) or last
     line = (f"eval loss {first['eval_loss']:.3f} (step {first['step']}) -> {last['eval_loss']:.3f} (step "
             f"{last['step']}), lowest {best['eval_loss']:.3f} at step {best['step']}")
     if adapter_at is not None and adapter_at != last_step:

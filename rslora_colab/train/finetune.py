@@ -33,7 +33,7 @@ import torch
 from ..config import FinetuneConfig
 from ..data import load_and_validate, load_eval_dataset, source_name
 from ..distributed import gather, run_on_main, start, world_size
-from ..load import runtime_of
+from ..load import load_tokenizer, runtime_of
 from ..resilience.atomic import write_json
 from ..resilience.checkpoints import (
     WRITE_ERRORS,
@@ -137,9 +137,10 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     config, train_rows, held = split_eval(dataset, config, held, source)
     with run_lock(config.output_dir):  # a writable folder, and no other live run in it
         # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
-        lengths = check_lengths(model, dataset, fmt, config, source)
+        tokenizer = load_tokenizer(model)
+        lengths = check_lengths(tokenizer, dataset, fmt, config, source)
         if eval_dataset is not None:
-            check_lengths(model, held, fmt, config, _eval_source(eval_dataset))
+            check_lengths(tokenizer, held, fmt, config, source_name(eval_dataset, "eval_dataset"))
         config, plan = fit_to_gpu(model, config, lengths, source)  # before any weights load; raises if it won't fit
         model, tokenizer = load_pair(model, config)
         result = _train(model, tokenizer, train_rows, fmt, config, callbacks, resume,
@@ -172,11 +173,6 @@ def _save_final_outputs(result: FinetuneResult, tokenizer: Any, out: Path) -> No
             "The trained weights are in the run's last checkpoint there: fix the folder (make it writable, free "
             "some space, or move away what is in the way), then run the same command with --resume (Python: "
             "resume=True) to save them without training again.") from err
-
-
-def _eval_source(eval_dataset: Any) -> str:
-    """How messages name an eval dataset: its file or hub id, else "eval_dataset"."""
-    return source_name(eval_dataset) if isinstance(eval_dataset, (str, Path)) else "eval_dataset"
 
 
 def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig,

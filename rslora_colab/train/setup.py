@@ -53,7 +53,7 @@ from ..data import (
     token_lengths,
 )
 from ..distributed import smallest, world_size
-from ..load import load_model, load_tokenizer, runtime_of
+from ..load import load_model, runtime_of
 from ..memory.catalog import model_spec, unsloth_maps_to_dynamic
 from ..memory.plan import (
     TrainPlan,
@@ -126,7 +126,7 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     logger.info(f"memory plan ({runtime.backend}, uncalibrated): {plan.message}" + "".join(f"; {n}" for n in notes))
     keep = cap if plan.max_seq_length >= seq else plan.max_seq_length  # the cap stays unless the plan had to cut
     if lengths is not None and keep < cap:
-        check_truncation(lengths, keep, source, "pairs" if config.method == "dpo" else "rows")
+        check_truncation(lengths, keep, source, _rows_word(config))
     return dataclasses.replace(config, batch_size=plan.micro_batch, grad_accum=plan.grad_accum,
                                max_seq_length=keep), plan
 
@@ -157,21 +157,26 @@ def share_batch(config: FinetuneConfig) -> FinetuneConfig:
     return dataclasses.replace(config, batch_size=micro, grad_accum=accum)
 
 
-def check_lengths(model: Any, dataset: Any, fmt: str, config: FinetuneConfig,
+def check_lengths(tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig,
                   source: str = "dataset") -> TokenLengths | None:
     """Before the model loads: every row's token length, as TRL will build it; warns about the rows TRL would drop
     at ``config.max_seq_length`` and raises if all would go.
 
-    Reads only the tokenizer (:func:`~rslora_colab.load.load_tokenizer`); see
-    :mod:`rslora_colab.data.lengths`. Returns None when the tokenizer cannot
-    be read before loading (the plan then assumes ``max_seq_length``).
+    ``tokenizer`` is what :func:`~rslora_colab.load.load_tokenizer` read (no
+    weights); see :mod:`rslora_colab.data.lengths`. Returns None when it is
+    None, the tokenizer could not be read before loading (the plan then
+    assumes ``max_seq_length``).
     """
-    tokenizer = load_tokenizer(model)
     if tokenizer is None:
         return None
     lengths = token_lengths(dataset, fmt, tokenizer, config.method)
-    check_truncation(lengths, config.max_seq_length, source, "pairs" if config.method == "dpo" else "rows")
+    check_truncation(lengths, config.max_seq_length, source, _rows_word(config))
     return lengths
+
+
+def _rows_word(config: FinetuneConfig) -> str:
+    """What the data's rows are called in messages: "pairs" for DPO, else "rows"."""
+    return "pairs" if config.method == "dpo" else "rows"
 
 
 def split_eval(dataset: Any, config: FinetuneConfig, eval_dataset: Any = None,
