@@ -35,8 +35,9 @@ def run(r: int, lr: float | None) -> str:
         config = FinetuneConfig(r=r, method="dpo", lr=lr, max_steps=60, batch_size=8, grad_accum=1,
                                 max_seq_length=256, output_dir=tmp)
         pairs, fmt = load_and_validate(demo_preferences(), "dpo")
-        settings = resolve_run(config, runtime_of(model)).as_dict()
-        trainer = build_trainer(model, tokenizer, pairs, fmt, resolve_run(config, runtime_of(model)))
+        run_settings = resolve_run(config, runtime_of(model))
+        settings = run_settings.as_dict()
+        trainer = build_trainer(model, tokenizer, pairs, fmt, run_settings)
         # after TRL built the trainer: it stores the adapter of a 4-bit model in bf16
         lora_a = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_A" in n}
         start = time.perf_counter()

@@ -30,6 +30,9 @@ from .resilience.interrupt import INTERRUPTED_EXIT
 
 EXIT_SETTINGS, EXIT_DIVERGED, EXIT_WRITE = 2, 3, 4
 """Exit statuses (see the module docstring); Ctrl-C is ``INTERRUPTED_EXIT`` (130)."""
+EXIT_STATUS = {ValueError: EXIT_SETTINGS, DivergenceError: EXIT_DIVERGED, OutputWriteError: EXIT_WRITE}
+"""The errors whose one line says what to do (the field and the fix; the step, the lr and what to try; the folder
+and what ``--resume`` continues from): no traceback, this exit status."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,15 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     error = f"error (process {rank()}): " if world_size() > 1 and rank() > 0 else "error: "
     try:
         return args.func(args)
-    except ValueError as err:  # our errors name the field and the fix: no traceback needed
+    except tuple(EXIT_STATUS) as err:
         print(f"{error}{err}", file=sys.stderr)
-        return EXIT_SETTINGS
-    except DivergenceError as err:  # the guard's message names the step, the lr and what to try
-        print(f"{error}{err}", file=sys.stderr)
-        return EXIT_DIVERGED
-    except OutputWriteError as err:  # names the folder, the cause and what --resume will continue from
-        print(f"{error}{err}", file=sys.stderr)
-        return EXIT_WRITE
+        return next(status for kind, status in EXIT_STATUS.items() if isinstance(err, kind))
     except KeyboardInterrupt as err:  # the kit's own (TrainingInterrupted) says where the checkpoint is
         if rank() > 0:  # several processes: they stopped together, rank 0 says where
             return INTERRUPTED_EXIT

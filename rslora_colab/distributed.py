@@ -39,6 +39,8 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
+from .logs import set_verbosity
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -165,7 +167,7 @@ def _quiet() -> None:
     import datasets
     import transformers
 
-    logging.getLogger("rslora_colab").setLevel(logging.ERROR)
+    set_verbosity("error")
     datasets.disable_progress_bars()
     transformers.utils.logging.disable_progress_bar()
 

@@ -170,7 +170,7 @@ def merge_adapter(adapter_dir: str | Path, path: str | Path, quantized: bool | N
     from peft import PeftModel
     from transformers import AutoTokenizer
 
-    run = _run_settings(adapter_dir)
+    run = _run_settings(adapter_dir) if quantized is None or precision is None else {}
     quantized = run.get("load_in_4bit", True) if quantized is None else quantized
     precision = precision or run.get("precision") or detect_runtime("transformers").precision
     base = adapter_base(adapter_dir)

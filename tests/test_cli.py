@@ -2,9 +2,16 @@ import json
 import os
 import subprocess
 import sys
+from argparse import Namespace
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from rslora_colab import cli
 from rslora_colab.cli import main
+from rslora_colab.resilience.checkpoints import OutputWriteError
+from rslora_colab.resilience.guard import DivergenceError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +79,14 @@ def test_an_unreachable_hub_dataset_is_one_line_and_exit_2(tmp_path):
                            "could not provide it")
     assert "check its spelling, the network" in line and "Nothing was trained yet" in line
     assert not (tmp_path / "o").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("error, status", [(ValueError("bad"), 2), (DivergenceError("bad"), 3),
+                                           (OutputWriteError("bad"), 4)])
+def test_each_expected_error_is_one_line_with_its_exit_status(error, status, monkeypatch, capsys):
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "build_parser", lambda: SimpleNamespace(parse_args=lambda argv: Namespace(func=fail)))
+    assert main([]) == status
+    assert capsys.readouterr().err == "error: bad\n"

@@ -77,12 +77,9 @@ def _cli_dataclass(cls: type, names: Iterable[str], aliases: Mapping[str, str]) 
         metadata = {"help": helptext.replace("%", "%%")}
         if field.name in aliases:
             metadata["aliases"] = [aliases[field.name]]
-        default = field.default if field.default is not dataclasses.MISSING else None
-        if isinstance(default, tuple):
-            default = list(default)
-        specs.append((field.name, _cli_type(hints[field.name]),
-                      dataclasses.field(default_factory=lambda d=default: d, metadata=metadata)
-                      if isinstance(default, list) else dataclasses.field(default=default, metadata=metadata)))
+        # config_parser replaces every default with NOT_GIVEN; what is left to say here: a True flag gets a --no-<flag>
+        default = field.default if isinstance(field.default, bool) else None
+        specs.append((field.name, _cli_type(hints[field.name]), dataclasses.field(default=default, metadata=metadata)))
     return dataclasses.make_dataclass(f"{cls.__name__}Options", specs)
 
 
