@@ -318,7 +318,9 @@ def test_the_notebook_launcher_recipe_trains_in_two_processes(tmp_path, demo_pat
         "    from rslora_colab import quick_finetune  # inside: importing the kit in the parent stops the launcher\n"
         f"    result = quick_finetune('demo', {str(data128)!r}, r=16, max_steps=6, batch_size=4, grad_accum=2,\n"
         f"                            max_seq_length=128, output_dir={str(tmp_path / 'out')!r})\n"
-        "    print('processes', result.settings['world_size'], 'global batch', result.settings['global_batch'])\n\n"
+        "    # one string, one flush: both processes share stdout, and print's separate pieces can interleave\n"
+        "    settings = result.settings\n"
+        "    print(f\"processes {settings['world_size']} global batch {settings['global_batch']}\", flush=True)\n\n"
         "notebook_launcher(train, num_processes=2)\n")
     done = subprocess.run([sys.executable, str(recipe)], env=ENV, capture_output=True, text=True,
                           timeout=LAUNCH_TIMEOUT, cwd=tmp_path)
