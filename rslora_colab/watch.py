@@ -44,8 +44,13 @@ class HistoryCallback(TrainerCallback):
         self.history: list[dict] = [] if history is None else history
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and ("loss" in logs or "eval_loss" in logs):
+        if logs and is_history_log(logs):
             self.history.append(history_record(state.global_step, logs))
+
+
+def is_history_log(logs: dict) -> bool:
+    """True for a log the history keeps: a training step's (``loss``) or an evaluation's (``eval_loss``)."""
+    return "loss" in logs or "eval_loss" in logs
 
 
 def history_record(step: int, logs: dict) -> dict:

@@ -22,7 +22,7 @@ from typing import Any
 from transformers import TrainerState
 
 from ..settings import RunSettings
-from ..watch import history_record
+from ..watch import history_record, is_history_log
 from .atomic import write_json
 from .checkpoints import (
     TRAINER_STATE,
@@ -156,4 +156,4 @@ def history_until(checkpoint: str | Path | None) -> list[dict]:
         return []
     log = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE)).log_history
     return [dict(h) if "event" in h else history_record(h["step"], h) for h in log
-            if "event" in h or "loss" in h or "eval_loss" in h]
+            if "event" in h or is_history_log(h)]

@@ -56,7 +56,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 from ..config import FinetuneConfig
 from ..settings import RunSettings
-from ..watch import best_eval
+from ..watch import best_eval, eval_records
 
 logger = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def load_best(trainer: Any) -> None:
 
 def describe_best(history: list[dict], adapter_at: int | None, last_step: int) -> str | None:
     """One line about the held-out loss: where it went, and which step's adapter is kept; None without evals."""
-    evals = [h for h in history if "eval_loss" in h and math.isfinite(h["eval_loss"])]
+    evals = [h for h in eval_records(history) if math.isfinite(h["eval_loss"])]
     if not evals:
         return None
     first, last = evals[0], evals[-1]

@@ -226,7 +226,7 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
     _announce(run, len(trainer.train_dataset), len(dataset), fmt, trainer.eval_dataset)
     if run.runtime.on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    start, out = time.perf_counter(), Path(config.output_dir)
+    began, out = time.perf_counter(), Path(config.output_dir)
     try:
         with stop_on_interrupt(interrupt):
             ended, steps = resume_training(trainer, checkpoint, lambda resume_from: train_with_oom_recovery(
@@ -235,7 +235,7 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
         raise _gave_up(err, trainer, tokenizer, guard, run, recorder.history, out) from None
     if checkpoint is not None and steps == 0:
         load_best(trainer)  # the run had ended there: train() did not run, so it did not load the best either
-    result = _result(trainer, tokenizer, ended or run, recorder.history, time.perf_counter() - start, steps,
+    result = _result(trainer, tokenizer, ended or run, recorder.history, time.perf_counter() - began, steps,
                      eval_dataset)
     best = describe_best(result.history, result.adapter_step, trainer.state.global_step)
     if best:
@@ -281,9 +281,9 @@ def _gave_up(err: DivergenceError, trainer: Any, tokenizer: Any, guard: Divergen
     """The guard gave up: keep the evidence and the last good adapter (the model holds it), and say where."""
     path = out / LAST_GOOD_DIR
     step = guard.last_good_step if guard is not None else None
-    which = "last good adapter"
-    if trainer.state.global_step != adapter_step(trainer):  # transformers loaded the best checkpoint before stopping
-        step, which = adapter_step(trainer), "adapter with the lowest eval loss"
+    which, kept_step = "last good adapter", adapter_step(trainer)
+    if trainer.state.global_step != kept_step:  # transformers loaded the best checkpoint before stopping
+        step, which = kept_step, "adapter with the lowest eval loss"
 
     def keep() -> str:
         write_json({"settings": run.as_dict(), "history": history}, out / METRICS_FILE)
