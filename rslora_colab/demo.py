@@ -14,7 +14,7 @@ the reference manual that ships inside every Python install:
 * :func:`demo_preferences` pairs each of those answers (chosen) with the
   next topic's answer to the other kind of question (rejected), for DPO.
 
-The model is built once per machine (about 20 s on 2 CPU cores) and cached
+The model is built once per machine (about 40 s on 2 CPU cores) and cached
 in ``$RSLORA_COLAB_CACHE`` (default ``~/.cache/rslora_colab``).
 """
 
@@ -246,11 +246,21 @@ def _pretrain(model, tokenizer, corpus: list[str], steps: int, seq_len: int = 12
 
 
 def build_demo_model(path: Path, pretrain_steps: int = 300, vocab_size: int = 1024, seed: int = 0) -> Path:
-    """Build the demo tokenizer and model into ``path`` (no cache); returns ``path``."""
+    """Build the demo tokenizer and model into ``path`` (no cache); returns ``path``.
+
+    Pre-training runs on one torch thread whatever the machine or ``OMP_NUM_THREADS``: how a float sum is split
+    between threads changes its last bits, so a model built on another thread count has other weights, and every
+    number measured on the demo (README, docs/results.md, the tests) would move with it.
+    """
     corpus = _corpus()
     tokenizer = _train_tokenizer(corpus, vocab_size)
     model = _build_model(tokenizer, seed)
-    losses = _pretrain(model, tokenizer, corpus, pretrain_steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        losses = _pretrain(model, tokenizer, corpus, pretrain_steps)
+    finally:
+        torch.set_num_threads(threads)
     model.config.rslora_colab_pretrain = {"steps": pretrain_steps, "first_loss": losses[0], "last_loss": losses[-1]}
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -258,7 +268,7 @@ def build_demo_model(path: Path, pretrain_steps: int = 300, vocab_size: int = 10
 
 
 def demo_model(pretrain_steps: int = 300) -> str:
-    """Path to the cached demo model, building it first if needed (about 20 s on 2 cores).
+    """Path to the cached demo model, building it first if needed (about 40 s on 2 cores).
 
     The folder holds a normal transformers checkpoint and tokenizer, so every
     function that takes a model name takes this path too.

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from rslora_colab import FinetuneConfig, adapter_scales, demo_dataset, quick_finetune
+from rslora_colab.demo import build_demo_model
 
 
 def test_quick_finetune_lowers_the_loss_and_saves_everything(demo_path, tmp_path, cpu_backend):
@@ -79,3 +80,19 @@ def test_one_target_module_name_is_not_split_into_letters():
 def test_numbers_that_are_not_finite_are_refused(field, value):
     with pytest.raises(ValueError, match=f"{field}={value}: expected"):
         FinetuneConfig(**{field: value})
+
+
+def test_the_demo_model_is_the_same_whatever_the_thread_count(tmp_path):
+    """The README's transcript and docs/results.md are measured on the demo model: a build on 2 threads (the CLI's
+    default on 2 cores) and one on 1 thread (the tests') must give the same weights, and the caller's threads stay."""
+    before = torch.get_num_threads()
+    built = {}
+    try:
+        for threads in (2, 1):
+            torch.set_num_threads(threads)
+            path = build_demo_model(tmp_path / f"t{threads}", pretrain_steps=20)
+            assert torch.get_num_threads() == threads
+            built[threads] = (path / "model.safetensors").read_bytes()
+    finally:
+        torch.set_num_threads(before)
+    assert built[2] == built[1]
