@@ -35,7 +35,9 @@ logger = logging.getLogger(__name__)
 
 DEMO_NAME = "demo"
 """Pass this as the model name to get the demo model (``load_model("demo")``)."""
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"
+"""Part of the cache folder's name: a new version when the build changes (v2: pre-trained on one thread), so a
+model cached by an older build is not reused."""
 _SPECIAL = ["<|pad|>", "<|bos|>", "<|im_start|>", "<|im_end|>"]
 
 # A ChatML template with {% generation %} markers so TRL can mask everything
