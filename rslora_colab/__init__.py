@@ -95,9 +95,10 @@ Command line: ``python -m rslora_colab {train,plan,compare,chat,export} --help``
 
 import logging
 
-from .logs import set_verbosity, show_messages
+from .logs import hide_library_warnings, set_verbosity, show_messages
 
 show_messages()  # INFO to stdout: notebooks and the command line show progress; set_verbosity quiets it
+hide_library_warnings()  # the libraries' notices about their own deprecated APIs (RSLORA_COLAB_SHOW_WARNINGS=1 shows)
 
 from .runtime import import_unsloth_first  # noqa: E402
 
@@ -107,7 +108,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .adapt import DEFAULT_TARGETS, adapter_scales, add_rslora  # noqa: E402
 from .chat import chat  # noqa: E402
-from .choices import preference_data, resolve_choices, run_defaults, sweep_defaults  # noqa: E402
+from .choices import preference_data, resolve_choices, run_defaults, sweep_defaults, try_prompt  # noqa: E402
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
 from .demo import DEMO_NAME, demo_dataset, demo_model, demo_preferences  # noqa: E402
@@ -127,6 +128,10 @@ from .notebook import (  # noqa: E402
                        RuntimeCheck,
                        check_runtime,
                        control_panel,
+                       download,
+                       new_run_folder,
+                       notebook_output_dir,
+                       notebook_run,
                        preview_data,
 )
 from .presets import RankPreset, adapter_scale, lr_for_rank, preset_for_rank  # noqa: E402
@@ -135,7 +140,7 @@ from .resilience.checkpoints import (  # noqa: E402
                        latest_valid_checkpoint,
                        make_checkpoints_atomic,
 )
-from .resilience.drive import default_output_dir, mount_drive  # noqa: E402
+from .resilience.drive import default_output_dir, keep_on_drive, mount_drive  # noqa: E402
 from .resilience.guard import DivergenceError, DivergenceGuard  # noqa: E402
 from .resilience.oom import train_with_oom_recovery  # noqa: E402
 from .result import FinetuneResult  # noqa: E402
@@ -160,4 +165,5 @@ __all__ = [
     "ControlPanel", "DataPreview", "FitCheck", "HistoryCallback", "LivePlotCallback", "RuntimeCheck", "StopCallback",
     "check_fit", "check_runtime", "control_panel", "preview_data", "save_outputs",
     "preference_data", "resolve_choices", "run_defaults", "sweep_defaults", "set_verbosity",
+    "download", "keep_on_drive", "new_run_folder", "notebook_output_dir", "notebook_run", "try_prompt",
 ]

@@ -8,6 +8,7 @@ and :func:`sweep_defaults` for the demo's own training settings,
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -15,12 +16,17 @@ import torch
 from .data.read import read_dataset
 from .demo import DEMO_NAME, DEMO_SWEEP_STEPS, demo_preferences, demo_training
 
+logger = logging.getLogger(__name__)
+
 GPU_DEFAULT_MODEL = "unsloth/Llama-3.2-1B-Instruct-bnb-4bit"
 """The model ``"auto"`` picks on a GPU: small, instruction-tuned, pre-quantized to 4-bit."""
 GPU_DEFAULT_DATASET = "yahma/alpaca-cleaned"
 """The dataset ``"auto"`` picks on a GPU (Alpaca format, the one Unsloth's T4 notebooks use)."""
 GPU_DEFAULT_PREFERENCES = "HuggingFaceH4/ultrafeedback_binarized"
 """Preference pairs ``"auto"`` picks on a GPU: the rsLoRA write-up's DPO data (its first 2,000 ``train_prefs``)."""
+FALLBACK_PROMPT = "Give three tips for staying healthy."
+"""What "Try it" asks when the run held no rows out (the first instruction of alpaca-cleaned, the GPU default)."""
+
 def default_model() -> str:
     """``GPU_DEFAULT_MODEL`` when a CUDA GPU is present, else ``"demo"``."""
     return GPU_DEFAULT_MODEL if torch.cuda.is_available() else DEMO_NAME
@@ -64,3 +70,34 @@ def preference_data(dataset: str = "auto", model: str = "demo") -> Any:
     if dataset == GPU_DEFAULT_PREFERENCES:
         return read_dataset(GPU_DEFAULT_PREFERENCES, split="train_prefs[:2000]")
     return dataset
+
+
+def row_prompt(row: dict) -> str | list[dict] | None:
+    """The question a data row asks, in any SFT or preference format (None for plain ``text`` rows): Alpaca's
+    instruction (and input), ``prompt`` (a string or messages), or a conversation up to its last assistant turn."""
+    if "instruction" in row:
+        extra = row.get("input") or ""
+        return f"{row['instruction']}\n\n{extra}" if extra else row["instruction"]
+    if "prompt" in row:
+        return row["prompt"]
+    turns = row.get("messages") or row.get("conversations")
+    if turns:
+        roles = {"human": "user", "gpt": "assistant", "system": "system"}
+        messages = [{"role": roles.get(t.get("from"), t.get("role")), "content": t.get("value", t.get("content"))}
+                    for t in turns]
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+        return messages[:last] or None
+    return None
+
+
+def try_prompt(prompt: str | list[dict], result: Any) -> str | list[dict]:
+    """What a notebook's "Try it" asks: ``prompt`` as given, or for ``"auto"`` the first held-out row's question (one
+    the model never trained on, in the run's own format), else :data:`FALLBACK_PROMPT`."""
+    if prompt != "auto":
+        return prompt
+    held = getattr(result, "eval_dataset", None)
+    asked = row_prompt(dict(held[0])) if held is not None and len(held) else None
+    if asked:
+        logger.info(f"asking the first held-out row's question (never trained on): {asked!r}")
+        return asked
+    return FALLBACK_PROMPT

@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from tqdm.auto import tqdm
+
+from .logs import library_bars_off
 
 logger = logging.getLogger(__name__)
 
@@ -235,7 +238,7 @@ def _pretrain(model, tokenizer, corpus: list[str], steps: int, seq_len: int = 12
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps, pct_start=0.1)
     losses = []
     model.train()
-    for _ in range(steps):
+    for _ in tqdm(range(steps), desc="building the demo model (once)", unit="step", leave=False):
         batch_ids = chunks[torch.randint(0, n_chunks, (batch,), generator=gen)]
         loss = model(input_ids=batch_ids, labels=batch_ids).loss
         loss.backward()
@@ -281,7 +284,7 @@ def demo_model(pretrain_steps: int = 300) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     logger.info(f"building the demo model (tiny Llama, {pretrain_steps} pre-training steps) ...")
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp, library_bars_off():  # one bar: the steps'
         build_demo_model(Path(tmp) / "model", pretrain_steps)
         if not target.exists():  # another process may have won the race
             shutil.move(str(Path(tmp) / "model"), target)

@@ -306,5 +306,5 @@ def save_outputs(result: Any, how: Sequence[str] = ("adapter",), out_dir: str | 
     saved = {form: Path(result.adapter_path) if form == "adapter" else
              save(result, out / form, how=form, quantization=gguf_quantization) for form in how}
     for form, path in saved.items():
-        logger.info(f"saved {form} -> {path}")
+        logger.info(f"saved {form} -> {Path(path).resolve()}")
     return saved

@@ -37,6 +37,7 @@ from .config import FinetuneConfig, is_int, is_positive
 from .data import load_and_validate, source_name
 from .distributed import world_size
 from .load import load_model, load_tokenizer
+from .logs import library_bars_off
 from .presets import MAX_RANK, MIN_RANK
 from .resilience.atomic import write_json
 from .resilience.interrupt import TrainingInterrupted
@@ -435,10 +436,12 @@ def _run_configs(sweep: SweepConfig, overrides: dict, output_dir: str) -> list[F
     if owned:
         raise ValueError(f"{', '.join(owned)}: set by the sweep for each run; pass ranks=, methods=, alpha=, lr=, "
                          "max_steps=, seeds= to compare_ranks instead.")
-    shared = dict(overrides, output_dir=output_dir)
+    shared = dict(overrides)
     if sweep.mode == "controlled":
         shared = {**CONTROLLED_SCHEDULE, **shared}
-    return [FinetuneConfig.from_overrides(**shared, **sweep.run_settings(*run)) for run in sweep.runs()]
+    return [FinetuneConfig.from_overrides(**shared, **sweep.run_settings(*run),
+                                          output_dir=str(Path(output_dir) / f"run-{number}"))
+            for number, run in enumerate(sweep.runs(), 1)]  # a folder each: no run starts over another's files
 
 
 def _free_memory() -> None:
@@ -488,7 +491,7 @@ def compare_ranks(
     if not isinstance(model, (str, Path)):
         raise ValueError(f"model: got a {type(model).__name__}; pass a name (hub id, local folder or 'demo'): "
                          "the sweep reloads it for every run so all runs start from the same weights.")
-    with tempfile.TemporaryDirectory(prefix="rslora-sweep-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="rslora-sweep-") as scratch, library_bars_off():
         configs = _run_configs(sweep, overrides, scratch)
         source = source_name(dataset)
         dataset, fmt = load_and_validate(dataset)

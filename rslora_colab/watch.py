@@ -187,14 +187,19 @@ def notebook_bar_callback():
 
 def quiet_progress(trainer) -> None:
     """Keep one progress bar with the loss in it: :class:`LossInBarCallback` in a terminal, and in a
-    notebook :func:`notebook_bar_callback` (transformers' bar without its per-step loss table)."""
-    kinds = {type(cb).__name__: type(cb) for cb in trainer.callback_handler.callbacks}
+    notebook :func:`notebook_bar_callback` (transformers' bar without its per-step loss table); none of the
+    trainer's when a callback shows its own (``shows_progress``, e.g. the live view in a notebook)."""
+    callbacks = trainer.callback_handler.callbacks
+    kinds = {type(cb).__name__: type(cb) for cb in callbacks}
+    own_bar = any(getattr(cb, "shows_progress", False) for cb in callbacks)
     if kinds.get("ProgressCallback") is ProgressCallback:
         trainer.remove_callback(ProgressCallback)
-        trainer.add_callback(LossInBarCallback())
+        if not own_bar:
+            trainer.add_callback(LossInBarCallback())
     if "NotebookProgressCallback" in kinds:
         trainer.remove_callback(kinds["NotebookProgressCallback"])
-        trainer.add_callback(notebook_bar_callback())
+        if not own_bar:
+            trainer.add_callback(notebook_bar_callback())
 
 
 class StopCallback(TrainerCallback):
@@ -229,10 +234,15 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str = 
     ``path`` if given. Returns the figure.
     """
     from matplotlib.figure import Figure  # no pyplot: works headless and in threads
+    from matplotlib.ticker import MaxNLocator
 
     steps = [h["step"] for h in history if "loss" in h]
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.add_subplot()
+    margins = [h for h in history if "reward_margin" in h or "eval_reward_margin" in h]
+    fig = Figure(figsize=(10.5, 3.5) if margins else (6, 3.5))
+    ax = fig.add_subplot(1, 2, 1) if margins else fig.add_subplot()
+    if margins:  # DPO: the number to watch is the reward margin (chosen - rejected), beside the loss
+        plot_margins(fig.add_subplot(1, 2, 2), history)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".", color="tab:blue", label="training loss")
     evals = eval_records(history)
     if evals:
@@ -253,6 +263,24 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str = 
         twin.plot(steps, lrs, color="tab:orange", alpha=0.6, label="lr")
         twin.set_ylabel("learning rate", color="tab:orange")
     return finish_figure(fig, path)
+
+
+def plot_margins(ax, history: list[dict]) -> None:
+    """DPO's reward margin against step: training (per logged step) and held out (per evaluation)."""
+    from matplotlib.ticker import MaxNLocator
+
+    trained = [h for h in history if "reward_margin" in h]
+    held = [h for h in history if "eval_reward_margin" in h]
+    ax.plot([h["step"] for h in trained], [h["reward_margin"] for h in trained], marker=".", color="tab:green",
+            label="reward margin (training)")
+    if held:
+        ax.plot([h["step"] for h in held], [h["eval_reward_margin"] for h in held], marker="o", color="tab:purple",
+                label="reward margin (held out)")
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set(xlabel="step", ylabel="chosen - rejected", title="DPO reward margin (should rise above 0)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
 
 
 def finish_figure(fig, path: str | Path | None = None):

@@ -13,7 +13,7 @@ import pytest
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
 MAX_CODE_LINES = 10
 """Notebooks stay thin: any longer logic belongs in the package, where it is tested."""
-QUICKSTART_SECTIONS = ["Install", "Check runtime", "Choose", "Data", "Train", "Watch", "Try it", "Save"]
+QUICKSTART_SECTIONS = ["Install", "Check runtime", "Your data", "Choose", "Data", "Train", "Watch", "Try it", "Save"]
 
 
 def _cells(path: Path) -> list[dict]:

@@ -102,7 +102,7 @@ def test_bad_choices_do_not_start_and_say_what_to_fix():
 
 
 def test_upload_is_written_and_becomes_the_dataset(tmp_path):
-    panel = control_panel("demo", "demo", output_dir=str(tmp_path))
+    panel = control_panel("demo", "demo", output_dir=str(tmp_path / "run"))  # uploads go beside the run folders
     rows = b'{"instruction": "hi", "output": "yo"}\n'
     panel.upload.value = ({"name": "mine.jsonl", "type": "application/json", "size": len(rows),
                            "content": memoryview(rows),
@@ -118,3 +118,80 @@ def test_model_list_is_demo_then_the_catalog():
     choices = model_choices()
     assert choices[0] == "demo" and LLAMA_8B in choices
     assert control_panel("demo", "demo").model.options == tuple(choices)
+
+
+SMALL = {"r": 8, "batch_size": 2, "max_seq_length": 64}
+
+
+def _adapter_bytes(folder) -> bytes:
+    return (folder / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_run_all_then_train_never_replaces_the_finished_adapter(tmp_path):
+    base = tmp_path / "01_quickstart"
+    panel = control_panel("demo", "demo", max_steps=4, output_dir=str(base), **SMALL)
+    first = panel.run()  # the notebook's Train cell, under Run all
+    assert panel.folder == base and first.adapter_path == base / "adapter" and not panel.train_button.disabled
+    assert "done" in panel.status.value and str(base.resolve()) in panel.status.value  # the full path
+    assert "done at step 4/4" in panel.watch.label.value  # the panel followed the Run-all run
+    before = _adapter_bytes(base)
+    panel.train_button.click()  # then the user clicks Train
+    second = panel.wait(timeout=240)
+    assert panel.folder == tmp_path / "01_quickstart-2" and second.adapter_path == panel.folder / "adapter"
+    assert str(panel.folder.resolve()) in panel.status.value
+    assert _adapter_bytes(base) == before  # the finished run is untouched
+    panel.run()  # Run all again: a third folder, never over the finished ones
+    assert panel.folder == tmp_path / "01_quickstart-3" and _adapter_bytes(base) == before
+
+
+def test_run_all_again_continues_an_unfinished_run_and_train_does_not(tmp_path):
+    from callbacks import StopAt
+
+    from rslora_colab import quick_finetune
+    from rslora_colab.notebook import folder_state
+    base = tmp_path / "nb"
+    panel = control_panel("demo", "demo", max_steps=4, output_dir=str(base), **SMALL)
+    quick_finetune(**panel.settings, checkpoint_every=1, callbacks=[StopAt(2)])  # cut off at step 2 of 4
+    assert folder_state(base) == "unfinished" and folder_state(tmp_path / "none") == "empty"
+    assert panel.train() and panel.wait(timeout=240) is not None  # a click is a new run, in a new folder
+    assert panel.folder == tmp_path / "nb-2" and folder_state(base) == "unfinished"
+    result = panel.run()  # Run all continues the unfinished one
+    assert panel.folder == base and max(h["step"] for h in result.history if "loss" in h) == 4
+    assert folder_state(base) == "taken"
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("not the kit's")
+    assert folder_state(tmp_path / "mine") == "taken"
+
+
+def test_a_click_made_while_cells_ran_starts_nothing(tmp_path, monkeypatch):
+    import rslora_colab.notebook.panel as panel_module
+
+    panel = control_panel("demo", "demo", max_steps=2, output_dir=str(tmp_path / "run"), **SMALL)
+    monkeypatch.setitem(panel_module._cell_ended, "at", time.monotonic())  # a cell (Run all) has just finished
+    panel.train_button.click()  # the click the kernel could only read now
+    assert not panel.running and panel.result is None and not (tmp_path / "run").exists()
+    assert "ignored" in panel.status.value and "click <b>Train</b> again" in panel.status.value
+    monkeypatch.setitem(panel_module._cell_ended, "at", time.monotonic() - 10)  # the user clicks again, later
+    panel.train_button.click()
+    assert panel.wait(timeout=240) is not None and (tmp_path / "run" / "adapter").is_dir()
+
+
+def test_a_red_gauge_asks_for_a_second_click(tmp_path):
+    panel = control_panel("demo", "demo", max_steps=2, output_dir=str(tmp_path / "run"), gpu=0.001, **SMALL)
+    assert panel.fit.fits is False
+    assert panel.train() is False and not panel.running and "won't fit" in panel.status.value
+    assert "click <b>Train</b> again" in panel.status.value
+    panel.batch_size.value = 1  # a change: the gauge is read again, and asks again
+    assert panel.train() is False and not panel.running
+    assert panel.train() is True  # the second click goes ahead
+    assert panel.wait(timeout=240) is not None
+
+
+def test_switching_to_a_real_model_takes_its_batch_and_steps_not_the_demos():
+    panel = control_panel("demo", "demo")
+    assert (panel.batch_size.value, panel.grad_accum.value) == (8, 1)  # the demo's own
+    panel.model.value = LLAMA_8B
+    assert (panel.batch_size.value, panel.grad_accum.value, panel.max_steps.value) == (2, 4, 60)
+    assert panel.max_seq_length.value == 2048 and panel.eval_split.value is None
+    panel.model.value = "demo"
+    assert (panel.batch_size.value, panel.max_steps.value) == (8, 150)

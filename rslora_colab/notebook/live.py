@@ -8,7 +8,7 @@ import time
 
 from ..distributed import is_main
 from ..resilience.drive import on_colab
-from ..watch import HistoryCallback, best_eval, eval_records, mean_loss, plot_loss
+from ..watch import HistoryCallback, best_eval, eval_records, losses, mean_loss, plot_loss
 
 
 def enable_colab_widgets() -> None:
@@ -29,12 +29,32 @@ def figure_png(figure, dpi: int = 80) -> bytes:
     return buffer.getvalue()
 
 
-def _in_ipython() -> bool:
+def in_ipython() -> bool:
+    """True inside an IPython kernel or shell (a notebook cell, the panel's thread)."""
+    return _ipython() is not None
+
+
+def _ipython():
     try:
         from IPython import get_ipython
     except ImportError:
+        return None
+    return get_ipython()
+
+
+def show_figures_as_images() -> bool:
+    """Make a cell whose value is a matplotlib ``Figure`` show the picture, not ``<Figure size ...>``.
+
+    The kit draws without pyplot (safe in threads and headless), so IPython has no formatter for its figures
+    until this registers one (PNG, as matplotlib's inline backend does). Returns False outside IPython.
+    """
+    shell = _ipython()
+    if shell is None or not hasattr(shell, "display_formatter"):
         return False
-    return get_ipython() is not None
+    from matplotlib.figure import Figure
+
+    shell.display_formatter.formatters["image/png"].for_type(Figure, lambda figure: figure_png(figure, dpi=90))
+    return True
 
 
 class LivePlotCallback(HistoryCallback):
@@ -66,6 +86,8 @@ class LivePlotCallback(HistoryCallback):
         """The whole view: progress bar, numbers, loss plot."""
         self.draws = 0
         """How many times the plot was redrawn."""
+        self.shows_progress = in_ipython()
+        """True when this view is on screen: the trainer then shows no progress bar of its own (one bar a run)."""
         self._drawn_step, self._drawn_time, self._start, self._shown = 0, 0.0, 0.0, False
 
     def _ipython_display_(self) -> None:
@@ -89,7 +111,7 @@ class LivePlotCallback(HistoryCallback):
         self.draws, self._drawn_step, self._start = 0, 0, time.monotonic()
         self.bar.max, self.bar.value, self.bar.bar_style = max(state.max_steps, 1), 0, "info"
         self.label.value = f"step 0/{state.max_steps}: starting"
-        if self.display and not self._shown and _in_ipython() and is_main():
+        if self.display and not self._shown and in_ipython() and is_main():
             self._ipython_display_()
 
     def on_step_end(self, args, state, control, **kwargs):
@@ -104,8 +126,9 @@ class LivePlotCallback(HistoryCallback):
         if "eval_loss" in last:  # an evaluation: drawn at once, it is rare and the number users wait for
             self.redraw()
             return
-        self.label.value = (f"step {last['step']}/{state.max_steps} &middot; loss {last['loss']:.4f} &middot; "
-                            f"lr {last.get('lr', math.nan):.2e}{self._eval_text()} &middot; "
+        margin = f" &middot; reward margin {last['reward_margin']:.3f}" if "reward_margin" in last else ""
+        self.label.value = (f"step {last['step']}/{state.max_steps} &middot; loss {last['loss']:.4f}{margin} "
+                            f"&middot; lr {last.get('lr', math.nan):.2e}{self._eval_text()} &middot; "
                             f"{time.monotonic() - self._start:.0f} s")
         due = last["step"] - self._drawn_step >= self.every
         if due and time.monotonic() - self._drawn_time >= self.min_interval_s:
@@ -125,6 +148,7 @@ class LivePlotCallback(HistoryCallback):
         held = (f" &middot; eval loss {evals[0]['eval_loss']:.3f} &rarr; {evals[-1]['eval_loss']:.3f}, lowest "
                 f"{best['eval_loss']:.3f} at step {best['step']}") if evals and best else ""
         self.label.value = (f"{'done' if finished else 'stopped'} at step {state.global_step}/{state.max_steps} "
-                            f"&middot; loss {first:.3f} &rarr; {final:.3f} (mean of first/last 5){held} &middot; "
+                            f"&middot; loss {first:.3f} &rarr; {final:.3f} (mean of first/last "
+                            f"{min(5, len(losses(self.history)))}){held} &middot; "
                             f"{time.monotonic() - self._start:.0f} s")
         self.redraw()

@@ -4,6 +4,18 @@
 >>> panel                      # shows it in Jupyter / Colab   # doctest: +SKIP
 >>> quick_finetune(**panel.settings)   # the same run from a code cell  # doctest: +SKIP
 
+One way to train at a time, and never over a finished run:
+
+* *Run all* trains once, with the parameters cell's values, through
+  :meth:`ControlPanel.run` (the notebook's Train cell): the panel's live view
+  and status follow that run, and its Train button is greyed out meanwhile.
+* Each click on **Train** is a new run into a new folder (``name-2``, ...,
+  :mod:`rslora_colab.notebook.runs`), so no finished adapter is replaced.
+  A click the kernel could only read after cells finished running (the user
+  clicked while *Run all* was busy) starts nothing and says so: it was made
+  while the button showed a run in progress.
+* A red VRAM gauge asks for a second click before training.
+
 Train runs ``quick_finetune`` in a background thread, so the kernel stays
 free to receive the Stop click (a blocking click handler would queue it until
 training ended) and widget updates reach the page while it runs.
@@ -21,6 +33,7 @@ import io
 import logging
 import sys
 import threading
+import time
 import traceback
 from dataclasses import fields
 from pathlib import Path
@@ -32,12 +45,12 @@ from ..demo import DEMO_NAME, DEMO_TRAINING, demo_data
 from ..memory import CATALOG, FitCheck, check_fit
 from ..presets import lr_for_rank
 from ..resilience.checkpoints import OutputWriteError
-from ..resilience.drive import default_output_dir
 from ..resilience.guard import DivergenceError
 from ..train import quick_finetune
 from ..train.evaluation import describe_best
 from ..watch import StopCallback
-from .live import LivePlotCallback, enable_colab_widgets
+from .live import LivePlotCallback, enable_colab_widgets, in_ipython
+from .runs import UPLOADS, next_run_folder, notebook_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +70,34 @@ GAUGE_COLOURS = {True: "success", False: "danger", None: "warning"}
 WIDE = {"description_width": "110px"}
 EXPECTED_ERRORS = (ValueError, DivergenceError, OutputWriteError)
 """Errors whose message says what to do: the log shows that line, not a traceback (as the CLI does)."""
+BUSY_CLICK_S = 0.5
+"""A Train click handled within this many seconds of a cell finishing was made while cells ran (the kernel reads
+clicks only between executions): it starts nothing."""
+DEFAULT_NOTEBOOK = "rslora"
+"""The output folder name ``control_panel`` uses when no notebook name or output_dir is given."""
+
+_cell_ended = {"at": 0.0}  # time.monotonic() when the kernel last finished executing a cell (IPython's post_run_cell)
+
+
+def _note_cell_end(*args: Any) -> None:
+    _cell_ended["at"] = time.monotonic()
+
+
+def watch_cell_ends() -> None:
+    """Record when each cell finishes (an IPython ``post_run_cell`` hook, registered once; nothing outside
+    IPython)."""
+    if not in_ipython():
+        return
+    from IPython import get_ipython
+
+    events = get_ipython().events
+    if _note_cell_end not in events.callbacks["post_run_cell"]:
+        events.register("post_run_cell", _note_cell_end)
+
+
+def clicked_while_busy(now: float | None = None) -> bool:
+    """True when a click is handled right after a cell finished: it was queued while cells ran."""
+    return (time.monotonic() if now is None else now) - _cell_ended["at"] < BUSY_CLICK_S
 
 
 def model_choices() -> list[str]:
@@ -150,6 +191,7 @@ class ControlPanel:
         import ipywidgets as w
 
         enable_colab_widgets()
+        watch_cell_ends()
         self.gpu = gpu
         self.result = None
         """The last run's ``FinetuneResult`` (None before one finishes)."""
@@ -157,9 +199,13 @@ class ControlPanel:
         """The exception that ended the last run, if any."""
         self.fit: FitCheck | None = None
         """The gauge's last reading."""
+        self.folder: Path | None = None
+        """The folder the last (or current) run writes to."""
         self._thread: threading.Thread | None = None
         self._stopper: StopCallback | None = None
         self._setting = False  # True while the panel itself writes lr / alpha
+        self._confirm_red = False  # a red gauge was pointed out; the next click trains anyway
+        self._code_run = False  # a run started from a code cell (Run all) is in progress
 
         box = {"style": WIDE, "layout": w.Layout(width="340px")}
         self.model = w.Combobox(value=model, options=model_choices(), description="model", ensure_option=False,
@@ -187,9 +233,12 @@ class ControlPanel:
         self.gauge_bar = w.FloatProgress(value=0, min=0, max=1, description="VRAM", style=WIDE,
                                          layout=w.Layout(width="340px", flex="0 0 auto"))
         self.gauge_text = w.HTML(layout=w.Layout(width="520px"))
-        self.train_button = w.Button(description="Train", button_style="success", icon="play")
-        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
-        self.status = w.HTML("ready")
+        button = w.Layout(width="110px", flex="0 0 auto")
+        self.train_button = w.Button(description="Train", button_style="success", icon="play", layout=button)
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True,
+                                    layout=button)
+        self.status = w.HTML("ready: <b>Train</b> starts a run into a new folder; <i>Run all</i> trains with the "
+                             "parameters cell's values", layout=w.Layout(width="860px"))
         self.watch = LivePlotCallback(display=False)
         """The live progress bar and loss plot."""
         self.log = w.Output(layout=w.Layout(max_height="260px", overflow="auto"))
@@ -203,7 +252,7 @@ class ControlPanel:
             w.HBox([self.lr, self.lr_auto]), w.HBox([self.alpha, self.alpha_auto]),
             w.HBox([self.batch_size, self.grad_accum]), w.HBox([self.max_steps, self.eval_split]), self.output_dir,
             w.HBox([self.gauge_bar, self.gauge_text]),
-            w.HBox([self.train_button, self.stop_button, self.status]),
+            w.HBox([self.train_button, self.stop_button]), self.status,
             self.watch.widget, log_box,
         ])
         """The panel's root widget."""
@@ -218,10 +267,11 @@ class ControlPanel:
         self.alpha.observe(lambda change: self._typed(self.alpha_auto), "value")
         self.lr_auto.observe(lambda change: self._follow_rank(), "value")
         self.alpha_auto.observe(lambda change: self._follow_rank(), "value")
-        for widget in (self.model, self.max_seq_length, self.batch_size, self.grad_accum):
+        self.model.observe(self._on_model, "value")
+        for widget in (self.max_seq_length, self.batch_size, self.grad_accum):
             widget.observe(lambda change: self.update_gauge(), "value")
         self.upload.observe(self._on_upload, "value")
-        self.train_button.on_click(lambda button: self.train())
+        self.train_button.on_click(lambda button: self.click_train())
         self.stop_button.on_click(lambda button: self.stop())
 
     def _typed(self, auto_box: Any) -> None:
@@ -244,11 +294,22 @@ class ControlPanel:
         self._follow_rank()
         self.update_gauge()
 
+    def _on_model(self, change: dict) -> None:
+        """Another model: start from its batch, length and steps (the demo's are far too big for an 8B model)."""
+        if (change["old"] == DEMO_NAME) != (change["new"] == DEMO_NAME):
+            shape = shape_defaults(change["new"].strip())
+            self.batch_size.value, self.grad_accum.value = shape["batch_size"], shape["grad_accum"]
+            if shape["max_seq_length"] not in self.max_seq_length.options:
+                self.max_seq_length.options = tuple(sorted({*self.max_seq_length.options, shape["max_seq_length"]}))
+            self.max_seq_length.value, self.max_steps.value = shape["max_seq_length"], shape["max_steps"]
+            self.eval_split.value = shape["eval_fraction"]
+        self.update_gauge()
+
     def _on_upload(self, change: dict) -> None:
-        path = save_upload(change["new"], Path(self.output_dir.value) / "uploads")
+        path = save_upload(change["new"], Path(self.output_dir.value).parent / UPLOADS)
         if path is not None:
             self.dataset.value = str(path)
-            self.status.value = f"uploaded to {path}"
+            self.status.value = f"uploaded to {path.resolve()}"
 
     # ------------------------------------------------------------------ reading
 
@@ -283,6 +344,7 @@ class ControlPanel:
 
     def update_gauge(self) -> FitCheck:
         """Re-estimate VRAM for the current choices and redraw the gauge."""
+        self._confirm_red = False
         fit = check_fit(self.model.value.strip() or DEMO_NAME, self.rank.value, self.max_seq_length.value,
                         self.batch_size.value, self.grad_accum.value, self.gpu)
         self.fit = fit
@@ -302,37 +364,101 @@ class ControlPanel:
         """True while a training run is in progress."""
         return self._thread is not None and self._thread.is_alive()
 
-    def train(self) -> bool:
-        """What the Train button does: check the choices, then train in a background thread.
+    def click_train(self) -> bool:
+        """What a click on Train does: :meth:`train`, unless the click was made while cells were running."""
+        if clicked_while_busy():
+            self.status.value = ("a Train click made while cells were running was ignored (one run at a time); "
+                                 "click <b>Train</b> again to start a new run")
+            return False
+        return self.train()
 
-        Returns False (and says why in :attr:`status`) when it cannot start.
+    def train(self) -> bool:
+        """Check the choices, then train a new run in a background thread, into the first free folder of
+        ``output_dir``, ``output_dir-2``, ... (a finished run is never replaced).
+
+        Returns False (and says why in :attr:`status`) when it cannot start: a run in progress, a setting
+        that is wrong, or a red VRAM gauge not yet confirmed by a second click.
         """
-        if self.running:
-            self.status.value = "already training: press Stop first"
+        if self.running or self._code_run:
+            self.status.value = "already training: wait for it, or press Stop first"
             return False
         found = self.problems()
         if found:
             self.status.value = "<span style='color:#c62828'>cannot train: " + "; ".join(found) + "</span>"
             return False
+        if self.fit is not None and self.fit.fits is False and not self._confirm_red:
+            self._confirm_red = True
+            self.status.value = (f"<span style='color:#c62828'>the VRAM gauge says this won't fit "
+                                 f"({html.escape(self.fit.reason or self.fit.message)}). Lower the batch size or "
+                                 "the max seq length, or click <b>Train</b> again to try anyway.</span>")
+            return False
+        self._confirm_red = False
         settings = self.settings
+        self.folder, _ = next_run_folder(settings["output_dir"], resume_unfinished=False)
+        settings["output_dir"] = str(self.folder)
         self.result, self.error, self._stopper = None, None, StopCallback()
         self.train_button.disabled, self.stop_button.disabled = True, False
-        self.status.value = f"training {settings['model']} r={settings['r']} ..."
+        self.status.value = (f"training {html.escape(settings['model'])} r={settings['r']} into "
+                             f"{html.escape(str(self.folder.resolve()))} ...")
         self._thread = threading.Thread(target=self._run, args=(settings,), daemon=True, name="rslora-colab-train")
         self._thread.start()
         return True
+
+    def run(self, **overrides: Any):
+        """Train now, in this cell (the notebook's Train cell; *Run all*): the panel's settings, with
+        ``overrides`` (e.g. ``preview.settings``, which hands over the loaded model) on top.
+
+        The live view appears under the cell and in the panel; Train is greyed out meanwhile. The run goes into
+        ``output_dir`` when it is empty, continues it when it holds an unfinished run (a disconnect or Ctrl-C
+        loses nothing: run all again), and otherwise goes into the next free ``output_dir-N``. Returns the
+        ``FinetuneResult`` (also :attr:`result`); errors are raised, so *Run all* stops there.
+        """
+        if self.running:
+            raise RuntimeError("the panel is training (its Train button): wait for it, or press Stop, then run this "
+                               "cell again.")
+        settings = {**self.settings, **overrides}
+        self.folder, resume = next_run_folder(settings["output_dir"], resume_unfinished=True)
+        settings["output_dir"] = str(self.folder)
+        if in_ipython():
+            from IPython.display import display
+
+            display(self.watch.widget)
+        self.result, self.error, self._code_run = None, None, True
+        self.train_button.disabled = self.stop_button.disabled = True
+        verb = "continuing the unfinished run in" if resume else "training into"
+        logger.info(f"{'continuing the unfinished run in' if resume else 'this run writes to'} "
+                    f"{self.folder.resolve()}")
+        self.status.value = (f"{verb} {html.escape(str(self.folder.resolve()))} (from the Train cell; the kernel's "
+                             "&#9632; interrupt stops after the current step and saves) ...")
+        try:
+            self.result = quick_finetune(**settings, resume=resume, callbacks=[self.watch])
+            self._done(stopped=False)
+        except BaseException as err:
+            self.error = err
+            self.status.value = f"<span style='color:#c62828'>failed: {html.escape(str(err))}</span>"
+            raise
+        finally:
+            self._code_run = False
+            self.train_button.disabled = False
+        return self.result
+
+    def _done(self, stopped: bool) -> None:
+        """The status line of a finished run: the losses, the best step, and the adapter's full path."""
+        result = self.result
+        best = describe_best(result.history, result.adapter_step, max((h["step"] for h in result.history),
+                                                                      default=0))
+        held = f"; {html.escape(best)}" if best else ""
+        self.status.value = (f"<span style='color:green'>done{' (stopped early)' if stopped else ''}: loss "
+                             f"{result.first_loss:.3f} &rarr; {result.final_loss:.3f}{held} in "
+                             f"{result.wall_time_s:.0f} s; adapter in "
+                             f"{html.escape(str(Path(result.adapter_path).resolve()))}. <b>Train</b> starts a new "
+                             "run in a new folder.</span>")
 
     def _run(self, settings: dict) -> None:
         with thread_output_to(self.log):
             try:
                 self.result = quick_finetune(**settings, callbacks=[self.watch, self._stopper])
-                stopped = " (stopped early)" if self._stopper.requested else ""
-                best = describe_best(self.result.history, self.result.adapter_step,
-                                     max((h["step"] for h in self.result.history), default=0))
-                held = f"; {html.escape(best)}" if best else ""
-                self.status.value = (f"<span style='color:green'>done{stopped}: loss {self.result.first_loss:.3f} "
-                                     f"&rarr; {self.result.final_loss:.3f}{held} in {self.result.wall_time_s:.0f} s; "
-                                     f"adapter in {self.result.adapter_path}</span>")
+                self._done(stopped=self._stopper.requested)
             except Exception as err:  # shown in the panel; the log gets the message, or the traceback if unexpected
                 self.error = err
                 if isinstance(err, EXPECTED_ERRORS):  # they name the setting or folder and the fix
@@ -369,16 +495,17 @@ class ControlPanel:
 def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: float | None = None,
                   alpha: float | None = None, max_seq_length: int | None = None, batch_size: int | None = None,
                   grad_accum: int | None = None, max_steps: int | None = None,
-                  output_dir: str | None = None, gpu: Any = "auto") -> ControlPanel:
+                  output_dir: str | None = None, gpu: Any = "auto", notebook: str = DEFAULT_NOTEBOOK) -> ControlPanel:
     """An ipywidgets panel to choose, check and run a fine-tune; show it by making it a cell's last line.
 
     ``model``/``dataset`` ``"auto"`` mean the offline demo on CPU and
     ``unsloth/Llama-3.2-1B-Instruct-bnb-4bit`` + ``yahma/alpaca-cleaned`` on a
     GPU. ``lr``/``alpha`` ``None`` follow the rank (``lr_for_rank``, alpha = r)
     until a value is typed. Unset shape values start from the demo's settings
-    for ``"demo"`` and the kit's defaults otherwise. ``output_dir=None`` is
-    Google Drive when mounted on Colab, else ``outputs/rslora``. ``gpu`` is what
-    the VRAM gauge compares with: ``"auto"`` (this GPU, else a T4), ``"T4"`` or GiB.
+    for ``"demo"`` and the kit's defaults otherwise. ``output_dir=None`` is the
+    notebook's own folder: ``outputs/<notebook>``, on Google Drive when mounted
+    on Colab. ``gpu`` is what the VRAM gauge compares with: ``"auto"`` (this GPU,
+    else a T4), ``"T4"`` or GiB.
 
     >>> panel = control_panel(max_steps=30)   # doctest: +SKIP
     >>> panel                                 # doctest: +SKIP
@@ -392,5 +519,5 @@ def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: f
               "max_steps": max_steps}
     shape.update({k: v for k, v in chosen.items() if v is not None})
     return ControlPanel(model, dataset, r, lr, alpha, shape["max_seq_length"], shape["batch_size"],
-                        shape["grad_accum"], shape["max_steps"], output_dir or default_output_dir(), gpu,
+                        shape["grad_accum"], shape["max_steps"], output_dir or notebook_output_dir(notebook), gpu,
                         shape["eval_fraction"])

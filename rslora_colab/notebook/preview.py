@@ -16,6 +16,7 @@ from typing import Any
 from ..config import FinetuneConfig
 from ..data import load_and_validate
 from ..load import runtime_of
+from ..logs import library_bars_off
 from ..settings import resolve_run
 from ..train import attach_adapter, build_trainer, load_pair, masked_preview
 
@@ -62,10 +63,11 @@ def preview_data(model: Any, dataset: Any, r: int = 64, index: int = 0, **overri
     rows, fmt = load_and_validate(dataset)
     if not isinstance(index, int) or not 0 <= index < len(rows):
         raise ValueError(f"index={index!r}: pass a row number from 0 to {len(rows) - 1}.")
-    pair = load_pair(model, config)
-    run = resolve_run(config, runtime_of(pair[0]))
-    adapted = attach_adapter(pair[0], run)
-    trainer = build_trainer(adapted, pair[1], rows.select(range(index + 1)), fmt, run)
-    text, trained = masked_preview(trainer, index)
+    with library_bars_off():
+        pair = load_pair(model, config)
+        run = resolve_run(config, runtime_of(pair[0]))
+        adapted = attach_adapter(pair[0], run)
+        trainer = build_trainer(adapted, pair[1], rows.select(range(index + 1)), fmt, run)
+        text, trained = masked_preview(trainer, index)
     handed_on = {"model": (adapted, pair[1]), "dataset": rows, "r": r, **overrides}
     return DataPreview(fmt, len(rows), index, dict(rows[index]), text, trained, handed_on)

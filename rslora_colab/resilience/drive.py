@@ -40,9 +40,11 @@ def drive_mounted() -> bool:
     return DRIVE_HOME.is_dir()
 
 
-def default_output_dir() -> str:
-    """Drive (``MyDrive/rslora-colab/outputs/rslora``) when mounted, else ``outputs/rslora``."""
-    return str(DRIVE_HOME / "rslora-colab" / LOCAL_OUTPUT_DIR) if drive_mounted() else LOCAL_OUTPUT_DIR
+def default_output_dir(name: str | None = None) -> str:
+    """Drive (``MyDrive/rslora-colab/outputs/rslora``) when mounted, else ``outputs/rslora``; ``name`` replaces
+    ``rslora`` (each notebook has its own folder, e.g. ``outputs/01_quickstart``)."""
+    local = LOCAL_OUTPUT_DIR if name is None else str(Path(LOCAL_OUTPUT_DIR).with_name(name))
+    return str(DRIVE_HOME / "rslora-colab" / local) if drive_mounted() else local
 
 
 def mount_drive() -> str:
@@ -59,4 +61,18 @@ def warn_if_volatile(output_dir: str | Path) -> bool:
         return False
     logger.warning(f"{output_dir} is on the Colab runtime's disk; a disconnect will lose it and its "
                    "checkpoints. Run `from rslora_colab import mount_drive; mount_drive()` first to keep runs on Google Drive.")
+    return True
+
+
+def keep_on_drive(wanted: bool) -> bool:
+    """The notebooks' ``USE_DRIVE`` switch: on Colab and ``wanted``, mount Google Drive so runs default to it;
+    True when Drive holds the runs. Off Colab it says Drive is Colab's and does nothing."""
+    if not wanted:
+        if on_colab():
+            logger.info("runs stay on this runtime's disk (set USE_DRIVE = True to keep them on Google Drive)")
+        return drive_mounted()
+    if not on_colab():
+        logger.info("USE_DRIVE: Google Drive is mounted only on Colab; runs stay in ./outputs here")
+        return False
+    logger.info(f"runs go to {mount_drive()} and beside it")
     return True

@@ -34,6 +34,7 @@ from ..config import FinetuneConfig
 from ..data import load_and_validate, load_eval_dataset, source_name
 from ..distributed import gather, run_on_main, start, world_size
 from ..load import load_tokenizer, runtime_of
+from ..logs import library_bars_off
 from ..resilience.atomic import write_json
 from ..resilience.checkpoints import (
     WRITE_ERRORS,
@@ -135,7 +136,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     dataset, fmt = load_and_validate(dataset, config.method)
     held = None if eval_dataset is None else load_eval_dataset(eval_dataset, fmt, config.method)
     config, train_rows, held = split_eval(dataset, config, held, source)
-    with run_lock(config.output_dir):  # a writable folder, and no other live run in it
+    with run_lock(config.output_dir), library_bars_off():  # a writable folder, no other live run in it
         # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
         tokenizer = load_tokenizer(model)
         lengths = check_lengths(tokenizer, dataset, fmt, config, source)
@@ -195,7 +196,7 @@ def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
     """
     start()
     config, dataset, held = split_eval(dataset, share_batch(config), eval_dataset)
-    with run_lock(config.output_dir):
+    with run_lock(config.output_dir), library_bars_off():
         return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False,
                       eval_dataset=held)
 
