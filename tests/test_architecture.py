@@ -95,3 +95,20 @@ def test_subsystems_live_in_their_folders():
     assert all((PACKAGE / folder / "__init__.py").is_file() for folder in SUBSYSTEMS)
     flat = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")
     assert len(flat) <= 20, f"{len(flat)} flat modules: {flat}"
+
+
+def test_the_colab_installer_stands_alone():
+    """rslora_colab_install runs on Colab before the kit's dependencies are installed: the standard library only,
+    and the kit never imports it (it is a separate top-level package for that reason)."""
+    import sys
+
+    imported = set()
+    for path in (PACKAGE.parent / "rslora_colab_install").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                imported.add(node.module.split(".")[0])
+    assert imported - set(sys.stdlib_module_names) <= {"rslora_colab_install"}, imported
+    users = [name for name, path in _modules().items() if "rslora_colab_install" in path.read_text()]
+    assert not users, f"the kit imports its Colab installer: {users}"

@@ -56,36 +56,66 @@ def _install_cell(path: Path) -> str:
 def test_every_notebook_installs_the_pinned_kit_from_the_one_location():
     import tomllib
 
+    import rslora_colab_install
+
     project = tomllib.loads((NOTEBOOKS[0].parents[1] / "pyproject.toml").read_text())
     repo = project["project"]["urls"]["Repository"]
     cells = {_install_cell(p) for p in NOTEBOOKS}
     assert len(cells) == 1, "the three install cells must be the same"
-    kit = re.search(r'^KIT = "(.+)"$', cells.pop(), re.M).group(1)
-    assert kit == f"rslora-colab[colab] @ git+{repo}"  # [colab]: the extra made of requirements-colab.txt
+    cell = cells.pop()
+    kit = re.search(r'^KIT = "([^"]+)"', cell, re.M).group(1)
+    assert kit == f"rslora-colab @ git+{repo}"  # first without dependencies: that brings the installer
+    assert "rslora_colab_install.install_colab_stack()" in cell  # which adds [colab] around Colab's torch
+    assert rslora_colab_install.kit_requirement() == f"rslora-colab[colab] @ git+{repo}"  # here: not from git
     extra = project["tool"]["setuptools"]["dynamic"]["optional-dependencies"]["colab"]
-    assert extra == {"file": ["requirements-colab.txt"]}
+    assert extra == {"file": ["requirements-colab.txt"]}  # [colab]: the extra made of requirements-colab.txt
 
 
-def test_a_failed_install_stops_run_all_with_pips_message(monkeypatch):
+def _run_install_cell(monkeypatch, *, on_colab: bool, installer_there: bool, pip_rc: int = 0) -> tuple[list, list]:
+    """Run the install cell as Colab would, without installing anything: ``(pip commands, installer calls)``."""
     import importlib.util
     import subprocess
     import sys
     import types
 
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    import rslora_colab_install
+
+    if on_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "rslora_colab" else real_find_spec(name, *a))
-    calls = []
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if (
+        name == "rslora_colab_install" and not installer_there) else real_find_spec(name, *a))
+    pips, installs = [], []
 
-    def failing_pip(cmd, **kwargs):
-        calls.append(cmd)
-        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version that satisfies unsloth")
+    def pip(cmd, **kwargs):
+        pips.append(cmd)
+        return subprocess.CompletedProcess(cmd, pip_rc, "", "ERROR: Could not find a version that satisfies x")
 
-    monkeypatch.setattr(subprocess, "run", failing_pip)
+    monkeypatch.setattr(subprocess, "run", pip)
+    monkeypatch.setattr(rslora_colab_install, "install_colab_stack", lambda *a, **k: installs.append((a, k)))
+    exec(_install_cell(NOTEBOOKS[0]), {})
+    return pips, installs
+
+
+def test_a_failed_install_stops_run_all_with_pips_message(monkeypatch):
     with pytest.raises(RuntimeError, match="(?s)pip install failed.*Could not find a version.*Run all again"):
-        exec(_install_cell(NOTEBOOKS[0]), {})
-    assert calls and calls[0][1:4] == ["-m", "pip", "install"]
+        _run_install_cell(monkeypatch, on_colab=True, installer_there=False, pip_rc=1)
+
+
+def test_the_install_cell_brings_the_installer_then_runs_it_and_again_only_runs_it(monkeypatch):
+    """On Colab: pip brings the kit without dependencies (the installer, pure Python), then the installer adds the
+    stack around Colab's torch (rslora_colab_install; tests/test_colab_install.py). Run again, only the installer
+    runs (and it runs no pip once the stack is there). Elsewhere the cell only imports the kit."""
+    pips, installs = _run_install_cell(monkeypatch, on_colab=True, installer_there=False)
+    assert len(pips) == 1 and pips[0][1:5] == ["-m", "pip", "install", "--no-deps"]
+    assert pips[0][-1].startswith("rslora-colab @ git+") and installs == [((), {})]
+    monkeypatch.undo()
+    pips, installs = _run_install_cell(monkeypatch, on_colab=True, installer_there=True)
+    assert pips == [] and installs == [((), {})]
+    monkeypatch.undo()
+    assert _run_install_cell(monkeypatch, on_colab=False, installer_there=False) == ([], [])
 
 
 def test_notebooks_use_only_the_public_api():
