@@ -11,7 +11,7 @@ from .config import is_number
 from .data.rows import ROLES, turn_problems
 from .data.sft import check_chat_template
 from .distributed import is_main
-from .load import runtime_of
+from .load import input_device, runtime_of
 from .result import model_and_tokenizer
 
 
@@ -56,7 +56,7 @@ def chat(result_or_model: Any, tokenizer: Any, prompt_or_messages: str | list[di
         fast.for_inference(model)
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                            return_dict=True)
-    inputs = {k: v.to(next(model.parameters()).device) for k, v in inputs.items()}
+    inputs = {k: v.to(input_device(model)) for k, v in inputs.items()}  # where the input embedding is
     streamer = None
     if stream:
         from transformers import TextStreamer

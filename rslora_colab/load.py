@@ -137,6 +137,18 @@ def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+def input_device(model: Any) -> torch.device:
+    """Where a model's inputs go: the device of its input embedding.
+
+    Not the first parameter's: when VRAM is tight Unsloth moves the input
+    embedding to the CPU (and patches ``model.device`` for the same reason), so
+    ``input_ids`` must follow the embedding, wherever the rest of the model is.
+    """
+    embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embedding, "weight", None)
+    return weight.device if isinstance(weight, torch.Tensor) else model_device(model)
+
+
 ADAPTER_CONFIG = "adapter_config.json"
 
 

@@ -105,6 +105,9 @@ def lab(tmp_path):
     quiet = home / "settings" / "@jupyterlab" / "apputils-extension" / "notification.jupyterlab-settings"
     quiet.parent.mkdir(parents=True)
     quiet.write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))  # no news toast, no web calls
+    tracker = home / "settings" / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings"
+    tracker.parent.mkdir(parents=True)
+    tracker.write_text(json.dumps({"windowingMode": "none"}))  # every cell in the page, as a user scrolls to it
     cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
            f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={tmp_path}",
            "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=None",
@@ -159,6 +162,7 @@ def test_control_panel_renders_and_trains_in_jupyterlab(lab, tmp_path):
                         "model": big.locator("input[list]").input_value(),
                         "choices": big.locator("datalist option").count(),
                         "buttons": {b.strip() for b in big.locator("button").all_inner_texts()}}
+            page.wait_for_timeout(1500)  # a person reads first (a click within 0.5 s of a cell is ignored)
             demo.locator("button", has_text="Train").click()  # trains in the kernel's background thread
             demo.get_by_text("done:").wait_for(timeout=left_ms())
             demo.get_by_text("log", exact=True).click()
@@ -176,3 +180,97 @@ def test_control_panel_renders_and_trains_in_jupyterlab(lab, tmp_path):
     assert "done at step 10/10" in trained and plot_width > 100  # progress bar, numbers and loss plot updated
     assert shot.stat().st_size > 20_000
     assert time.monotonic() - started < BUDGET_S
+
+
+NOTEBOOKS = REPO / "notebooks"
+USER_BUDGET_S = 420.0
+"""The notebook-as-a-user test: Run all of notebook 01 (demo build when not cached, 60 steps), a Train/Stop in the
+panel, then notebook 02's sweep cut to 2 ranks x 5 steps."""
+
+
+def _copy_notebook(name: str, folder: Path, **parameters: str) -> str:
+    """Copy a notebook into the lab's folder with some parameters-cell lines replaced (``NAME = value``)."""
+    notebook = json.loads((NOTEBOOKS / name).read_text())
+    cell = notebook["cells"][1]
+    text = "".join(cell["source"])
+    for key, value in parameters.items():
+        text, found = __import__("re").subn(rf"(?m)^{key} = [^#\n]*?(\s*#)", rf"{key} = {value}\1", text)
+        assert found == 1, f"{name}: no parameter {key}"
+    cell["source"] = text.splitlines(keepends=True)
+    (folder / name).write_text(json.dumps(notebook))
+    return name
+
+
+def _run_all(page, name: str, base: str, token: str, left_ms) -> None:
+    page.goto(f"{base}/lab/tree/{name}?token={token}", timeout=left_ms())
+    page.wait_for_function(  # this notebook's tab is the current one and its kernel is ready
+        "name => { const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;"
+        " const k = w && w.context && w.context.path === name && w.sessionContext"
+        " && w.sessionContext.session && w.sessionContext.session.kernel;"
+        " return k && k.status === 'idle'; }", arg=name, timeout=left_ms())
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+
+
+def _notebook_text(page) -> str:
+    return page.inner_text(".jp-Notebook")
+
+
+def test_notebook_01_as_a_user_run_all_then_train_then_stop(lab, tmp_path):
+    """Run all, then the panel's Train, then Stop: the finished adapter stays, one progress bar a run, no library
+    warnings; notebook 02's figure shows as a picture."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token, started, server = lab
+    deadline = started + USER_BUDGET_S - 5
+
+    def left_ms() -> float:  # each wait: at most 3 minutes, within the budget
+        return min(max((deadline - time.monotonic()) * 1000, 1000), 180_000)
+
+    _wait_http(f"{base}/api/status?token={token}", deadline, server)
+    first = _copy_notebook("01_quickstart_t4.ipynb", tmp_path, MAX_STEPS="60")
+    sweep = _copy_notebook("02_lora_vs_rslora.ipynb", tmp_path, RANKS="(4, 64)", MAX_STEPS="5")
+    adapter = tmp_path / "outputs" / "01_quickstart" / "adapter" / "adapter_model.safetensors"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 1800})
+        page = browser.new_page()
+        try:
+            _run_all(page, first, base, token, left_ms)
+            train = page.locator("button", has_text="Train")
+            page.get_by_text("saved adapter ->").wait_for(state="attached", timeout=left_ms())  # the last cell ran
+            after_run_all = _notebook_text(page)
+            trained = adapter.read_bytes()
+            train_cell = page.locator(".jp-CodeCell", has_text="panel.run(")
+            bars_in_train_cell = train_cell.locator(".widget-hprogress").count()
+            html_bars = page.locator(".jp-OutputArea-output progress").count()  # transformers' notebook bar
+            steps = page.locator(".widget-text", has_text="max steps").locator("input")
+            steps.fill("2000")
+            steps.press("Enter")
+            page.wait_for_timeout(1500)  # a person reads before clicking (a click within 0.5 s of a cell is ignored)
+            train.click()  # a new run from the panel ...
+            page.get_by_text(__import__("re").compile(r"step [3-9]\d*/2000")).first.wait_for(timeout=left_ms())
+            page.locator("button", has_text="Stop").click()  # ... stopped after a few steps
+            page.get_by_text("done (stopped early)").wait_for(timeout=left_ms())
+            panel_status = page.locator(".jp-CodeCell", has_text="control_panel(").inner_text()
+            page.screenshot(path=str(tmp_path / "notebook01.png"), full_page=True)
+            _run_all(page, sweep, base, token, left_ms)
+            results = page.locator(".jp-CodeCell", has_text="sweep.markdown()")
+            results.locator(".jp-OutputArea-output img").first.wait_for(timeout=left_ms())
+            figure_width = results.locator(".jp-OutputArea-output img").first.evaluate("img => img.naturalWidth")
+            sweep_text = _notebook_text(page)
+        except Exception:
+            page.screenshot(path=str(tmp_path / "failed.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
+    assert adapter.read_bytes() == trained  # the Run-all adapter was not replaced by the panel's run
+    second = tmp_path / "outputs" / "01_quickstart-2"
+    assert (second / "adapter" / "adapter_config.json").exists() and str(second) in panel_status
+    assert bars_in_train_cell == 1 and html_bars == 0  # one progress bar for the run: the live view's
+    for text in (after_run_all, sweep_text):
+        assert "Warning" not in text and "it/s]" not in text and "examples/s" not in text
+    assert "training has not started" not in after_run_all and "done at step 60/60" in after_run_all  # the panel
+    assert "adapter in " + str(tmp_path / "outputs" / "01_quickstart" / "adapter") in after_run_all  # followed Run all
+    assert figure_width > 400 and "<Figure size" not in sweep_text
+    assert time.monotonic() - started < USER_BUDGET_S
