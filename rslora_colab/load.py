@@ -11,7 +11,7 @@ import torch
 
 from .demo import DEMO_NAME, demo_threads, resolve_model_name
 from .distributed import cuda_index
-from .runtime import Runtime, detect_runtime
+from .runtime import Runtime, detect_runtime, trains_as
 
 logger = logging.getLogger(__name__)
 
@@ -95,14 +95,40 @@ def load_model(
         model, tokenizer = load_transformers(name, load_in_4bit, runtime)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    setattr(model, RUNTIME_ATTR, runtime)
+    trains = trains_as(runtime, getattr(getattr(model, "config", None), "model_type", None))
+    if trains is not runtime:
+        logger.info(f"{model_name}: Unsloth trains this family in float32 on this GPU (fp16 off in its trainer; "
+                    "float16 NaNs its gradients), so the run is recorded and planned as fp32")
+    setattr(model, RUNTIME_ATTR, trains)
     return model, tokenizer
 
 
-def load_tokenizer(model: Any):
+def unsloth_repo(name: str, runtime: Runtime, load_in_4bit: bool = True) -> str:
+    """The repo Unsloth's GPU loader reads for hub id ``name``; other names and backends unchanged.
+
+    Unsloth's mapper (``unsloth.models.loader_utils.get_model_name``, which
+    ``FastLanguageModel.from_pretrained`` calls) sends gated ids such as
+    ``meta-llama/Llama-3.2-1B-Instruct`` to its ungated ``unsloth/`` copies, so a
+    check that reads the id before loading must read what Unsloth will. Unsloth's
+    CPU backend loads names as given.
+    """
+    if not runtime.unsloth_gpu or name.count("/") != 1 or Path(name).expanduser().exists():
+        return name
+    from unsloth.models.loader_utils import get_model_name
+
+    try:
+        mapped = get_model_name(name, load_in_4bit=load_in_4bit)
+    except Exception:  # noqa: BLE001 — e.g. NotImplementedError (a newer Unsloth knows it): loading says so
+        return name
+    return mapped if isinstance(mapped, str) and mapped else name
+
+
+def load_tokenizer(model: Any, backend: str = "auto", load_in_4bit: bool = True):
     """The tokenizer of a hub id, local folder, ``"demo"`` or ``(model, tokenizer)`` pair, with no model weights.
 
-    Raises a ``ValueError`` naming the model when its files cannot be read (a
+    On Unsloth's GPU path a hub id is read as Unsloth's mapper will load it
+    (:func:`unsloth_repo`: ``meta-llama/...`` becomes its ungated ``unsloth/``
+    copy), and one line says so. Raises a ``ValueError`` naming the model when its files cannot be read (a
     misspelt hub id, no network, a wrong folder). Returns None for anything
     else that is not a model name (loading it says what is wrong) and, with a
     notice, when the tokenizer needs more than ``AutoTokenizer`` (the checks
@@ -114,8 +140,13 @@ def load_tokenizer(model: Any):
         return None
     from transformers import AutoTokenizer
 
+    name = resolve_model_name(str(model))
+    repo = unsloth_repo(name, detect_runtime(backend), load_in_4bit)
+    if repo != name:
+        logger.info(f"{model}: Unsloth loads {repo} for it (its mapper: an ungated copy), so the tokenizer "
+                    "check before training reads that one")
     try:
-        return AutoTokenizer.from_pretrained(resolve_model_name(str(model)))
+        return AutoTokenizer.from_pretrained(repo)
     except OSError as err:
         reason = (str(err).strip().splitlines() or [""])[0][:300]
         raise ValueError(f"model {str(model)!r}: its tokenizer cannot be read ({type(err).__name__}: {reason}). "

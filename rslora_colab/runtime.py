@@ -14,6 +14,11 @@ reports, so that tests can simulate any GPU (``tests/conftest.py``):
   transformers + PEFT + TRL on CPU and patches what TRL 1.15 cannot run
   there); transformers + PEFT when it is not installed, failed to import, or
   ``RSLORA_COLAB_NO_UNSLOTH=1`` is set.
+* **families Unsloth trains in float32** — where fp16 would run (a T4, or
+  ``precision="fp16"``), Unsloth 2026.10.9 loads Gemma 3/3n/4, Qwen3-MoE,
+  Qwen3.5, gpt-oss and GLM-4 MoE in bf16 storage and turns the trainer's fp16
+  off (float16 NaNs their gradients): :func:`trains_as` records and plans fp32
+  for them, as really runs.
 * **optimizer** — bitsandbytes' 8-bit AdamW on a GPU; on CPU plain AdamW
   (Unsloth's CPU backend swaps any AdamW for ``adamw_torch_fused``, so the
   kit asks for that one there and records what really runs).
@@ -25,6 +30,7 @@ imported, before any of them.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import os
@@ -199,3 +205,38 @@ def detect_runtime(backend: str = "auto", precision: str | None = None) -> Runti
         where = f"its GPU path on {device}" if cuda else "its CPU backend (no CUDA GPU)"
         return Runtime("unsloth", precision, device, f"unsloth is installed: {where}")
     return Runtime("transformers", precision, device, f"{why_not}; using transformers + PEFT")
+
+
+UNSLOTH_FP32_TYPES: tuple[str, ...] = (
+    "embedding_gemma2", "embedding_gemma2_text", "gemma3,", "gemma3text", "gemma3n", "gemma4", "gemma4text",
+    "glm4_moe", "glm4_moe_lite", "gpt_oss", "qwen3_5", "qwen3_moe",
+)
+"""``model_type`` entries Unsloth 2026.10.9 will not train in float16 (``unsloth.models.loader.FORCE_FLOAT32``,
+from ``unsloth_zoo.FORCE_FLOAT32``), matched as its loader does (:func:`unsloth_forces_fp32`).
+tests/test_device_decisions.py fails in the Colab lane when Unsloth's list moves."""
+
+
+def unsloth_forces_fp32(model_type: str) -> bool:
+    """True for a ``config.json`` ``model_type`` that Unsloth trains in float32 where fp16 would run.
+
+    Unsloth's rule: an entry equals the type with ``-``/``_`` removed, or is a
+    substring of ``"<type>,"`` (so ``"gemma3,"`` matches ``gemma3`` and not ``gemma3n``).
+    """
+    joined = f"{model_type.lower()},"
+    squashed = model_type.lower().replace("-", "").replace("_", "")
+    return any(name == squashed or name in joined for name in UNSLOTH_FP32_TYPES)
+
+
+def trains_as(runtime: Runtime, model_type: str | None) -> Runtime:
+    """The runtime a model of ``model_type`` really trains with: fp32 where Unsloth forces it, else ``runtime``.
+
+    On Unsloth's GPU path an fp16 load of such a family (a T4, or
+    ``precision="fp16"``) is stored in bf16 and trained in float32, with the
+    trainer's fp16 turned off; the kit's records, trainer flags, guard and
+    memory plan follow. The load itself still asks Unsloth for fp16, so
+    Unsloth's own handling is unchanged.
+    """
+    if not (runtime.unsloth_gpu and runtime.precision == "fp16" and model_type and unsloth_forces_fp32(model_type)):
+        return runtime
+    return dataclasses.replace(runtime, precision="fp32", reason=f"{runtime.reason}; Unsloth trains {model_type} in "
+                               "float32 where fp16 would run (float16 NaNs this family's gradients)")

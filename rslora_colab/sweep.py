@@ -496,7 +496,8 @@ def compare_ranks(
         source = source_name(dataset)
         dataset, fmt = load_and_validate(dataset)
         # before any model loads: the rows TRL would drop
-        check_lengths(load_tokenizer(model), dataset, fmt, configs[0], source)
+        check_lengths(load_tokenizer(model, configs[0].backend, configs[0].load_in_4bit), dataset, fmt, configs[0],
+                      source)
         result = SweepResult(settings={"mode": sweep.mode, "model": str(model), "rows": len(dataset), "format": fmt,
                                        "ranks": list(sweep.ranks), "methods": list(sweep.methods),
                                        "seeds": list(sweep.seeds), "max_steps": sweep.max_steps,

@@ -170,3 +170,119 @@ def test_importing_the_kit_imports_unsloth_first_when_installed_and_not_switched
     else:
         assert _import_report({}) == (False, False, "transformers")
     assert _import_report({NO_UNSLOTH_ENV: "1"}) == (False, False, "transformers")
+
+
+# ---------------------------------------------------------------- families Unsloth trains in float32
+
+def _family_folder(folder, model_type: str):
+    """A local model folder holding Llama-3.2-1B's config.json under another ``model_type`` (no weights)."""
+    import json
+
+    from rslora_colab.memory.catalog import find_in_catalog
+
+    config = {**find_in_catalog("Llama-3.2-1B-Instruct").to_config_dict(), "model_type": model_type}
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_the_float32_families_are_unsloths_own_and_matched_as_its_loader_does():
+    from rslora_colab.runtime import UNSLOTH_FP32_TYPES, unsloth_forces_fp32
+
+    forced = ["gemma3", "gemma3_text", "gemma3n", "gemma3n_text", "gemma4", "gemma4_text", "qwen3_moe", "qwen3_5",
+              "qwen3_5_moe", "gpt_oss", "glm4_moe", "glm4_moe_lite"]
+    kept = ["llama", "qwen2", "qwen3", "gemma2", "gemma", "mistral", "phi3", "glm4"]
+    assert [t for t in forced if not unsloth_forces_fp32(t)] == [] and [t for t in kept if unsloth_forces_fp32(t)] == []
+    if not unsloth_installed():
+        return  # the CPU lane: Unsloth's own list is the Colab lane's to compare
+    import ast
+    import importlib.util
+    from pathlib import Path
+
+    from unsloth_zoo import FORCE_FLOAT32  # the list Unsloth's loader reads (unsloth_zoo.model_lists)
+
+    loader = Path(importlib.util.find_spec("unsloth").submodule_search_locations[0]) / "models" / "loader.py"
+    fallback = next(ast.literal_eval(node.value) for node in ast.parse(loader.read_text()).body  # unioned in there
+                    if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "_FORCE_FLOAT32_FALLBACK")
+    effective = list(FORCE_FLOAT32) + [f for f in fallback if not any(f in entry for entry in FORCE_FLOAT32)]
+    assert sorted(UNSLOTH_FP32_TYPES) == sorted(effective)
+
+
+@pytest.mark.parametrize("simulated_gpu", ["T4", "H100"], indirect=True)
+def test_a_family_unsloth_forces_to_float32_is_recorded_and_trained_as_fp32(simulated_gpu, monkeypatch, tmp_path,
+                                                                             caplog):
+    calls: list[dict] = []
+    fake = _fake_unsloth(calls)
+    load = fake.FastLanguageModel.from_pretrained
+    fake.FastLanguageModel.from_pretrained = lambda **kw: (
+        (SimpleNamespace(config=SimpleNamespace(model_type="gemma3_text")), load(**kw)[1]))
+    monkeypatch.setitem(sys.modules, "unsloth", fake)
+    monkeypatch.delenv(NO_UNSLOTH_ENV, raising=False)
+    with caplog.at_level("INFO", logger="rslora_colab"):
+        model, _ = load_model("unsloth/gemma-3-1b-it-unsloth-bnb-4bit")
+    runtime = model.rslora_colab_runtime
+    config = FinetuneConfig(r=16, output_dir=str(tmp_path))
+    args = trainer_args(resolve_run(config, runtime))
+    t4 = not simulated_gpu.native_bf16
+    assert calls[0]["dtype"] == (torch.float16 if t4 else torch.bfloat16)  # Unsloth still gets what it got before
+    assert runtime.precision == ("fp32" if t4 else "bf16") and resolve_run(config, runtime).as_dict()["precision"] \
+        == runtime.precision
+    assert (args["fp16"], args["bf16"]) == (False, not t4)  # what Unsloth's trainer really runs
+    assert ("trains this family in float32" in caplog.text) is t4
+    gemma, llama = _family_folder(tmp_path / "gemma", "gemma3_text"), _family_folder(tmp_path / "llama", "llama")
+    plans = {name: fit_to_gpu(folder, FinetuneConfig(r=16, max_seq_length=1024, output_dir=str(tmp_path)))[1]
+             for name, folder in (("gemma", gemma), ("llama", llama))}
+    wider = plans["gemma"].estimate.total_gib > plans["llama"].estimate.total_gib
+    assert wider is t4  # planned with fp32 activations where fp32 really runs
+
+
+def test_the_t4_gauge_plans_fp32_for_a_float32_family(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a real GPU is present")
+    gemma, llama = _family_folder(tmp_path / "gemma", "gemma3"), _family_folder(tmp_path / "llama", "llama")
+    fits = [check_fit(folder, r=16, max_seq_length=1024, batch_size=2) for folder in (gemma, llama)]
+    assert fits[0].total_gib > fits[1].total_gib
+
+
+@pytest.mark.parametrize("simulated_gpu", ["T4"], indirect=True)
+def test_a_gated_id_is_checked_as_unsloths_mapper_loads_it(simulated_gpu, monkeypatch, demo_path, caplog):
+    """On Unsloth's GPU path the tokenizer check reads the repo Unsloth's mapper gives (an ungated unsloth/ copy
+    for meta-llama/...), here a stand-in mapper that sends the gated id to the demo model's folder."""
+    from rslora_colab.load import load_tokenizer
+
+    asked = []
+
+    def get_model_name(model_name, load_in_4bit=True):
+        asked.append((model_name, load_in_4bit))
+        return demo_path if model_name == "meta-llama/Llama-3.2-1B-Instruct" else model_name
+
+    fake = _fake_unsloth([])
+    fake.models = types.ModuleType("unsloth.models")
+    fake.models.loader_utils = types.ModuleType("unsloth.models.loader_utils")
+    fake.models.loader_utils.get_model_name = get_model_name
+    for name, module in (("unsloth", fake), ("unsloth.models", fake.models),
+                         ("unsloth.models.loader_utils", fake.models.loader_utils)):
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.delenv(NO_UNSLOTH_ENV, raising=False)
+    with caplog.at_level("INFO", logger="rslora_colab"):
+        tokenizer = load_tokenizer("meta-llama/Llama-3.2-1B-Instruct", "auto", True)
+    assert asked == [("meta-llama/Llama-3.2-1B-Instruct", True)] and tokenizer.name_or_path == demo_path
+    assert f"Unsloth loads {demo_path} for it" in caplog.text
+    assert load_tokenizer(demo_path, "transformers").name_or_path == demo_path and len(asked) == 1  # no mapper
+
+
+def test_unsloths_mapper_holds_the_catalogs_gated_ids():
+    """The mapper the stand-in above plays: Unsloth's own table (a plain-data module) maps each meta-llama id of the
+    catalog to an unsloth/ repo."""
+    if not unsloth_installed():
+        pytest.skip("unsloth is not installed (the Colab lane has it)")
+    import importlib.util
+    from pathlib import Path
+
+    from rslora_colab.memory.catalog import CATALOG
+
+    mapper = Path(importlib.util.find_spec("unsloth").submodule_search_locations[0]) / "models" / "mapper.py"
+    tables: dict = {}
+    exec(compile(mapper.read_text(), str(mapper), "exec"), tables)
+    gated = [spec.hub_id for spec in CATALOG if spec.hub_id.startswith("meta-llama/")]
+    assert gated and all(tables["FLOAT_TO_INT_MAPPER"][g.lower()].startswith("unsloth/") for g in gated)

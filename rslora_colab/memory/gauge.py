@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..runtime import Runtime, detect_runtime
+from ..runtime import Runtime, detect_runtime, trains_as
+from .catalog import resolve_spec
 from .estimate import TERM_LABELS, VramEstimate, estimate_vram
 from .plan import T4_GIB, plan_for_gpu, resolve_budget_gib, training_estimate_kwargs
 
@@ -109,7 +110,8 @@ def check_fit(model: str, r: int = 64, max_seq_length: int = 2048, batch_size: i
     budget, device = budget_and_device(gpu)
     target = estimate_target(model)
     try:
-        kwargs = training_estimate_kwargs(gauge_runtime())
+        runtime = trains_as(gauge_runtime(), resolve_spec(target).model_type)  # Unsloth: some families in fp32
+        kwargs = training_estimate_kwargs(runtime)
         est = estimate_vram(target, r=r, max_seq_length=max_seq_length, batch_size=batch_size, **kwargs)
     except ValueError as err:
         return FitCheck(None, None, budget, device, f"no estimate: {err}", "")

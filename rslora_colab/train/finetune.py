@@ -138,7 +138,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     config, train_rows, held = split_eval(dataset, config, held, source)
     with run_lock(config.output_dir), library_bars_off():  # a writable folder, no other live run in it
         # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
-        tokenizer = load_tokenizer(model)
+        tokenizer = load_tokenizer(model, config.backend, config.load_in_4bit)
         lengths = check_lengths(tokenizer, dataset, fmt, config, source)
         if eval_dataset is not None:
             check_lengths(tokenizer, held, fmt, config, source_name(eval_dataset, "eval_dataset"))

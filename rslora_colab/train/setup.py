@@ -62,7 +62,7 @@ from ..memory.plan import (
     split_global_batch,
     training_estimate_kwargs,
 )
-from ..runtime import detect_runtime
+from ..runtime import detect_runtime, trains_as
 from .evaluation import check_evaluation
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,8 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     spec = model_spec(model)
     if spec is None:
         return config, None
-    runtime = runtime_of(model[0]) if isinstance(model, tuple) else detect_runtime(config.backend)
+    runtime = runtime_of(model[0]) if isinstance(model, tuple) else trains_as(detect_runtime(config.backend),
+                                                                               spec.model_type)
     if runtime.backend != "unsloth" and isinstance(model, str) and unsloth_maps_to_dynamic(model):
         # Only Unsloth's mapper swaps a hub id for its dynamic 4-bit repo; transformers quantizes every linear.
         spec = dataclasses.replace(spec, dynamic_quant=False)
