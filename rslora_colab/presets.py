@@ -106,6 +106,18 @@ def adapter_scale(alpha: float, r: int, use_rslora: bool = True) -> float:
     return alpha / math.sqrt(r) if use_rslora else alpha / r
 
 
+def portable_alpha(alpha: float, r: int) -> float:
+    """The ``lora_alpha`` that gives an rsLoRA adapter its own scale under the plain LoRA rule alpha/r: alpha*sqrt(r).
+
+    ``portable_alpha(a, r) / r == adapter_scale(a, r)``: what a portable adapter
+    (``use_rslora: false``) records, for engines that ignore ``use_rslora``.
+
+    >>> portable_alpha(64, 64), portable_alpha(16, 16)
+    (512.0, 64.0)
+    """
+    return adapter_scale(alpha, r) * r
+
+
 def check_method(method: str) -> None:
     """Raise ``ValueError`` unless ``method`` is one of :data:`METHODS`."""
     if method not in LR_FACTORS:

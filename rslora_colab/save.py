@@ -6,12 +6,20 @@
 ``adapter``        PEFT ``save_pretrained``                   PEFT ``save_pretrained``
 ``merged_16bit``   ``model.save_pretrained_merged(...,        PEFT ``merge_and_unload`` into the base,
                    save_method="merged_16bit")``              dequantized (see below)
+``portable_        the adapter, its config rewritten          the same
+adapter``          (:func:`make_portable`)
 ``gguf``           ``model.save_pretrained_gguf(...,          a ``ValueError``: GGUF needs a GPU runtime
                    quantization_method=quantization)``        with Unsloth
 =================  =========================================  ==============================================
 
 The adapter's ``adapter_config.json`` keeps ``use_rslora: true``, so PEFT and
 vLLM apply alpha/sqrt(r) when they load it; :func:`save` checks that it did.
+Engines that ignore ``use_rslora`` (llama.cpp's ``convert_lora_to_gguf.py``,
+hence ``llama-server --lora`` and Ollama's ``ADAPTER``; SGLang; vLLM's MoE
+expert adapters) apply alpha/r to it, sqrt(r) times too weak (8x at r=64),
+without an error. The **portable adapter** holds the same weights with
+``lora_alpha`` = alpha*sqrt(r) and ``use_rslora: false``: the same scale under
+PEFT, and the right one wherever alpha/r is computed (docs/serving.md).
 
 Unsloth 2026.10.9's CPU backend raises ``NotImplementedError`` when asked to
 merge into a 4-bit model ("not supported on CPU yet"), so off the GPU the kit
@@ -56,6 +64,7 @@ from .load import (
     runtime_of,
 )
 from .result import model_and_tokenizer
+from .presets import portable_alpha
 from .runtime import Runtime, detect_runtime
 
 logger = logging.getLogger(__name__)
@@ -68,7 +77,7 @@ METRICS_FILE = "metrics.json"
 """The run's settings, history and timings, in ``output_dir``."""
 LOSS_PLOT_FILE = "loss.png"
 """The run's loss curve, in ``output_dir``."""
-HOW = ("adapter", "merged_16bit", "gguf")
+HOW = ("adapter", "portable_adapter", "merged_16bit", "gguf")
 """What :func:`save` can write."""
 TOKEN_NAME = "HF_TOKEN"
 """The environment variable and the Colab secret the Hub token is read from."""
@@ -143,6 +152,48 @@ def _check_rslora_kept(model: Any, path: Path) -> None:
                            f"use_rslora={expected}; the scale would be wrong when it loads.")
 
 
+def make_portable(adapter_dir: str | Path, path: str | Path) -> Path:
+    """Copy a saved adapter to ``path`` so that every engine applies its scale: returns ``path``.
+
+    An rsLoRA adapter (``use_rslora: true``) gets ``lora_alpha`` = alpha*sqrt(r)
+    (:func:`~rslora_colab.presets.portable_alpha`; per module for ``rank_pattern`` /
+    ``alpha_pattern`` entries) and ``use_rslora: false``: PEFT's scale alpha/r then
+    equals the trained alpha/sqrt(r), and so does that of an engine that ignores
+    the flag. The weights are the same files. Every ``adapter_config.json`` in the
+    folder is rewritten (PEFT saves a second adapter, such as DPO's frozen
+    reference, in a subfolder); a plain LoRA adapter is copied as it is.
+    """
+    source, path = Path(adapter_dir), Path(path)
+    config = _lora_config(source / ADAPTER_CONFIG)
+    if config is None:
+        raise ValueError(f"{source / ADAPTER_CONFIG}: not a LoRA adapter's config (no integer r and lora_alpha); "
+                         "pass the adapter folder a run saved, e.g. outputs/rslora/adapter.")
+    shutil.copytree(source, path, dirs_exist_ok=True)
+    for config_file in sorted(path.rglob(ADAPTER_CONFIG)):
+        config = _lora_config(config_file)
+        if config is None or not config.get("use_rslora"):
+            continue
+        r, alpha = config["r"], config["lora_alpha"]
+        ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+        config["alpha_pattern"] = {key: portable_alpha(alphas.get(key, alpha), ranks.get(key, r))
+                                   for key in {**ranks, **alphas}}
+        config.update(lora_alpha=portable_alpha(alpha, r), use_rslora=False)
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        logger.info(f"portable adapter {config_file.parent.resolve()}: lora_alpha {alpha} -> "
+                    f"{config['lora_alpha']:.6g}, use_rslora false (scale {config['lora_alpha'] / r:.6g} everywhere)")
+    return path
+
+
+def _lora_config(config_file: Path) -> dict | None:
+    """An ``adapter_config.json`` with an integer ``r`` and a ``lora_alpha``, else None."""
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(config, dict) and isinstance(config.get("r"), int) and "lora_alpha" in config
+    return config if ok else None
+
+
 def merged_dtype(base: str) -> torch.dtype:
     """The dtype merged weights are saved in: the base checkpoint's own 16-bit dtype, else fp16."""
     from transformers import AutoConfig
@@ -208,6 +259,10 @@ def save(result_or_model: Any, path: str | Path, how: str = "adapter", quantizat
     if how == "adapter":
         save_adapter(model, tokenizer, path)
         _check_rslora_kept(model, path)
+    elif how == "portable_adapter":
+        with tempfile.TemporaryDirectory() as tmp:
+            save_adapter(model, tokenizer, tmp)
+            make_portable(tmp, path)
     elif runtime.unsloth_gpu and how == "merged_16bit":
         model.save_pretrained_merged(str(path), tokenizer, save_method="merged_16bit")
     elif how == "gguf":
@@ -233,6 +288,8 @@ def export_adapter(adapter_dir: str | Path, path: str | Path, how: str = "adapte
     if how == "adapter":
         shutil.copytree(adapter_dir, path, dirs_exist_ok=True)
         return Path(path)
+    if how == "portable_adapter":
+        return make_portable(adapter_dir, path)
     if not runtime.unsloth_gpu:  # Unsloth's CPU backend cannot merge into 4-bit: the kit's merge works everywhere
         return merge_adapter(adapter_dir, path)
     model, tokenizer = load_adapter(adapter_dir, backend=backend)
@@ -294,6 +351,8 @@ def save_outputs(result: Any, how: Sequence[str] = ("adapter",), out_dir: str | 
 
     * ``"adapter"`` — the rsLoRA adapter ``quick_finetune`` already saved
       (``adapter_config.json`` keeps ``use_rslora``); nothing is rewritten.
+    * ``"portable_adapter"`` — the same adapter for engines that ignore
+      ``use_rslora`` (:func:`make_portable`), in ``out_dir/portable_adapter``.
     * ``"merged_16bit"`` / ``"gguf"`` — :func:`save` into
       ``out_dir/merged_16bit`` / ``out_dir/gguf`` (GGUF needs Unsloth on a GPU).
 
@@ -304,6 +363,7 @@ def save_outputs(result: Any, how: Sequence[str] = ("adapter",), out_dir: str | 
         check_how(form, runtime_of(result.model))
     out = Path(out_dir) if out_dir is not None else Path(result.adapter_path).parent
     saved = {form: Path(result.adapter_path) if form == "adapter" else
+             make_portable(result.adapter_path, out / form) if form == "portable_adapter" else
              save(result, out / form, how=form, quantization=gguf_quantization) for form in how}
     for form, path in saved.items():
         logger.info(f"saved {form} -> {Path(path).resolve()}")
