@@ -17,6 +17,20 @@ Masking is TRL's: Alpaca rows become conversational prompt/completion pairs
 ``assistant_only_loss`` with the chat template's ``{% generation %}`` markers
 (TRL patches the templates of common model families). A chat template TRL
 cannot mark falls back to prompt/completion on the last assistant turn.
+
+The model learns to stop only if each answer's end-of-turn token is inside the
+loss. Checked before any model loads, on the chat template itself:
+
+* assistant-only masking: TRL's ``is_chat_template_stop_token_trained`` (TRL
+  only warns, and the kit hides library warnings). A template whose
+  ``{% generation %}`` span leaves the end-of-turn token out falls back to
+  training the last assistant turn as a completion, and one line says so.
+* prompt/completion through the chat template (Alpaca rows, that fallback):
+  the tokens after the prompt must end on an added (special) token, as TRL's
+  check asks. A template that ends an answer with none gets the tokenizer's
+  EOS appended to each answer, and one line says so; when even that is not
+  trained, a ``ValueError`` says why.
+* ``text`` and ``completion`` rows: TRL appends EOS itself, so it is trained.
 """
 
 from __future__ import annotations
@@ -97,6 +111,81 @@ def can_mask_assistant_turns(tokenizer) -> bool:
         return False
 
 
+def _added_token_last(tokenizer, ids: list[int]) -> bool:
+    """True when the last non-blank token of ``ids`` is an added (special) token: an end-of-turn, not content."""
+    added = set(tokenizer.get_added_vocab().values())
+    for token_id in reversed(ids):
+        if tokenizer.decode([token_id]).strip():
+            return token_id in added
+    return False
+
+
+def _ids(tokenizer, messages: list[dict], **kwargs) -> list[int]:
+    return list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"])
+
+
+def completion_end_trained(tokenizer, suffix: str = "") -> bool:
+    """True when an assistant answer (ending in ``suffix``) rendered as a completion trains an end-of-turn token.
+
+    Measured as TRL's prompt/completion tokenization counts the completion: the
+    tokens of prompt + answer after their common prefix with the prompt
+    rendered with its generation prompt.
+    """
+    prompt = [{"role": "user", "content": "dummy"}]
+    try:
+        head = _ids(tokenizer, prompt, add_generation_prompt=True)
+        whole = _ids(tokenizer, prompt + [{"role": "assistant", "content": "dummy" + suffix}])
+    except Exception:  # noqa: BLE001 — a template that cannot render this: TRL's tokenization will say so
+        return True
+    start = next((i for i, (a, b) in enumerate(zip(head, whole)) if a != b), min(len(head), len(whole)))
+    return _added_token_last(tokenizer, whole[start:])
+
+
+def assistant_end_trained(tokenizer) -> bool:
+    """True when TRL's assistant-only mask (its training template) includes the end-of-turn token."""
+    from trl.chat_template_utils import has_generation_markers, is_chat_template_stop_token_trained
+
+    template = None if has_generation_markers(tokenizer.chat_template) else _training_template(tokenizer)
+    return is_chat_template_stop_token_trained(tokenizer, chat_template=template)
+
+
+def _training_template(tokenizer) -> str | None:
+    from trl.chat_template_utils import get_training_chat_template
+
+    return get_training_chat_template(tokenizer)
+
+
+_said: set[tuple[str, str]] = set()
+"""What :func:`_say_once` has said, by tokenizer name."""
+
+
+def _say_once(tokenizer, message: str) -> None:
+    """Log ``message`` once per tokenizer name (the rows are shaped twice: for the length check and for the trainer)."""
+    key = (str(getattr(tokenizer, "name_or_path", "")), message)
+    if key not in _said:
+        _said.add(key)
+        logger.info(message)
+
+
+def _append_to_answer(row: dict, suffix: str) -> dict:
+    last = row["completion"][-1]
+    return {"completion": row["completion"][:-1] + [{**last, "content": last["content"] + suffix}]}
+
+
+def train_the_end(dataset, tokenizer):
+    """Conversational prompt/completion rows whose answers' end-of-turn token is trained (see the module docstring)."""
+    if completion_end_trained(tokenizer):
+        return dataset
+    eos = tokenizer.eos_token
+    if eos and completion_end_trained(tokenizer, eos):
+        _say_once(tokenizer, f"the chat template ends an answer with no end-of-turn token in the loss, so the model would not "
+                  f"learn to stop: {eos} is appended to each answer")
+        return dataset.map(_append_to_answer, fn_kwargs={"suffix": eos})
+    raise ValueError("the chat template leaves every answer's end out of the loss, even with the tokenizer's EOS "
+                     f"({eos!r}) appended, so the model would never learn to stop: use a template that ends an "
+                     "assistant turn with a special token (an -Instruct/-it model's own), or set tokenizer.chat_template.")
+
+
 def check_chat_template(tokenizer, fmt: str) -> None:
     """Raise a clear ``ValueError`` when ``fmt`` data needs a chat template and the tokenizer has none."""
     if not getattr(tokenizer, "chat_template", None):
@@ -112,15 +201,19 @@ def to_trainer_dataset(dataset, fmt: str, tokenizer):
     if fmt in ("text", "completion"):
         return dataset.select_columns(["text"] if fmt == "text" else ["prompt", "completion"]), {}
     if fmt == "alpaca":
-        return dataset.map(_alpaca_to_completion, remove_columns=columns), {}
+        return train_the_end(dataset.map(_alpaca_to_completion, remove_columns=columns), tokenizer), {}
     if fmt == "sharegpt":
         dataset = dataset.map(_sharegpt_to_chat, remove_columns=columns)
     else:
         dataset = dataset.select_columns(["messages"])
     if can_mask_assistant_turns(tokenizer):
-        return dataset, {"assistant_only_loss": True}
-    logger.info("this chat template cannot mark assistant turns; training on each row's last assistant turn")
-    return dataset.map(_last_turn_to_completion, remove_columns=["messages"]), {}
+        if assistant_end_trained(tokenizer):
+            return dataset, {"assistant_only_loss": True}
+        _say_once(tokenizer, "the chat template's assistant mask leaves the end-of-turn token out, so the model would not learn "
+                  "to stop: training on each row's last assistant turn as a completion instead")
+    else:
+        _say_once(tokenizer, "this chat template cannot mark assistant turns; training on each row's last assistant turn")
+    return train_the_end(dataset.map(_last_turn_to_completion, remove_columns=["messages"]), tokenizer), {}
 
 
 def prompt_and_answer(row: dict, fmt: str) -> tuple[str | list[dict], str] | None:
