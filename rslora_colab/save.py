@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -194,6 +195,60 @@ def _lora_config(config_file: Path) -> dict | None:
     return config if ok else None
 
 
+GIB = 2**30
+MERGE_SHARD = 5 * GIB
+"""The largest safetensors shard a merged save writes, in bytes (Unsloth's ``save_pretrained_merged`` default,
+"5GB", which it reads as GiB; the kit's CPU merge passes it to ``save_pretrained``, whose own default, 50GB,
+would hold a whole 8B model in one shard)."""
+
+
+def params_16bit(model: Any) -> int:
+    """Weights of the base model at full size: a 4-bit layer counts its original shape, adapter weights not at all."""
+    total = 0
+    for name, param in model.named_parameters():
+        if "lora_" in name:
+            continue
+        shape = getattr(getattr(param, "quant_state", None), "shape", None)
+        total += math.prod(shape) if shape is not None else param.numel()
+    return total
+
+
+def free_ram_bytes() -> int:
+    """Memory this machine can still give (``psutil.virtual_memory().available``)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def free_disk_bytes(path: Path) -> int:
+    """Free space on the filesystem ``path`` will be written to (its nearest existing folder)."""
+    folder = Path(path).resolve()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def check_merge_room(params: int, path: Path) -> None:
+    """Stop before a merged 16-bit save that this machine's free RAM or disk cannot hold, with the numbers.
+
+    The merge needs the base in 16-bit (2 bytes per weight) in RAM plus the shard
+    being written (at most :data:`MERGE_SHARD`), and the base in 16-bit on disk.
+    """
+    base = 2 * params
+    shard = min(base, MERGE_SHARD)
+    ram, disk = free_ram_bytes(), free_disk_bytes(path)
+    short = [f"{need / GIB:.1f} GiB of free {what} ({why}), this machine has {have / GIB:.1f} GiB"
+             for need, have, what, why in ((base + shard, ram, "RAM", f"the base in 16-bit, {base / GIB:.1f} GiB, "
+                                            f"plus the shard being written, {shard / GIB:.1f} GiB"),
+                                           (base, disk, f"disk at {Path(path).resolve()}", "the merged weights"))
+             if need > have]
+    if short:
+        raise ValueError(f"how='merged_16bit' would run out of memory part way: it needs {'; and '.join(short)}. "
+                         "Nothing was written. Instead save the adapter (how='adapter'), or the portable adapter for "
+                         "llama.cpp / Ollama / SGLang (how='portable_adapter'), and merge it on a machine with more "
+                         "room: python -m rslora_colab export --adapter <that folder> --how merged_16bit --out <folder>.")
+
+
 def merged_dtype(base: str) -> torch.dtype:
     """The dtype merged weights are saved in: the base checkpoint's own 16-bit dtype, else fp16."""
     from transformers import AutoConfig
@@ -230,11 +285,12 @@ def merge_adapter(adapter_dir: str | Path, path: str | Path, quantized: bool | N
     name = str(dtype).removeprefix("torch.")
     logger.info(f"merging {adapter_dir} into {base}, dequantized to {name} on the CPU")
     model, tokenizer = load_transformers(files, quantized, Runtime("transformers", precision, "cpu", "merge"))
+    path = Path(path)
+    check_merge_room(params_16bit(model), path)
     if is_quantized(model):  # trained in 4-bit, or a pre-quantized checkpoint
         model = model.dequantize(dtype=dtype)
     merged = PeftModel.from_pretrained(model.to(dtype), str(adapter_dir)).merge_and_unload()
-    path = Path(path)
-    merged.save_pretrained(path)
+    merged.save_pretrained(path, max_shard_size=MERGE_SHARD)
     if (Path(adapter_dir) / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     tokenizer.save_pretrained(path)
@@ -264,7 +320,8 @@ def save(result_or_model: Any, path: str | Path, how: str = "adapter", quantizat
             save_adapter(model, tokenizer, tmp)
             make_portable(tmp, path)
     elif runtime.unsloth_gpu and how == "merged_16bit":
-        model.save_pretrained_merged(str(path), tokenizer, save_method="merged_16bit")
+        check_merge_room(params_16bit(model), path)
+        model.save_pretrained_merged(str(path), tokenizer, save_method="merged_16bit", max_shard_size=MERGE_SHARD)
     elif how == "gguf":
         model.save_pretrained_gguf(str(path), tokenizer, quantization_method=quantization)
     else:

@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import huggingface_hub
@@ -105,3 +106,45 @@ def test_hub_token_comes_from_huggingface_hub_and_is_never_shown(demo_pair, monk
     shown = capsys.readouterr()
     assert SECRET not in str(err.value) and SECRET not in shown.out + shown.err
     assert err.value.__cause__ is None and err.value.__suppress_context__  # no chained error to leak it either
+
+
+def test_params_16bit_counts_a_4bit_base_at_its_full_size(demo_pair, demo_path):
+    from rslora_colab.save import params_16bit
+
+    model, _ = demo_pair
+    full = AutoModelForCausalLM.from_pretrained(demo_path, dtype=torch.float32)
+    assert params_16bit(add_rslora(model, r=8)) == sum(p.numel() for p in full.parameters())
+
+
+@pytest.mark.parametrize("short", ["RAM", "disk"])
+def test_a_merge_this_machine_cannot_hold_stops_before_writing(demo_pair, tmp_path, monkeypatch, short):
+    """Simulated small limits: the merge must stop before anything loads or is written, with the numbers."""
+    saving = importlib.import_module("rslora_colab.save")  # the module, not the function the package exports
+
+    model, tokenizer = _adapted(demo_pair)
+    monkeypatch.setattr(saving, "free_ram_bytes", lambda: 2**20 if short == "RAM" else 2**40)
+    monkeypatch.setattr(saving, "free_disk_bytes", lambda path: 2**20 if short == "disk" else 2**40)
+    with pytest.raises(ValueError, match=rf"(?s)needs [\d.]+ GiB of free {short}.*has 0\.0 GiB.*Nothing was written"
+                                         r".*how='portable_adapter'"):
+        save(model, tmp_path / "merged", how="merged_16bit", tokenizer=tokenizer)
+    assert not (tmp_path / "merged").exists()
+
+
+@pytest.mark.parametrize("simulated_gpu", ["T4"], indirect=True)
+def test_unsloths_merge_is_checked_first_and_gets_the_shard_size(demo_pair, simulated_gpu, tmp_path, monkeypatch):
+    saving = importlib.import_module("rslora_colab.save")  # the module, not the function the package exports
+    from rslora_colab.load import RUNTIME_ATTR
+    from rslora_colab.runtime import Runtime
+
+    model, tokenizer = _adapted(demo_pair)
+    setattr(model, RUNTIME_ATTR, Runtime("unsloth", "fp16", "Tesla T4", "simulated"))
+    calls = []
+    model.save_pretrained_merged = lambda *args, **kwargs: calls.append((args, kwargs))
+    monkeypatch.setattr(saving, "free_disk_bytes", lambda path: 2**40)
+    monkeypatch.setattr(saving, "free_ram_bytes", lambda: 2**20)
+    with pytest.raises(ValueError, match="GiB of free RAM"):
+        save(model, tmp_path / "merged", how="merged_16bit", tokenizer=tokenizer)
+    assert calls == []
+    monkeypatch.setattr(saving, "free_ram_bytes", lambda: 2**40)
+    save(model, tmp_path / "merged", how="merged_16bit", tokenizer=tokenizer)
+    assert calls[0][1] == {"save_method": "merged_16bit", "max_shard_size": saving.MERGE_SHARD}
