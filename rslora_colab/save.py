@@ -9,7 +9,9 @@
 ``portable_        the adapter, its config rewritten          the same
 adapter``          (:func:`make_portable`)
 ``gguf``           ``model.save_pretrained_gguf(...,          a ``ValueError``: GGUF needs a GPU runtime
-                   quantization_method=quantization)``        with Unsloth
+                   quantization_method=quantization)``, into  with Unsloth
+                   ``<path>_gguf``, plus an Ollama
+                   ``Modelfile`` (:mod:`~rslora_colab.modelfile`)
 =================  =========================================  ==============================================
 
 The adapter's ``adapter_config.json`` keeps ``use_rslora: true``, so PEFT and
@@ -65,6 +67,7 @@ from .load import (
     runtime_of,
 )
 from .result import model_and_tokenizer
+from .modelfile import write_modelfile
 from .presets import portable_alpha
 from .runtime import Runtime, detect_runtime
 
@@ -299,7 +302,11 @@ def merge_adapter(adapter_dir: str | Path, path: str | Path, quantized: bool | N
 
 def save(result_or_model: Any, path: str | Path, how: str = "adapter", quantization: str = "q4_k_m",
          tokenizer: Any = None) -> Path:
-    """Save a trained model as ``how`` = ``"adapter"``, ``"merged_16bit"`` or ``"gguf"``; returns ``path``.
+    """Save a trained model as ``how`` (one of :data:`HOW`); returns the folder written.
+
+    That is ``path``, except for ``"gguf"``: Unsloth writes the GGUF beside it,
+    into ``<path>_gguf``, where the kit adds an Ollama ``Modelfile`` whose
+    TEMPLATE and stop tokens come from the tokenizer's chat template.
 
     ``result_or_model`` is a :class:`~rslora_colab.FinetuneResult` or an
     adapted model (then pass ``tokenizer``). ``quantization`` is the GGUF
@@ -323,7 +330,11 @@ def save(result_or_model: Any, path: str | Path, how: str = "adapter", quantizat
         check_merge_room(params_16bit(model), path)
         model.save_pretrained_merged(str(path), tokenizer, save_method="merged_16bit", max_shard_size=MERGE_SHARD)
     elif how == "gguf":
-        model.save_pretrained_gguf(str(path), tokenizer, quantization_method=quantization)
+        out = model.save_pretrained_gguf(str(path), tokenizer, quantization_method=quantization)
+        if isinstance(out, dict) and out.get("gguf_directory"):  # Unsloth writes beside path: path + "_gguf"
+            path = Path(out["gguf_directory"])
+        files = out.get("gguf_files") if isinstance(out, dict) else None
+        write_modelfile(tokenizer, path, files[0] if files else None)  # from the chat template it was trained with
     else:
         with tempfile.TemporaryDirectory() as tmp:
             save_adapter(model, tokenizer, tmp)
