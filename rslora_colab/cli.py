@@ -13,6 +13,7 @@ Errors the kit expects are one line, ``error: ...`` saying what to do, and an ex
 4    a checkpoint or the final outputs could not be written (read-only folder, full disk);
      fix the folder and run again with ``--resume``
 130  interrupted by Ctrl-C: a checkpoint was saved after the current step; ``--resume`` continues
+143  stopped by SIGTERM (a container or VM shutting down): the same, a checkpoint after the current step
 ===  ==========================================================================================
 """
 
@@ -29,7 +30,7 @@ from .resilience.guard import DivergenceError
 from .resilience.interrupt import INTERRUPTED_EXIT
 
 EXIT_SETTINGS, EXIT_DIVERGED, EXIT_WRITE = 2, 3, 4
-"""Exit statuses (see the module docstring); Ctrl-C is ``INTERRUPTED_EXIT`` (130)."""
+"""Exit statuses (see the module docstring); Ctrl-C is ``INTERRUPTED_EXIT`` (130), SIGTERM 143."""
 EXIT_STATUS = {ValueError: EXIT_SETTINGS, DivergenceError: EXIT_DIVERGED, OutputWriteError: EXIT_WRITE}
 """The errors whose one line says what to do (the field and the fix; the step, the lr and what to try; the folder
 and what ``--resume`` continues from): no traceback, this exit status."""
@@ -55,11 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{error}{err}", file=sys.stderr)
         return next(status for kind, status in EXIT_STATUS.items() if isinstance(err, kind))
     except KeyboardInterrupt as err:  # the kit's own (TrainingInterrupted) says where the checkpoint is
+        status = getattr(err, "exit_status", INTERRUPTED_EXIT)  # 143 after SIGTERM
         if rank() > 0:  # several processes: they stopped together, rank 0 says where
-            return INTERRUPTED_EXIT
+            return status
         print(f"interrupted: {err}" if str(err) else "interrupted (Ctrl-C). What was saved is kept: after `train`, "
               "run the same command with --resume to continue from its newest checkpoint.", file=sys.stderr)
-        return INTERRUPTED_EXIT
+        return status
 
 
 if __name__ == "__main__":

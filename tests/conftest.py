@@ -77,3 +77,34 @@ def _read_only(folder: Path):
 def read_only():
     """A context manager making a folder read-only for its duration (skips the test where that is impossible)."""
     return _read_only
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs) mounted at ``tmp_path / "disk"``; skips, saying why, where mounting is not
+    allowed (it needs root). Fill it with :func:`fill_disk`."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True,
+                             text=True) if os.geteuid() == 0 and shutil.which("mount") else None
+    if mounted is None or mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root and mount): "
+                    + (mounted.stderr.strip() if mounted is not None else "not root"))
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill_disk(disk: Path) -> Path:
+    """Fill the filesystem holding ``disk`` to the last byte; returns the filler file (delete it to free the space)."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for size in (65536, 4096, 1):  # big writes, then the last page, then the last bytes
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size):
+                    pass
+    finally:
+        os.close(fd)
+    return filler

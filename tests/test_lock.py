@@ -90,3 +90,19 @@ def test_a_read_only_output_dir_fails_before_the_model_loads(tmp_path, read_only
     with read_only(folder):
         with pytest.raises(ValueError, match=r"output_dir=.*ro' cannot be written \(PermissionError"):
             quick_finetune("no-such-org/no-such-model", demo_dataset(n=4), r=8, output_dir=str(folder))
+
+
+def test_a_full_disk_at_start_is_one_clear_error_and_leaks_no_lock(small_disk):
+    """A real full filesystem: the lock is taken, writing its owner fails with ENOSPC. The error names the folder,
+    and once space is freed the same process takes the folder at once (before, it stayed "in use" until exit)."""
+    from conftest import fill_disk
+
+    out = small_disk / "run"
+    out.mkdir()
+    filler = fill_disk(small_disk)
+    with pytest.raises(ValueError, match=r"run' cannot be written \(No space left on device\): free some space"):
+        with run_lock(out):
+            pass
+    filler.unlink()
+    with run_lock(out) as folder:
+        assert folder == out

@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 from callbacks import StopAt
+from safetensors.torch import load_file as safetensors_load
 from transformers import TrainerCallback
 
 from rslora_colab import demo_dataset, latest_valid_checkpoint, quick_finetune
@@ -309,3 +310,68 @@ def test_ctrl_c_stops_after_the_step_saves_a_checkpoint_and_resume_finishes(tmp_
     assert f"resuming from {out / f'checkpoint-{step}'} (step {step} of 400)" in final.stdout
     history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
     assert [h["step"] for h in history] == list(range(1, 401))
+
+
+def test_sigterm_stops_after_the_step_saves_a_checkpoint_and_resume_finishes(tmp_path, demo_path):
+    """What Docker, Kubernetes and preemptible VMs send before they kill: treated like Ctrl-C, exit 143."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "rslora_colab", "train", "--max-steps", "60", "--batch-size", "1",
+               "--grad-accum", "1", "--seq", "64", "--rank", "4", "--sample", "", "--checkpoint-minutes", "60",
+               "--out", str(out)]
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    stdout, stderr = [], []
+    readers = [_read_into(proc.stdout, stdout), _read_into(proc.stderr, stderr)]
+    deadline = time.monotonic() + 120
+    while not re.search(rb"\| +[3-9]/60 ", b"".join(stderr)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait for the third step on the progress bar
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+    stopped_in = time.monotonic() - sent
+    for reader in readers:
+        reader.join(timeout=10)
+    printed, errors = b"".join(stdout).decode(), b"".join(stderr).decode()
+    assert "SIGTERM: stopping after this step and saving a checkpoint" in printed
+    assert "Traceback" not in errors and stopped_in < 10  # within Docker's default 10 s grace period here
+    stopped = re.search(r"interrupted: stopped by SIGTERM after step (\d+) of 60; the checkpoint (\S+) holds it\. "
+                        r"Run the same command with --resume", errors)
+    assert stopped, errors[-2000:]
+    step = int(stopped.group(1))
+    assert 3 <= step < 60 and checkpoint_problem(out / f"checkpoint-{step}") is None
+    final = subprocess.run([*command, "--resume"], env=ENV, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
+    assert [h["step"] for h in history] == list(range(1, 61))
+
+
+def test_the_best_checkpoint_survives_a_resume_from_another_directory(tmp_path, demo_path):
+    """The run's folder given relatively, stopped at a checkpoint, resumed from elsewhere by its absolute path: the
+    best checkpoint is still the one saved as the adapter, identical to an uninterrupted run's."""
+    options = ["--batch-size", "8", "--grad-accum", "1", "--seq", "128", "--rank", "8", "--max-steps", "40",
+               "--checkpoint-every", "5", "--save-best", "true", "--keep-checkpoints", "1", "--lr", "0.004",
+               "--sample", ""]
+    train = [sys.executable, "-m", "rslora_colab", "train", *options]
+    whole = subprocess.run([*train, "--out", str(tmp_path / "whole")], env=ENV, capture_output=True, text=True,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    here = tmp_path / "here"
+    here.mkdir()
+    proc = subprocess.Popen([*train, "--out", "run"], cwd=here, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    readers = [_read_into(proc.stdout, []), _read_into(proc.stderr, [])]
+    deadline = time.monotonic() + 300
+    while not (here / "run" / "checkpoint-25").is_dir() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # stops after this step, with a checkpoint there
+    assert proc.wait(timeout=120) == 143
+    for reader in readers:
+        reader.join(timeout=10)
+    resumed = subprocess.run([*train, "--out", str(here / "run"), "--resume"], cwd=tmp_path, env=ENV,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "does not exist anymore" not in resumed.stdout + resumed.stderr
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (tmp_path / "whole", here / "run")]
+    assert metrics[0]["adapter_step"] == metrics[1]["adapter_step"] < 40  # the best, not the last step
+    weights = [safetensors_load(folder / "adapter" / "adapter_model.safetensors")
+               for folder in (tmp_path / "whole", here / "run")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -139,8 +139,13 @@ def _acquire(folder: Path) -> int | None:
         logger.warning(f"cannot lock {folder} ({err.strerror}); another run on the same folder would "
                        "not be stopped")
         return None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, _owner_text().encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, _owner_text().encode(), 0)
+    except OSError as err:  # ENOSPC: a full disk. Let go of the lock, or this process would hold it until it ends
+        os.close(fd)
+        raise ValueError(f"output_dir={str(folder)!r} cannot be written ({err.strerror}): free some space there, "
+                         "or choose another folder. Nothing was trained yet.") from err
     return fd
 
 

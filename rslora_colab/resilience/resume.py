@@ -106,6 +106,7 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
         step, total = checkpoint_progress(latest)
         if resume:
             _check_same_run(out, saved, manifest)
+            relocate_best(latest, out)
             logger.info(f"resuming from {latest} (step {step} of {total})")
         elif step < total:
             raise ValueError(
@@ -127,6 +128,32 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest, path)
     return latest if resume else None
+
+
+def relocate_best(checkpoint: Path, out: Path) -> None:
+    """Point the checkpoint's ``best_model_checkpoint`` at the best checkpoint in ``out``, as reached now.
+
+    transformers stores that folder as the path it was saved under: relative
+    when ``output_dir`` is (the default ``outputs/rslora``), and the old place
+    after the run's folder moved (Drive to local disk and back). Resumed from
+    another working directory or after a move, it would not be found
+    ("does not exist anymore. Ignoring it"): the rotation would then delete the
+    best checkpoint and the saved adapter would be the last step's, not the best.
+    """
+    state_file = checkpoint / TRAINER_STATE
+    state = json.loads(state_file.read_text())
+    best = state.get("best_model_checkpoint")
+    if not best:
+        return
+    here = (out / Path(best).name).resolve()
+    if str(here) == best:
+        return
+    if not here.is_dir():
+        logger.warning(f"the best checkpoint of this run, {Path(best).name}, is not in {out} any more: the adapter "
+                       "saved at the end is the last step's unless a later evaluation beats that best")
+        return
+    write_json({**state, "best_model_checkpoint": str(here)}, state_file)
+    logger.info(f"the best checkpoint so far is {here} (recorded as {best})")
 
 
 def mark_final_save(output_dir: str | Path, state: str) -> None:

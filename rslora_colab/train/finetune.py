@@ -244,9 +244,9 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
     if interrupt.stopped_at is not None and trainer.state.global_step < trainer.state.max_steps:
         saved = out / f"checkpoint-{interrupt.stopped_at}"
         raise TrainingInterrupted(
-            f"stopped by Ctrl-C after step {interrupt.stopped_at} of {trainer.state.max_steps}; the checkpoint "
-            f"{saved} holds it. Run the same command with --resume (Python: resume=True) to continue from there.",
-            result, saved)
+            f"stopped by {interrupt.by} after step {interrupt.stopped_at} of {trainer.state.max_steps}; the "
+            f"checkpoint {saved} holds it. Run the same command with --resume (Python: resume=True) to continue "
+            "from there.", result, saved, interrupt.signum)
     return result
 
 
