@@ -375,3 +375,25 @@ def test_the_best_checkpoint_survives_a_resume_from_another_directory(tmp_path, 
     weights = [safetensors_load(folder / "adapter" / "adapter_model.safetensors")
                for folder in (tmp_path / "whole", here / "run")]
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_folder_holding_the_users_own_files_is_never_overwritten(tmp_path, demo_path, monkeypatch, capsys):
+    """The issue's case: `--out .` in a folder with the user's README.md. Refused, naming it; a folder whose files
+    have other names trains, and they stay as they were."""
+    mine = tmp_path / "p"
+    mine.mkdir()
+    (mine / "README.md").write_text("# mine\n")
+    (mine / "metrics.json").write_text('{"mine": true}')
+    monkeypatch.chdir(mine)
+    train = ["train", "--max-steps", "3", "--batch-size", "2", "--grad-accum", "1", "--seq", "64", "--rank", "4",
+             "--sample", ""]
+    assert main([*train, "--out", "."]) == 2
+    error = capsys.readouterr().err
+    assert "holds README.md, metrics.json, which this kit did not write" in error and "Nothing was trained" in error
+    assert (mine / "README.md").read_text() == "# mine\n" and (mine / "metrics.json").read_text() == '{"mine": true}'
+    other = tmp_path / "q"
+    other.mkdir()
+    (other / "data.jsonl").write_text("{}\n")
+    assert main([*train, "--out", str(other)]) == 0
+    assert (other / "data.jsonl").read_text() == "{}\n" and (other / "adapter" / "adapter_config.json").is_file()
+    assert main([*train, "--out", str(other)]) == 0  # the folder is a run's now: a new run may replace that run

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..settings import RunSettings
 from ..watch import history_record, is_history_log
@@ -128,6 +129,36 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
     out.mkdir(parents=True, exist_ok=True)
     write_json(manifest, path)
     return latest if resume else None
+
+
+MODEL_CARD = "README.md"
+"""TRL's model card, which its trainer writes into ``output_dir``."""
+
+
+def run_file_names() -> tuple[str, ...]:
+    """The names a run writes in ``output_dir`` (besides ``checkpoint-<step>`` folders and staging folders)."""
+    from ..save import ADAPTER_DIR, LAST_GOOD_DIR, LOSS_PLOT_FILE, METRICS_FILE
+
+    return (MODEL_CARD, ADAPTER_DIR, LAST_GOOD_DIR, METRICS_FILE, LOSS_PLOT_FILE, MANIFEST_FILE)
+
+
+def check_no_foreign_files(output_dir: str | Path) -> None:
+    """Refuse to run where the run's files would replace ones this kit did not write.
+
+    A folder with a run manifest is a run's folder: its files are the kit's. In
+    any other folder, a file or folder named like one a run writes (README.md,
+    adapter/, metrics.json, loss.png, ...) is someone else's, and a run would
+    overwrite it: ``ValueError`` naming them. Other files are never touched.
+    """
+    out = Path(output_dir)
+    if not out.is_dir() or (out / MANIFEST_FILE).is_file():
+        return
+    names = set(run_file_names())
+    theirs = sorted(p.name for p in out.iterdir() if p.name in names or p.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"))
+    if theirs:
+        raise ValueError(f"output_dir={str(out)!r} holds {', '.join(theirs)}, which this kit did not write (the "
+                         "folder has no run manifest) and a run would overwrite. Choose a new or empty folder, e.g. "
+                         f"{str(out / 'rslora-run')!r}. Nothing was trained yet.")
 
 
 def relocate_best(checkpoint: Path, out: Path) -> None:

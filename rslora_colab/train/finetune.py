@@ -53,6 +53,7 @@ from ..resilience.lock import run_lock
 from ..resilience.oom import train_with_oom_recovery
 from ..resilience.resume import (
     FINAL_SAVE,
+    check_no_foreign_files,
     history_until,
     mark_final_save,
     prepare_run,
@@ -137,6 +138,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     held = None if eval_dataset is None else load_eval_dataset(eval_dataset, fmt, config.method)
     config, train_rows, held = split_eval(dataset, config, held, source)
     with run_lock(config.output_dir), library_bars_off():  # a writable folder, no other live run in it
+        check_no_foreign_files(config.output_dir)  # and no file of the user's that the run would overwrite
         # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
         tokenizer = load_tokenizer(model, config.backend, config.load_in_4bit)
         lengths = check_lengths(tokenizer, dataset, fmt, config, source)
@@ -197,6 +199,7 @@ def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
     start()
     config, dataset, held = split_eval(dataset, share_batch(config), eval_dataset)
     with run_lock(config.output_dir), library_bars_off():
+        check_no_foreign_files(config.output_dir)
         return _train(model, tokenizer, dataset, fmt, config, callbacks, resume, gpu_plan, saves_outputs=False,
                       eval_dataset=held)
 
