@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from .demo import DEMO_NAME, demo_threads, resolve_model_name
 from .distributed import cuda_index
+from .resilience.atomic import read_json_object
 from .runtime import Runtime, detect_runtime, trains_as
 
 logger = logging.getLogger(__name__)
@@ -189,11 +190,26 @@ def adapter_base(path: str | Path) -> str:
     if not config_file.is_file():
         raise ValueError(f"{path}: no {ADAPTER_CONFIG} here; pass the adapter folder a run saved, "
                          "e.g. outputs/rslora/adapter.")
-    base = json.loads(config_file.read_text()).get("base_model_name_or_path")
-    if not base:
+    base = read_json_object(config_file, "Pass the adapter folder a run saved, or save the adapter again.").get(
+        "base_model_name_or_path")
+    if not base or not isinstance(base, str):
         raise ValueError(f"{config_file}: base_model_name_or_path is empty; set it to the base model's hub id "
                          "or folder.")
     return base
+
+
+@contextlib.contextmanager
+def _named_mismatch(path: str | Path) -> Iterator[None]:
+    """A weight whose shape the adapter's config does not predict is a ``ValueError`` naming the folder."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "size mismatch" not in str(err):
+            raise
+        first = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err))[:300]
+        raise ValueError(f"{path}: its {ADAPTER_CONFIG} and its weights do not belong together ({first}); the r "
+                         "in the config must be the rank the weights were trained with. Save the adapter again, or "
+                         "put back the config that came with these weights.") from None
 
 
 def load_adapter(path: str | Path, max_seq_length: int = 2048, load_in_4bit: bool = True, backend: str = "auto"):
@@ -212,10 +228,11 @@ def load_adapter(path: str | Path, max_seq_length: int = 2048, load_in_4bit: boo
 
     base = adapter_base(path)
     runtime = detect_runtime(backend)
-    if runtime.backend == "unsloth" and base != DEMO_NAME:  # Unsloth reads the base from the adapter folder
-        return load_model(str(path), max_seq_length, load_in_4bit, "unsloth")
-    model, tokenizer = load_model(base, max_seq_length, load_in_4bit, backend)
-    model = PeftModel.from_pretrained(model, str(path))
+    with _named_mismatch(path):
+        if runtime.backend == "unsloth" and base != DEMO_NAME:  # Unsloth reads the base from the adapter folder
+            return load_model(str(path), max_seq_length, load_in_4bit, "unsloth")
+        model, tokenizer = load_model(base, max_seq_length, load_in_4bit, backend)
+        model = PeftModel.from_pretrained(model, str(path))
     setattr(model, RUNTIME_ATTR, runtime)
     if (Path(path) / "tokenizer_config.json").is_file():
         tokenizer = AutoTokenizer.from_pretrained(str(path))

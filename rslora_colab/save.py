@@ -66,9 +66,10 @@ from .load import (
     load_transformers,
     runtime_of,
 )
-from .result import model_and_tokenizer
 from .modelfile import write_modelfile
 from .presets import portable_alpha
+from .resilience.atomic import read_json_object
+from .result import model_and_tokenizer
 from .runtime import Runtime, detect_runtime
 
 logger = logging.getLogger(__name__)
@@ -263,7 +264,14 @@ def merged_dtype(base: str) -> torch.dtype:
 def _run_settings(adapter_dir: str | Path) -> dict:
     """The settings of the run that saved ``adapter_dir`` (its ``metrics.json`` one folder up), or {}."""
     metrics = Path(adapter_dir).parent / METRICS_FILE
-    return json.loads(metrics.read_text()).get("settings", {}) if metrics.is_file() else {}
+    if not metrics.is_file():
+        return {}
+    fix = ("It is the run's record; pass quantized= and precision= to merge_adapter, or delete the file to assume a "
+           "4-bit base in this machine's precision.")
+    settings = read_json_object(metrics, fix).get("settings", {})
+    if not isinstance(settings, dict):
+        raise ValueError(f"{metrics}: is damaged: its 'settings' is a {type(settings).__name__}, not an object. {fix}")
+    return settings
 
 
 def merge_adapter(adapter_dir: str | Path, path: str | Path, quantized: bool | None = None,

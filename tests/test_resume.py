@@ -169,6 +169,10 @@ def _no_step(path: Path) -> None:
     path.write_text(json.dumps({"max_steps": 8, "log_history": []}))
 
 
+def _string_step(path: Path) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), "global_step": "4"}))
+
+
 @pytest.fixture(scope="module")
 def good_checkpoint(tmp_path_factory, demo_path) -> Path:
     out = tmp_path_factory.mktemp("good")
@@ -186,7 +190,10 @@ def good_checkpoint(tmp_path_factory, demo_path) -> Path:
     (lambda c: _pickled_object(c / "optimizer.pt"), "optimizer.pt cannot be loaded (UnpicklingError: Weights only"),
     (lambda c: _no_step(c / "trainer_state.json"), "trainer_state.json is unreadable (ValueError: it records no step"),
     (lambda c: (c / "trainer_state.json").write_text("{"), "trainer_state.json is unreadable (JSONDecodeError"),
-], ids=["truncated-optimizer", "nan-adapter", "bad-scheduler", "bad-rng", "pickled-object", "no-step", "bad-json"])
+    (lambda c: _string_step(c / "trainer_state.json"),
+     "trainer_state.json is unreadable (ValueError: it records no step count (global_step='4'"),
+], ids=["truncated-optimizer", "nan-adapter", "bad-scheduler", "bad-rng", "pickled-object", "no-step", "bad-json",
+        "string-step"])
 def test_a_checkpoint_counts_only_if_every_file_loads_and_is_finite(good_checkpoint, tmp_path, damage, expected):
     assert checkpoint_problem(good_checkpoint) is None
     copy = tmp_path / "checkpoint-4"
@@ -397,3 +404,39 @@ def test_a_folder_holding_the_users_own_files_is_never_overwritten(tmp_path, dem
     assert main([*train, "--out", str(other)]) == 0
     assert (other / "data.jsonl").read_text() == "{}\n" and (other / "adapter" / "adapter_config.json").is_file()
     assert main([*train, "--out", str(other)]) == 0  # the folder is a run's now: a new run may replace that run
+
+
+@pytest.mark.parametrize("text, expected", [("{not json", r"is damaged, not JSON \(Expecting"),
+                                            ("[]", "is damaged: it holds a JSON list, not an object")],
+                         ids=["not-json", "a-list"])
+def test_a_damaged_manifest_names_the_file_and_the_fix(good_checkpoint, tmp_path, demo_path, text, expected):
+    out = tmp_path / "run"
+    shutil.copytree(good_checkpoint.parent, out)
+    (out / "run_manifest.json").write_text(text)
+    for resume in (True, False):
+        with pytest.raises(ValueError, match=rf"run_manifest.json: {expected}.*delete it to start over"):
+            quick_finetune(demo_path, demo_dataset(n=16), output_dir=str(out), max_steps=4, checkpoint_every=4,
+                           resume=resume, **QUICK)
+
+
+@pytest.mark.parametrize("text, expected", [("garbage", "metrics.json: is damaged, not JSON"),
+                                            ('{"settings": "x"}', "metrics.json: is damaged: its 'settings' is a str")],
+                         ids=["not-json", "settings-not-an-object"])
+def test_export_over_a_damaged_metrics_file_names_it(good_checkpoint, tmp_path, text, expected, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(good_checkpoint.parent, out)
+    (out / "metrics.json").write_text(text)
+    assert main(["export", "--adapter", str(out / "adapter"), "--how", "merged_16bit",
+                 "--out", str(tmp_path / "merged")]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_an_adapter_whose_config_and_weights_disagree_is_named(good_checkpoint, tmp_path):
+    from rslora_colab import load_adapter
+
+    adapter = tmp_path / "adapter"
+    shutil.copytree(good_checkpoint.parent / "adapter", adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": 16}))  # over r=8 weights
+    with pytest.raises(ValueError, match=r"adapter_config.json and its weights do not belong together \(size mism"):
+        load_adapter(adapter)

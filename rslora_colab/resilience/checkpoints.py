@@ -247,8 +247,10 @@ def _file_problem(path: Path, load: Callable[[Path], Any], check_finite: bool) -
 def _state_problem(path: Path) -> str | None:
     try:
         state = TrainerState.load_from_json(str(path))  # unknown keys, not JSON: an error
-        if not (int(state.global_step) >= 1 and int(state.max_steps) >= 1):
-            raise ValueError(f"it records no step (global_step={state.global_step}, max_steps={state.max_steps})")
+        counts = {"global_step": state.global_step, "max_steps": state.max_steps}
+        wrong = [f"{k}={v!r}" for k, v in counts.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+        if wrong:  # a string "30" would pass int() here and crash the trainer later
+            raise ValueError(f"it records no step count ({', '.join(wrong)}: expected integers >= 1)")
         if not isinstance(state.log_history, list):
             raise ValueError("log_history is not a list")
     except Exception as err:  # noqa: BLE001 — unreadable, not JSON, or missing the step

@@ -24,7 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..settings import RunSettings
 from ..watch import history_record, is_history_log
-from .atomic import write_json
+from .atomic import read_json_object, write_json
 from .checkpoints import (
     TRAINER_STATE,
     checkpoint_progress,
@@ -36,6 +36,9 @@ from .checkpoints import (
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "run_manifest.json"
+MANIFEST_FIX = ("It records the run's settings: delete it to start over in this folder (a resume then cannot check "
+                "that the settings match), or choose another output_dir.")
+"""What to do about a damaged manifest."""
 """The run manifest, in ``output_dir``."""
 FINAL_SAVE = "final_save"
 """Manifest key of a run whose caller saves final outputs (``quick_finetune``): ``"pending"`` from the start of
@@ -100,7 +103,7 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
     """
     out = Path(output_dir)
     path = out / MANIFEST_FILE
-    saved = json.loads(path.read_text()) if path.is_file() else None
+    saved = read_json_object(path, MANIFEST_FIX) if path.is_file() else None
     latest = latest_valid_checkpoint(out)
     remove_staging(out)
     if latest is not None:
@@ -191,7 +194,7 @@ def mark_final_save(output_dir: str | Path, state: str) -> None:
     """Record in the run manifest how far the final save got: ``"pending"`` or ``"done"``."""
     path = Path(output_dir) / MANIFEST_FILE
     if path.is_file():
-        write_json({**json.loads(path.read_text()), FINAL_SAVE: state}, path)
+        write_json({**read_json_object(path, MANIFEST_FIX), FINAL_SAVE: state}, path)
 
 
 def _check_same_run(out: Path, saved: dict | None, manifest: dict) -> None:
