@@ -45,6 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def say(line: str) -> None:
+    """Print ``line`` to stderr on a line of its own, also when a progress bar was left open mid-line."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     die_with_launcher()  # under torchrun / accelerate launch: go when the launcher goes
     args = build_parser().parse_args(argv)
@@ -53,14 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except tuple(EXIT_STATUS) as err:
-        print(f"{error}{err}", file=sys.stderr)
+        say(f"{error}{err}")
         return next(status for kind, status in EXIT_STATUS.items() if isinstance(err, kind))
     except KeyboardInterrupt as err:  # the kit's own (TrainingInterrupted) says where the checkpoint is
         status = getattr(err, "exit_status", INTERRUPTED_EXIT)  # 143 after SIGTERM
         if rank() > 0:  # several processes: they stopped together, rank 0 says where
             return status
-        print(f"interrupted: {err}" if str(err) else "interrupted (Ctrl-C). What was saved is kept: after `train`, "
-              "run the same command with --resume to continue from its newest checkpoint.", file=sys.stderr)
+        say(f"interrupted: {err}" if str(err) else "interrupted (Ctrl-C). What was saved is kept: after `train`, "
+            "run the same command with --resume to continue from its newest checkpoint.")
         return status
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from .adapt import DEFAULT_TARGETS, module_names
@@ -149,7 +150,9 @@ class FinetuneConfig:
             (is_int(self.grad_accum) and self.grad_accum > 0, "grad_accum", "a positive integer"),
             (is_int(self.max_seq_length) and self.max_seq_length >= 16, "max_seq_length", "an integer >= 16"),
             (isinstance(self.output_dir, str) and self.output_dir != "", "output_dir", "a folder path"),
-            (is_int(self.seed), "seed", "an integer"),
+            (not isinstance(self.output_dir, str) or not _is_root(self.output_dir), "output_dir",
+             "a folder of the run's own, not a filesystem root"),
+            (is_int(self.seed) and 0 <= self.seed < 2**32, "seed", "an integer from 0 to 2**32 - 1 (numpy's range)"),
             (self.warmup_ratio is None or (is_number(self.warmup_ratio) and 0 <= self.warmup_ratio < 1),
              "warmup_ratio", "a fraction in [0, 1)"),
             (self.lr_scheduler is None or self.lr_scheduler in SCHEDULERS, "lr_scheduler", f"one of {SCHEDULERS}"),
@@ -160,6 +163,9 @@ class FinetuneConfig:
              "target_modules", "a non-empty list of layer names such as 'q_proj'"),
             (self.backend in BACKENDS, "backend", f"one of {BACKENDS}"),
             (is_int(self.logging_steps) and self.logging_steps > 0, "logging_steps", "a positive integer"),
+            (not (is_int(self.logging_steps) and is_int(self.max_steps)) or self.logging_steps <= self.max_steps,
+             "logging_steps", f"at most max_steps={self.max_steps}: the history, the plot and the divergence guard "
+             "see one record every logging_steps"),
             (isinstance(self.plan, bool), "plan", "True or False"),
             (is_positive(self.gpu)
              or (isinstance(self.gpu, str) and self.gpu.strip().lower() in ("auto", *GPU_BUDGETS)),
@@ -204,6 +210,12 @@ class FinetuneConfig:
             hints = [f"{k!r}" + (f" (did you mean {m!r}?)" if (m := suggest_name(k, known)) else "") for k in unknown]
             raise ValueError(f"Unknown setting(s) {', '.join(hints)}. Known settings: {', '.join(known)}.")
         return cls(**overrides)
+
+
+def _is_root(folder: str) -> bool:
+    """True for a filesystem root (``/``, ``C:\\``): a run's files and its checkpoint rotation do not belong there."""
+    path = Path(folder).expanduser().resolve()
+    return path.parent == path
 
 
 def report_targets(report_to: Any) -> list[str]:

@@ -78,6 +78,12 @@ class FinetuneResult:
         """Mean of the first (or last) ``n`` finite values of ``key`` in the history, e.g. ``"reward_margin"``."""
         return mean_value(self.history, key, first, n)
 
+    def _window(self, key: str, n: int = 5) -> str:
+        """What a first/last mean of ``key`` averages, in words: ``mean of first/last 5 steps`` or fewer."""
+        logged = sum(1 for h in self.history if key in h and math.isfinite(h[key]))
+        shown = min(n, logged)
+        return f"mean of first/last {shown} step{'s' if shown != 1 else ''}"
+
     def summary(self) -> dict:
         """The JSON-ready part of the result (everything but model and tokenizer)."""
         best = self.best_eval
@@ -93,12 +99,12 @@ class FinetuneResult:
     def report(self) -> str:
         """What the run did, in a few lines, as ``python -m rslora_colab train`` ends: the loss, and for DPO the
         reward margin and the held-out reward accuracy. (The eval loss line is logged when training ends.)"""
-        lines = [f"loss {self.first_loss:.3f} -> {self.final_loss:.3f} (mean of first/last 5 steps) in "
+        lines = [f"loss {self.first_loss:.3f} -> {self.final_loss:.3f} ({self._window('loss')}) in "
                  f"{self.wall_time_s:.1f} s, {self.tokens_per_s:,.0f} tokens/s"]
         if self.settings.get("method") != "dpo":
             return lines[0]
         lines.append(f"reward margin (chosen - rejected) {self.mean_of('reward_margin', True):.3f} -> "
-                     f"{self.mean_of('reward_margin', False):.3f} (mean of first/last 5 steps)")
+                     f"{self.mean_of('reward_margin', False):.3f} ({self._window('reward_margin')})")
         held = self.eval_history
         if held:
             lines.append(f"on {self.settings['eval_rows']} held-out pairs: reward accuracy "

@@ -90,3 +90,43 @@ def test_each_expected_error_is_one_line_with_its_exit_status(error, status, mon
     monkeypatch.setattr(cli, "build_parser", lambda: SimpleNamespace(parse_args=lambda argv: Namespace(func=fail)))
     assert main([]) == status
     assert capsys.readouterr().err == "error: bad\n"
+
+
+def test_without_model_the_users_data_gets_the_automatic_split_not_the_demos(caplog):
+    """The demo model on the user's file: its training settings, but not the demo data's 10% eval split (on a
+    380k-row file that held out 38k rows), and no line about the demo's 79 questions."""
+    import logging
+
+    import torch
+
+    from rslora_colab.commands.common import resolve_job
+    from rslora_colab.demo import demo_training
+
+    if torch.cuda.is_available():
+        pytest.skip("with a GPU, no --model means the GPU default model, not the demo")
+    with caplog.at_level(logging.INFO, logger="rslora_colab"):
+        model, data, overrides = resolve_job(None, "mine.jsonl", {"r": 8})
+    assert (model, data) == ("demo", "mine.jsonl") and "eval_fraction" not in overrides
+    assert overrides["lr"] == demo_training("sft")["lr"] and overrides["r"] == 8
+    assert "on mine.jsonl" in caplog.text and "79 questions" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="rslora_colab"):
+        assert resolve_job(None, None, {})[2]["eval_fraction"] == demo_training("sft")["eval_fraction"]
+    assert "79 questions" in caplog.text
+
+
+def test_an_error_while_a_progress_bar_is_open_starts_its_own_line(capsys):
+    import re
+    import sys
+
+    from tqdm import tqdm
+
+    from rslora_colab.cli import say
+
+    bar = tqdm(total=10, file=sys.stderr)
+    bar.update(3)  # training stopped mid-bar: the cursor is at the end of the bar's line
+    say("error: the disk is full")
+    bar.close()
+    err = capsys.readouterr().err
+    assert re.search(r"(^|[\r\n])error: the disk is full\n", err), repr(err)
+    assert not re.search(r"\]error:", err)

@@ -268,3 +268,20 @@ def test_big_datasets_are_measured_on_an_even_sample(demo_pair):
     lengths = token_lengths(dataset, fmt, demo_pair[1], sample=40)
     assert lengths.sampled and len(lengths.rows) == 40 and lengths.rows[:3] == [0, 3, 7]
     assert lengths.scaled(10) == round(10 * 158 / 40)
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("dup.jsonl", '{"text": "a"}\n{"text": "a", "text": "b"}\n', r"dup.jsonl line 2: the key 'text' appears twice"),
+    ("surrogate.jsonl", '{"text": "a\\ud800b"}\n', r"surrogate.jsonl line 1: a \\ud800 escape that is half of a"),
+    ("empty.jsonl", "", r"empty.jsonl: is empty \(no rows\)"),
+    ("blank.jsonl", "\n  \n", r"blank.jsonl: is empty \(no rows\)"),
+    ("long.jsonl", '{"text": "a", "n": ' + "1" * 5001 + "}\n", r"long.jsonl line 1: a value cannot be read \(Exceeds"),
+    ("empty.json", "", r"empty.json: is empty \(no rows\)"),
+    ("dup.json", '[{"text": "a", "text": "b"}]', r"dup.json: the key 'text' appears twice"),
+], ids=["duplicate-key", "lone-surrogate", "empty-jsonl", "blank-jsonl", "5001-digits", "empty-json", "dup-json"])
+def test_a_malformed_file_is_one_line_naming_the_file_the_line_and_the_cause(tmp_path, name, text, expected):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=expected) as caught:
+        load_and_validate(str(path))
+    assert "\n" not in str(caught.value) and str(path) in str(caught.value)

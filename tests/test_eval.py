@@ -165,6 +165,10 @@ def test_evaluation_settings_that_cannot_work_are_refused_before_loading(tmp_pat
     with pytest.raises(ValueError, match="checkpoint_every=7 with eval_every=5.*a multiple of eval_every"):
         quick_finetune("no-such-model-is-loaded", _headings(16), eval_fraction=0.25, eval_every=5, checkpoint_every=7,
                        save_best=True, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="save_best=True: the best adapter is the one with the lowest eval loss, "
+                                         "and this run has no eval rows"):  # was accepted, then ignored
+        quick_finetune("no-such-model-is-loaded", _headings(16), save_best=True, eval_fraction=0,
+                       output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="early_stopping_patience=2: expected None with save_best=False"):
         FinetuneConfig(early_stopping_patience=2, save_best=False)
     with pytest.raises(ValueError, match="eval_fraction=0.1 and an eval_dataset: pass one of them"):

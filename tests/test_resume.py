@@ -440,3 +440,21 @@ def test_an_adapter_whose_config_and_weights_disagree_is_named(good_checkpoint, 
     (adapter / "adapter_config.json").write_text(json.dumps({**config, "r": 16}))  # over r=8 weights
     with pytest.raises(ValueError, match=r"adapter_config.json and its weights do not belong together \(size mism"):
         load_adapter(adapter)
+
+
+def test_resume_checks_every_row_an_edit_to_row_1_of_5000_is_refused(tmp_path, demo_path):
+    rows = [{"instruction": f"Give the heading of topic {i}.", "output": f"Topic {i}"} for i in range(5000)]
+    settings = dict(output_dir=str(tmp_path / "run"), max_steps=6, checkpoint_every=2, eval_fraction=0, **QUICK)
+    quick_finetune(demo_path, rows, callbacks=[StopAt(2)], **settings)
+    edited = [dict(row) for row in rows]
+    edited[1]["output"] = "Topic one"  # one row, not one an evenly spaced sample of 2,048 would read
+    with pytest.raises(ValueError, match=r"(?s)Cannot resume.*dataset"):
+        quick_finetune(demo_path, edited, resume=True, **settings)
+
+
+def test_a_skipped_checkpoint_names_the_real_cause_not_its_first_200_characters(good_checkpoint, tmp_path):
+    copy = tmp_path / "checkpoint-4"
+    shutil.copytree(good_checkpoint, copy)
+    _pickled_object(copy / "optimizer.pt")
+    problem = checkpoint_problem(copy)
+    assert "Unsupported global: GLOBAL pathlib.PosixPath" in problem and "\x1b[" not in problem

@@ -96,3 +96,19 @@ def test_the_demo_model_is_the_same_whatever_the_thread_count(tmp_path):
     finally:
         torch.set_num_threads(before)
     assert built[2] == built[1]
+
+
+def test_a_short_run_reports_the_steps_it_averaged(demo_path, tmp_path):
+    result = quick_finetune(demo_path, demo_dataset(n=8), r=8, max_steps=3, batch_size=4, grad_accum=1,
+                            max_seq_length=64, eval_fraction=0, output_dir=str(tmp_path))
+    assert "(mean of first/last 3 steps)" in result.report()
+
+
+@pytest.mark.parametrize("settings, expected", [
+    ({"max_steps": 3, "logging_steps": 5}, "logging_steps=5: expected at most max_steps=3"),
+    ({"output_dir": "/"}, "output_dir='/': expected a folder of the run's own, not a filesystem root"),
+    ({"seed": 2**70}, r"seed=1180591620717411303424: expected an integer from 0 to 2\*\*32 - 1"),
+], ids=["logging-past-the-end", "filesystem-root", "huge-seed"])
+def test_settings_that_would_be_ignored_or_crash_later_are_refused(settings, expected):
+    with pytest.raises(ValueError, match=expected):
+        FinetuneConfig(r=16, **settings)

@@ -22,11 +22,17 @@ def resolve_job(model: str | None, data: str | None, overrides: dict[str, Any],
     settings start from its own (``demo_training``) under what was typed.
     """
     chosen = model or default_model()
-    if chosen == DEMO_NAME:
+    if chosen == DEMO_NAME and data is None:
         rows = "158 preference pairs" if method == "dpo" else "79 questions ('give the heading of topic X')"
         logger.info("no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) built "
                     f"here and fine-tuned on {rows} from Python's manual. Pass --model and --data for a real run.")
         overrides = {**demo_training(method), **overrides}
+    elif chosen == DEMO_NAME:  # the user's data: the demo model's training settings, not its data's 10% eval split
+        logger.info(f"no GPU and no --model, so this trains the offline demo model (a tiny Llama, 2 layers, hidden "
+                    f"128) on {data}: it shows every step works, not what a real model learns. Pass --model for "
+                    "a real run.")
+        model_settings = {k: v for k, v in demo_training(method).items() if k != "eval_fraction"}
+        overrides = {**model_settings, **overrides}
     if data is None and chosen != DEMO_NAME and model is not None:
         raise ValueError("--data is required with --model: pass a .jsonl/.json/.csv/.parquet file or a hub dataset id.")
     return chosen, data or demo_data(method), overrides

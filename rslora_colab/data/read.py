@@ -124,26 +124,78 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
                     f"utf-8 old{path.suffix} > new{path.suffix}`. Nothing was trained yet.") from None
 
 
+class _JSONProblem(ValueError):
+    """What is wrong in a JSON text that ``json`` itself accepts or reports without saying where."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise _JSONProblem(f"the key {twice!r} appears twice in one object (keep one)")
+    return dict(pairs)
+
+
+def _no_lone_surrogate(value: Any) -> None:
+    """Raise for a string holding a lone surrogate escape (e.g. ``"\\ud800"``): valid JSON, but not a character."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise _JSONProblem(f"a \\u{ord(value[err.start]):04x} escape that is half of a character pair (a "
+                               "lone surrogate): remove it, or write the whole pair") from None
+    elif isinstance(value, dict):
+        for item in value.values():
+            _no_lone_surrogate(item)
+    elif isinstance(value, list):
+        for item in value:
+            _no_lone_surrogate(item)
+
+
+def _parse_json(text: str, path: Path, line: int | None) -> Any:
+    """``json.loads`` that names the file (and line) for every problem, including those ``json`` lets through."""
+    where = f"{path} line {line}" if line is not None else str(path)
+    try:
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+        _no_lone_surrogate(value)
+    except json.JSONDecodeError:
+        raise
+    except _JSONProblem as err:
+        raise ValueError(f"{where}: {err}. Nothing was trained yet.") from None
+    except ValueError as err:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise ValueError(f"{where}: a value cannot be read ({err}); write very long numbers as strings. Nothing "
+                         "was trained yet.") from None
+    return value
+
+
 def _check_jsonl(path: Path) -> None:
-    """Name the first line of a .jsonl file that is not UTF-8 or not a JSON object."""
+    """Name the first line of a .jsonl file that is not UTF-8 or not a JSON object; an empty file says so."""
+    rows = 0
     for number, line in _text_lines(path):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            row = _parse_json(line, path, number)
         except json.JSONDecodeError as err:
             raise ValueError(f"{path} line {number}: not valid JSON ({err.msg} at column {err.colno}); each line "
                              "must be one object.") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path} line {number}: expected a JSON object, got {type(row).__name__}.")
+        rows += 1
+    if rows == 0:
+        raise ValueError(f"{path}: is empty (no rows): write one JSON object per line, e.g. {{\"text\": \"...\"}}. "
+                         "Nothing was trained yet.")
 
 
 def _check_json(path: Path) -> None:
     """A .json file must be UTF-8 JSON: a list of objects (one per row), an object, or JSON Lines (which
     ``datasets`` also reads from .json); the first problem names its line."""
     text = "".join(line for _, line in _text_lines(path))
+    if not text.strip():
+        raise ValueError(f"{path}: is empty (no rows): write a list of JSON objects, e.g. [{{\"text\": \"...\"}}]. "
+                         "Nothing was trained yet.")
     try:
-        content = json.loads(text)
+        content = _parse_json(text, path, None)
     except json.JSONDecodeError as err:
         if err.msg == "Extra data":  # one value, then more: JSON Lines in a .json file
             return _check_jsonl(path)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -223,6 +224,10 @@ def _non_finite(tree: Any, prefix: str = "") -> list[str]:
     return []
 
 
+REASON_CHARS = 1000
+"""How much of a loader's error a skipped checkpoint's line shows (torch's pickle errors name the cause late)."""
+
+
 def _load_weights(path: Path) -> dict:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -236,7 +241,11 @@ def _file_problem(path: Path, load: Callable[[Path], Any], check_finite: bool) -
     try:
         content = load(path)
     except Exception as err:  # noqa: BLE001 — any failure to load makes the checkpoint unusable
-        reason = (str(err).strip().splitlines() or [""])[0][:200]
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(line.strip() for line in str(err).splitlines()
+                                                       if line.strip()))  # the cause may be on a later line
+        if "WeightsUnpickler error:" in reason:  # torch: advice first, the cause (the object it refused) last
+            reason = "Weights only load failed: " + reason.split("WeightsUnpickler error:", 1)[1].strip()
+        reason = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + " ..."
         return f"{path.name} cannot be loaded ({type(err).__name__}: {reason})"
     bad = _non_finite(content) if check_finite else []
     if bad:

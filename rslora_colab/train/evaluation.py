@@ -76,6 +76,9 @@ def check_evaluation(config: FinetuneConfig, has_eval_rows: bool) -> None:
     if config.early_stopping_patience is not None and not has_eval_rows:
         raise ValueError(f"early_stopping_patience={config.early_stopping_patience}: early stopping watches the eval "
                          "loss, and this run has no eval rows; pass eval_fraction (e.g. 0.1) or an eval_dataset.")
+    if config.save_best and not has_eval_rows:
+        raise ValueError("save_best=True: the best adapter is the one with the lowest eval loss, and this run has "
+                         "no eval rows; pass eval_fraction (e.g. 0.1) or an eval_dataset, or leave save_best unset.")
     every, checkpoint = config.eval_every, config.checkpoint_every
     if has_eval_rows and config.keeps_best and every and checkpoint and checkpoint % every:
         raise ValueError(f"checkpoint_every={checkpoint} with eval_every={every}: to keep the best adapter "
