@@ -255,7 +255,8 @@ def test_a_folder_that_turns_read_only_mid_run_stops_with_how_to_resume(demo_pat
 def test_a_failed_final_save_is_resumed_not_retrained(demo_path, tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "adapter").write_text("a file where the adapter folder goes")
+    (out / "run_manifest.json").write_text("{}")  # an earlier run's folder (its files are the kit's) ...
+    (out / "adapter").write_text("a file where the adapter folder goes")  # ... with a file in the way at the end
     args = ["train", "--max-steps", "6", "--batch-size", "2", "--grad-accum", "1", "--seq", "64", "--rank", "8",
             "--sample", "", "--out", str(out)]
     assert main(args) == 4
