@@ -30,6 +30,7 @@ HF_NAMES = {
     "val_set_size": "eval_fraction", "test_size": "eval_fraction", "validation_split": "eval_fraction",
     "load_best_model_at_end": "save_best",
     "eval_strategy": "eval_every", "evaluation_strategy": "eval_every", "eval_dataset_size": "eval_fraction",
+    "pack": "packing", "sample_packing": "packing",
 }
 """Names from transformers' ``TrainingArguments``, PEFT's ``LoraConfig`` and Unsloth's notebooks, and the field
 each one means here: an unknown keyword among them gets that field as its "did you mean"."""
@@ -127,6 +128,14 @@ class FinetuneConfig:
     """'sft' (learn the responses) or 'dpo' (preference tuning on chosen/rejected pairs, TRL's DPOTrainer)."""
     beta: float = 0.1
     """DPO only: how far the policy may move from the reference (TRL's default; smaller lets it move further)."""
+    packing: bool = False
+    """SFT only: pack several rows into each max_seq_length sequence (TRL's packing, best-fit decreasing): no
+    padding, and each row attends only to itself (a block-diagonal mask built from the position ids). Fewer,
+    fuller micro-batches; a row longer than max_seq_length is truncated, as without packing."""
+    padding_free: bool = False
+    """SFT only: put a micro-batch's rows one after another in one sequence instead of padding each to the
+    longest (TRL's padding_free; each row attends only to itself). Every row must fit max_seq_length, since
+    nothing truncates them; packing=True implies it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", module_names(self.target_modules))
@@ -192,6 +201,10 @@ class FinetuneConfig:
              "early_stopping_threshold", "a number >= 0, e.g. 0.01"),
             *report_to_checks(self.report_to),
             (self.method in METHODS, "method", f"one of {METHODS}"),
+            (isinstance(self.packing, bool), "packing", "True or False"),
+            (isinstance(self.padding_free, bool), "padding_free", "True or False"),
+            (self.method != "dpo" or not (self.packing is True or self.padding_free is True), "packing",
+             "False with method='dpo': packing and padding_free are for SFT rows (TRL's SFTTrainer)"),
             (is_positive(self.beta), "beta", "a positive number, e.g. 0.1"),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]

@@ -27,7 +27,7 @@ from .runtime import Runtime
 MANIFEST_FIELDS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio",
                    "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit", "weight_decay",
                    "max_grad_norm", "dropout", "method", "beta", "eval_fraction", "early_stopping_patience",
-                   "early_stopping_threshold")
+                   "early_stopping_threshold", "packing", "padding_free")
 """Resolved settings a resumed run must share with the run it continues (plus the optimizer and the global batch:
 how it is split into processes, micro-batches and accumulation may change, as after an out-of-memory error);
 ``beta`` only for DPO, ``eval_fraction`` only when rows are held out, early stopping's only when it is on (a
@@ -71,12 +71,18 @@ class RunSettings:
         return dataclasses.replace(self, config=dataclasses.replace(self.config, batch_size=batch_size,
                                                                     grad_accum=grad_accum))
 
+    def with_layout(self, packing: bool, padding_free: bool) -> "RunSettings":
+        """The same run with the batch layout the trainer really uses (Unsloth's CPU backend turns packing off)."""
+        return dataclasses.replace(self, config=dataclasses.replace(self.config, packing=packing,
+                                                                    padding_free=padding_free))
+
     def manifest(self) -> dict[str, Any]:
         """The settings that shape training: a resume with any of them different is refused."""
         config = self.config
         stopping = config.early_stopping_patience is not None
         optional = {"beta": config.method == "dpo", "eval_fraction": bool(config.eval_fraction),
-                    "early_stopping_patience": stopping, "early_stopping_threshold": stopping}
+                    "early_stopping_patience": stopping, "early_stopping_threshold": stopping,
+                    "packing": config.packing, "padding_free": config.padding_free}  # absent when off, as before
         fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if optional.get(name, True)}
         return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer,
                 "global_batch": self.global_batch}
@@ -95,7 +101,16 @@ class RunSettings:
             "gpu_plan": self.gpu_plan, "eval_fraction": c.eval_fraction, "eval_rows": self.eval_rows,
             "eval_every": c.eval_every, "save_best": c.keeps_best, "early_stopping_patience": c.early_stopping_patience,
             "early_stopping_threshold": c.early_stopping_threshold, "report_to": c.report_to,
+            "packing": c.packing, "padding_free": c.padding_free or c.packing, "batches": self.batches,
         }
+
+    @property
+    def batches(self) -> str:
+        """How a micro-batch is laid out, in words: packed, padding-free, or padded to its longest row."""
+        c = self.config
+        if c.method != "sft":
+            return "padded"
+        return "packed" if c.packing else "padding-free" if c.padding_free else "padded"
 
 
 def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None = None,

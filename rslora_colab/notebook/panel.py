@@ -180,14 +180,14 @@ class ControlPanel:
 
     Widgets are attributes (``model``, ``dataset``, ``upload``, ``rank``,
     ``lr``, ``lr_auto``, ``alpha``, ``alpha_auto``, ``max_seq_length``,
-    ``batch_size``, ``grad_accum``, ``max_steps``, ``eval_split``, ``output_dir``,
+    ``batch_size``, ``grad_accum``, ``max_steps``, ``eval_split``, ``output_dir``, ``packing``,
     ``gauge_bar``, ``gauge_text``, ``train_button``, ``stop_button``,
     ``status``, ``log``), so code can drive it as a user would.
     """
 
     def __init__(self, model: str, dataset: str, r: int, lr: float | None, alpha: float | None,
                  max_seq_length: int, batch_size: int, grad_accum: int, max_steps: int, output_dir: str,
-                 gpu: Any = "auto", eval_fraction: float | None = None) -> None:
+                 gpu: Any = "auto", eval_fraction: float | None = None, packing: bool = False) -> None:
         import ipywidgets as w
 
         enable_colab_widgets()
@@ -230,6 +230,7 @@ class ControlPanel:
             (*EVAL_SPLITS, (f"{eval_fraction:.0%}", eval_fraction))
         self.eval_split = w.Dropdown(options=splits, value=eval_fraction, description="held out (eval)", **box)
         self.output_dir = w.Text(value=output_dir, description="save to", **box)
+        self.packing = w.Checkbox(value=packing, description="pack rows (no padding; SFT)", indent=False)
         self.gauge_bar = w.FloatProgress(value=0, min=0, max=1, description="VRAM", style=WIDE,
                                          layout=w.Layout(width="340px", flex="0 0 auto"))
         self.gauge_text = w.HTML(layout=w.Layout(width="520px"))
@@ -250,7 +251,8 @@ class ControlPanel:
             self.model, w.HBox([self.dataset, self.upload]),
             w.HBox([self.rank, self.max_seq_length]),
             w.HBox([self.lr, self.lr_auto]), w.HBox([self.alpha, self.alpha_auto]),
-            w.HBox([self.batch_size, self.grad_accum]), w.HBox([self.max_steps, self.eval_split]), self.output_dir,
+            w.HBox([self.batch_size, self.grad_accum]), w.HBox([self.max_steps, self.eval_split]),
+            w.HBox([self.output_dir, self.packing]),
             w.HBox([self.gauge_bar, self.gauge_text]),
             w.HBox([self.train_button, self.stop_button]), self.status,
             self.watch.widget, log_box,
@@ -328,6 +330,7 @@ class ControlPanel:
             "max_seq_length": self.max_seq_length.value, "batch_size": self.batch_size.value,
             "grad_accum": self.grad_accum.value, "max_steps": self.max_steps.value,
             "eval_fraction": self.eval_split.value, "output_dir": self.output_dir.value.strip(),
+            "packing": self.packing.value,
         }
 
     def problems(self) -> list[str]:
@@ -495,7 +498,8 @@ class ControlPanel:
 def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: float | None = None,
                   alpha: float | None = None, max_seq_length: int | None = None, batch_size: int | None = None,
                   grad_accum: int | None = None, max_steps: int | None = None,
-                  output_dir: str | None = None, gpu: Any = "auto", notebook: str = DEFAULT_NOTEBOOK) -> ControlPanel:
+                  output_dir: str | None = None, gpu: Any = "auto", notebook: str = DEFAULT_NOTEBOOK,
+                  packing: bool = False) -> ControlPanel:
     """An ipywidgets panel to choose, check and run a fine-tune; show it by making it a cell's last line.
 
     ``model``/``dataset`` ``"auto"`` mean the offline demo on CPU and
@@ -505,7 +509,8 @@ def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: f
     for ``"demo"`` and the kit's defaults otherwise. ``output_dir=None`` is the
     notebook's own folder: ``outputs/<notebook>``, on Google Drive when mounted
     on Colab. ``gpu`` is what the VRAM gauge compares with: ``"auto"`` (this GPU,
-    else a T4), ``"T4"`` or GiB.
+    else a T4), ``"T4"`` or GiB. ``packing`` starts the "pack rows" box ticked
+    (SFT: several rows per sequence, no padding).
 
     >>> panel = control_panel(max_steps=30)   # doctest: +SKIP
     >>> panel                                 # doctest: +SKIP
@@ -520,4 +525,4 @@ def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: f
     shape.update({k: v for k, v in chosen.items() if v is not None})
     return ControlPanel(model, dataset, r, lr, alpha, shape["max_seq_length"], shape["batch_size"],
                         shape["grad_accum"], shape["max_steps"], output_dir or notebook_output_dir(notebook), gpu,
-                        shape["eval_fraction"])
+                        shape["eval_fraction"], packing)

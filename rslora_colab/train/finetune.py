@@ -71,7 +71,7 @@ from ..settings import RunSettings, resolve_run
 from ..watch import HistoryCallback, quiet_progress
 from .evaluation import adapter_step, describe_best, load_best
 from .setup import check_lengths, fit_to_gpu, load_pair, share_batch, split_eval
-from .trainer import attach_adapter, build_trainer
+from .trainer import attach_adapter, build_trainer, check_padding_free
 
 logger = logging.getLogger(__name__)
 
@@ -142,6 +142,8 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
         # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
         tokenizer = load_tokenizer(model, config.backend, config.load_in_4bit)
         lengths = check_lengths(tokenizer, dataset, fmt, config, source)
+        if lengths is not None:
+            check_padding_free(config, lengths, source)  # before the model loads
         if eval_dataset is not None:
             check_lengths(tokenizer, held, fmt, config, source_name(eval_dataset, "eval_dataset"))
         config, plan = fit_to_gpu(model, config, lengths, source)  # before any weights load; raises if it won't fit
@@ -225,6 +227,7 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
         raise ValueError(f"all {len(eval_dataset)} eval rows have a prompt of max_seq_length={config.max_seq_length} "
                          "tokens or more, so TRL drops them and nothing is left to evaluate on: raise "
                          "max_seq_length, hold out other rows (another seed), or pass an eval_dataset.")
+    run = _layout_that_runs(run, trainer)
     guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
     quiet_progress(trainer)
     _announce(run, len(trainer.train_dataset), len(dataset), fmt, trainer.eval_dataset)
@@ -265,19 +268,39 @@ def _result(trainer: Any, tokenizer: Any, run: RunSettings, history: list[dict],
     )
 
 
+def _layout_that_runs(run: RunSettings, trainer: Any) -> RunSettings:
+    """``run`` with the batch layout the built trainer uses, saying so when it is not the one asked for.
+
+    Unsloth 2026.10.9's CPU backend turns ``packing`` and ``padding_free`` off in
+    TRL's config ("needs FlashAttention to keep packed examples apart"); the run
+    then trains, and is recorded, with padded batches.
+    """
+    asked = (run.config.packing, run.config.padding_free)
+    got = (bool(getattr(trainer.args, "packing", False)), bool(getattr(trainer.args, "padding_free", False)))
+    if run.config.method != "sft" or not any(asked) or got[0] == asked[0] and got[1] >= asked[1]:
+        return run
+    logger.info(f"{run.runtime.backend} ({run.runtime.device}) turned {'packing' if asked[0] else 'padding_free'} "
+                "off: training with padded batches")
+    return run.with_layout(packing=got[0], padding_free=got[1])
+
+
 def _announce(run: RunSettings, kept: int, rows: int, fmt: str, eval_rows: Any = None) -> None:
     """One line before training: the adapter, the learning rate, the rows TRL kept (and the eval rows), the
     precision and device."""
     c = run.config
     shown = f"{kept} of {rows}" if kept != rows else f"{kept}"  # TRL drops rows truncation leaves nothing to learn in
+    if c.packing and c.method == "sft":  # TRL's rows are then the packed sequences
+        shown = f"{rows}"
     held = ""
     if eval_rows is not None:
         dropped = f" of {run.eval_rows}" if len(eval_rows) != run.eval_rows else ""
         how = f"held out ({c.eval_fraction:.0%})" if c.eval_fraction else "from eval_dataset"
         held = f", eval loss on {len(eval_rows)}{dropped} rows {how}"
     where = f"{run.runtime.device} x {run.world_size} processes" if run.world_size > 1 else run.runtime.device
+    batches = {"packed": f", packed into {kept} sequences of at most {c.max_seq_length} tokens",
+               "padding-free": ", padding-free batches", "padded": ""}[run.batches]
     logger.info(f"training r={c.r} alpha={c.alpha:g} (scale {run.scale:.3g}) lr={c.lr:.3g} on {shown} {fmt} rows"
-                f"{held}, global batch {run.global_batch}, {run.runtime.precision} on {where}")
+                f"{batches}{held}, global batch {run.global_batch}, {run.runtime.precision} on {where}")
 
 
 def _gave_up(err: DivergenceError, trainer: Any, tokenizer: Any, guard: DivergenceGuard | None, run: RunSettings,

@@ -109,7 +109,9 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         logger.info(f"no memory plan: the estimator does not know target_modules {list(config.target_modules)}")
         return config, None
     cap = min(config.max_seq_length, spec.max_position_embeddings or config.max_seq_length)
-    seq = lengths.longest(cap) if lengths is not None else cap
+    # packed sequences are filled to max_seq_length whatever the rows' lengths; padded and padding-free micro-batches
+    # hold at most batch_size x the longest row (padding-free: the rows' own lengths, which this bounds)
+    seq = lengths.longest(cap) if lengths is not None and not (config.packing and config.method == "sft") else cap
     gpu = config.gpu if world_size() == 1 else smallest(resolve_budget_gib(config.gpu))  # every process one plan
     plan = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=gpu, batch_size=config.batch_size,
                         grad_accum=config.grad_accum, max_micro_batch=config.batch_size, **kwargs)

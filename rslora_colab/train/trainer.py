@@ -20,7 +20,7 @@ from typing import Any
 
 from ..adapt import add_rslora, keep_adapter_fp32
 from ..config import report_targets
-from ..data import to_dpo_dataset, to_trainer_dataset
+from ..data import to_dpo_dataset, to_trainer_dataset, token_lengths
 from ..distributed import check_trainer_world, timeout_s
 from ..load import runtime_of
 from ..resilience.checkpoints import checkpoint_args, make_checkpoints_atomic
@@ -68,10 +68,33 @@ def trainer_args(run: RunSettings) -> dict:
 
 
 def sft_config(run: RunSettings, **extra: Any):
-    """TRL's ``SFTConfig`` for this run (``extra`` adds e.g. ``assistant_only_loss``)."""
+    """TRL's ``SFTConfig`` for this run (``extra`` adds e.g. ``assistant_only_loss``).
+
+    ``packing`` and ``padding_free`` pass through under TRL's names. TRL truncates
+    only when it packs: padding-free batches without packing get ``max_length=None``
+    (:func:`check_padding_free` has made sure every row fits).
+    """
     from trl import SFTConfig
 
-    return SFTConfig(**trainer_args(run), **extra)
+    config, args = run.config, trainer_args(run)
+    if config.packing:
+        args.update(packing=True, padding_free=True)  # TRL's "bfd" packing is padding-free
+    elif config.padding_free:
+        args.update(padding_free=True, max_length=None)
+    return SFTConfig(**args, **extra)
+
+
+def check_padding_free(config: Any, lengths: Any, source: str = "dataset") -> None:
+    """Refuse padding-free batches without packing when a row would not fit ``max_seq_length`` (TRL does not
+    truncate then) or when only a sample of the rows was measured (``lengths``: :func:`~rslora_colab.data.token_lengths`)."""
+    if not config.padding_free or config.packing or config.method != "sft":
+        return
+    longest = max(lengths.total, default=0)
+    if lengths.sampled or longest > config.max_seq_length:
+        why = (f"only a sample of its {lengths.dataset_rows:,} rows could be measured" if lengths.sampled else
+               f"its longest row has {longest} tokens, over max_seq_length={config.max_seq_length}")
+        raise ValueError(f"padding_free=True without packing: TRL does not truncate rows then, and {source}: {why}. "
+                         "Pass packing=True (which truncates), or a max_seq_length that holds every row.")
 
 
 def dpo_config(run: RunSettings):
@@ -104,6 +127,9 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSe
     else:
         from trl import SFTTrainer
 
+        for rows, name in ((dataset, "dataset"), (eval_dataset, "eval_dataset")):
+            if rows is not None and run.config.padding_free and not run.config.packing:
+                check_padding_free(run.config, token_lengths(rows, fmt, tokenizer), name)
         train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
         shaped_eval = None if eval_dataset is None else to_trainer_dataset(eval_dataset, fmt, tokenizer)[0]
         trainer = SFTTrainer(model=model, args=sft_config(run, **extra), train_dataset=train_dataset,
