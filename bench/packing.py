@@ -58,8 +58,8 @@ def measure(rows: list[dict], layout: str) -> dict:
         result = quick_finetune(demo_model(), rows, r=16, max_steps=STEPS, batch_size=BATCH, grad_accum=1,
                                 max_seq_length=SEQ, eval_fraction=0, lr=1e-3, output_dir=out, **LAYOUTS[layout])
     tokens = max(h.get("num_tokens", 0) for h in result.history)
-    return {"layout": layout, "seconds": result.wall_time_s, "tokens": tokens, "tokens_per_s": tokens / result.wall_time_s,
-            "first": result.first_loss, "final": result.final_loss}
+    return {"layout": layout, "seconds": result.wall_time_s, "tokens": tokens,
+            "tokens_per_s": tokens / result.wall_time_s, "first": result.first_loss, "final": result.final_loss}
 
 
 def main() -> int:

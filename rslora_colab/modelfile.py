@@ -128,7 +128,8 @@ def ollama_modelfile(tokenizer: Any, gguf_file: str) -> str:
     pieces = turn_pieces(tokenizer)
     literal = "".join(getattr(pieces, name) for name in TurnPieces.__dataclass_fields__)
     if "{{" in literal or '"""' in literal:
-        raise ValueError('the chat template writes "{{" or \'"""\' into its turns, which a Modelfile TEMPLATE cannot hold')
+        raise ValueError('the chat template writes "{{" or \'"""\' into its turns, which a Modelfile TEMPLATE '
+                         "cannot hold")
     lines = [f"FROM {gguf_file}", f'TEMPLATE """{ollama_template(pieces)}"""']
     lines += [f'PARAMETER stop "{token}"' for token in stop_tokens(tokenizer, pieces)]
     return "\n".join(lines) + "\n"

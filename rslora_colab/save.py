@@ -250,7 +250,8 @@ def check_merge_room(params: int, path: Path) -> None:
         raise ValueError(f"how='merged_16bit' would run out of memory part way: it needs {'; and '.join(short)}. "
                          "Nothing was written. Instead save the adapter (how='adapter'), or the portable adapter for "
                          "llama.cpp / Ollama / SGLang (how='portable_adapter'), and merge it on a machine with more "
-                         "room: python -m rslora_colab export --adapter <that folder> --how merged_16bit --out <folder>.")
+                         "room: python -m rslora_colab export --adapter <that folder> --how merged_16bit --out "
+                         "<folder>.")
 
 
 def merged_dtype(base: str) -> torch.dtype:

@@ -104,7 +104,8 @@ def test_a_dpo_adapters_every_config_is_made_portable_and_save_and_the_cli_write
     from rslora_colab.cli import main
 
     standard = _train("dpo", 16, tmp_path / "run")
-    assert main(["export", "--adapter", standard, "--how", "portable_adapter", "--out", str(tmp_path / "portable")]) == 0
+    assert main(["export", "--adapter", standard, "--how", "portable_adapter",
+                 "--out", str(tmp_path / "portable")]) == 0
     portable = tmp_path / "portable"
     assert f"saved portable_adapter: {portable}" in capsys.readouterr().out
     assert (portable / "adapter_model.safetensors").read_bytes() == (

@@ -289,67 +289,46 @@ def _read_into(stream, sink: list) -> threading.Thread:
     return thread
 
 
-def test_ctrl_c_stops_after_the_step_saves_a_checkpoint_and_resume_finishes(tmp_path, demo_path):
+@pytest.mark.parametrize("signum, by, status, steps", [(signal.SIGINT, "Ctrl-C", 130, 400),
+                                                     (signal.SIGTERM, "SIGTERM", 143, 60)],
+                         ids=["ctrl-c", "sigterm"])
+def test_a_signal_stops_after_the_step_saves_a_checkpoint_and_resume_finishes(tmp_path, demo_path, signum, by,
+                                                                              status, steps):
+    """Ctrl-C, and SIGTERM (what Docker, Kubernetes and preemptible VMs send before they kill), to a real CLI run:
+    it stops after the current step with a checkpoint there, and ``--resume`` trains every step once."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "rslora_colab", "train", "--max-steps", "400", "--batch-size", "1",
+    command = [sys.executable, "-m", "rslora_colab", "train", "--max-steps", str(steps), "--batch-size", "1",
                "--grad-accum", "1", "--seq", "64", "--rank", "4", "--sample", "", "--checkpoint-minutes", "60",
                "--out", str(out)]
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stdout, stderr = [], []
     readers = [_read_into(proc.stdout, stdout), _read_into(proc.stderr, stderr)]
     deadline = time.monotonic() + 120
-    while not re.search(rb"\| +[3-9]/400 ", b"".join(stderr)) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)  # wait for the third step on the progress bar
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
-    for reader in readers:
-        reader.join(timeout=10)
-    printed, errors = b"".join(stdout).decode(), b"".join(stderr).decode()
-    assert "Ctrl-C: stopping after this step and saving a checkpoint" in printed
-    assert "Traceback" not in errors
-    stopped = re.search(r"interrupted: stopped by Ctrl-C after step (\d+) of 400; the checkpoint (\S+) holds it\. "
-                        r"Run the same command with --resume", errors)
-    assert stopped, errors[-2000:]
-    step = int(stopped.group(1))
-    assert 3 <= step < 400 and Path(stopped.group(2)) == out / f"checkpoint-{step}"
-    assert checkpoint_problem(out / f"checkpoint-{step}") is None
-    final = subprocess.run([*command, "--resume"], env=ENV, capture_output=True, text=True, timeout=300)
-    assert final.returncode == 0, final.stderr[-3000:]
-    assert f"resuming from {out / f'checkpoint-{step}'} (step {step} of 400)" in final.stdout
-    history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
-    assert [h["step"] for h in history] == list(range(1, 401))
-
-
-def test_sigterm_stops_after_the_step_saves_a_checkpoint_and_resume_finishes(tmp_path, demo_path):
-    """What Docker, Kubernetes and preemptible VMs send before they kill: treated like Ctrl-C, exit 143."""
-    out = tmp_path / "run"
-    command = [sys.executable, "-m", "rslora_colab", "train", "--max-steps", "60", "--batch-size", "1",
-               "--grad-accum", "1", "--seq", "64", "--rank", "4", "--sample", "", "--checkpoint-minutes", "60",
-               "--out", str(out)]
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    stdout, stderr = [], []
-    readers = [_read_into(proc.stdout, stdout), _read_into(proc.stderr, stderr)]
-    deadline = time.monotonic() + 120
-    while not re.search(rb"\| +[3-9]/60 ", b"".join(stderr)) and proc.poll() is None and time.monotonic() < deadline:
+    third = re.compile(rf"\| +[3-9]/{steps} ".encode())
+    while not third.search(b"".join(stderr)) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)  # wait for the third step on the progress bar
     sent = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=120) == 143
+    proc.send_signal(signum)
+    assert proc.wait(timeout=120) == status
     stopped_in = time.monotonic() - sent
     for reader in readers:
         reader.join(timeout=10)
     printed, errors = b"".join(stdout).decode(), b"".join(stderr).decode()
-    assert "SIGTERM: stopping after this step and saving a checkpoint" in printed
-    assert "Traceback" not in errors and stopped_in < 10  # within Docker's default 10 s grace period here
-    stopped = re.search(r"interrupted: stopped by SIGTERM after step (\d+) of 60; the checkpoint (\S+) holds it\. "
+    assert f"{by}: stopping after this step and saving a checkpoint" in printed
+    assert "Traceback" not in errors
+    if signum == signal.SIGTERM:
+        assert stopped_in < 10  # within Docker's default 10 s grace period here
+    stopped = re.search(rf"interrupted: stopped by {by} after step (\d+) of {steps}; the checkpoint (\S+) holds it\. "
                         r"Run the same command with --resume", errors)
     assert stopped, errors[-2000:]
     step = int(stopped.group(1))
-    assert 3 <= step < 60 and checkpoint_problem(out / f"checkpoint-{step}") is None
+    assert 3 <= step < steps and Path(stopped.group(2)) == out / f"checkpoint-{step}"
+    assert checkpoint_problem(out / f"checkpoint-{step}") is None
     final = subprocess.run([*command, "--resume"], env=ENV, capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr[-3000:]
+    assert f"resuming from {out / f'checkpoint-{step}'} (step {step} of {steps})" in final.stdout
     history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
-    assert [h["step"] for h in history] == list(range(1, 61))
+    assert [h["step"] for h in history] == list(range(1, steps + 1))
 
 
 def test_the_best_checkpoint_survives_a_resume_from_another_directory(tmp_path, demo_path):

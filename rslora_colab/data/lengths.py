@@ -30,6 +30,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from trl.data_utils import common_prefix_length
+
 from .preference import to_dpo_dataset
 from .read import MAX_REPORTED, row_label
 from .sft import to_trainer_dataset
@@ -103,16 +105,6 @@ def _with_eos(texts: list[str], eos: str | None) -> list[str]:
     return [t if not eos or t.endswith(eos) else t + eos for t in texts]
 
 
-def _prefix(ids: list[int], other: list[int]) -> int:
-    """Leading tokens two sequences share (TRL's ``common_prefix_length``)."""
-    length = 0
-    for a, b in zip(ids, other):
-        if a != b:
-            break
-        length += 1
-    return length
-
-
 def _column(dataset: Any, name: str) -> list:
     return list(dataset[name])  # datasets 5 returns a lazy Column; the tokenizer's batch calls want a list
 
@@ -140,17 +132,17 @@ def _sft_lengths(shaped: Any, tokenizer: Any) -> tuple[list[int], list[int]]:
         first = [next(i for i, m in enumerate(c) if m["role"] == "assistant") for c in conversations]
         prompts = _render(tokenizer, [c[:i] for c, i in zip(conversations, first)], True)
         full = _render(tokenizer, conversations, False)
-        return [_prefix(p, f) for p, f in zip(prompts, full)], [len(f) for f in full]
+        return [common_prefix_length(p, f) for p, f in zip(prompts, full)], [len(f) for f in full]
     prompt, completion = _column(shaped, "prompt"), _column(shaped, "completion")
     prompts, full = _prompt_ids(tokenizer, prompt), _full_ids(tokenizer, prompt, completion)
-    return [_prefix(p, f) for p, f in zip(prompts, full)], [len(f) for f in full]
+    return [common_prefix_length(p, f) for p, f in zip(prompts, full)], [len(f) for f in full]
 
 
 def _dpo_lengths(shaped: Any, tokenizer: Any) -> tuple[list[int], list[int]]:
     prompt, chosen, rejected = (_column(shaped, k) for k in ("prompt", "chosen", "rejected"))
     prompts = _prompt_ids(tokenizer, prompt)
     chosen, rejected = _full_ids(tokenizer, prompt, chosen), _full_ids(tokenizer, prompt, rejected)
-    starts = [min(_prefix(p, c), _prefix(p, r)) for p, c, r in zip(prompts, chosen, rejected)]
+    starts = [min(common_prefix_length(p, c), common_prefix_length(p, r)) for p, c, r in zip(prompts, chosen, rejected)]
     return starts, [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
 
 

@@ -137,22 +137,21 @@ def completion_end_trained(tokenizer, suffix: str = "") -> bool:
         whole = _ids(tokenizer, prompt + [{"role": "assistant", "content": "dummy" + suffix}])
     except Exception:  # noqa: BLE001 — a template that cannot render this: TRL's tokenization will say so
         return True
-    start = next((i for i, (a, b) in enumerate(zip(head, whole)) if a != b), min(len(head), len(whole)))
-    return _added_token_last(tokenizer, whole[start:])
+    from trl.data_utils import common_prefix_length
+
+    return _added_token_last(tokenizer, whole[common_prefix_length(head, whole):])
 
 
 def assistant_end_trained(tokenizer) -> bool:
     """True when TRL's assistant-only mask (its training template) includes the end-of-turn token."""
-    from trl.chat_template_utils import has_generation_markers, is_chat_template_stop_token_trained
+    from trl.chat_template_utils import (
+        get_training_chat_template,
+        has_generation_markers,
+        is_chat_template_stop_token_trained,
+    )
 
-    template = None if has_generation_markers(tokenizer.chat_template) else _training_template(tokenizer)
+    template = None if has_generation_markers(tokenizer.chat_template) else get_training_chat_template(tokenizer)
     return is_chat_template_stop_token_trained(tokenizer, chat_template=template)
-
-
-def _training_template(tokenizer) -> str | None:
-    from trl.chat_template_utils import get_training_chat_template
-
-    return get_training_chat_template(tokenizer)
 
 
 _said: set[tuple[str, str]] = set()
@@ -178,12 +177,13 @@ def train_the_end(dataset, tokenizer):
         return dataset
     eos = tokenizer.eos_token
     if eos and completion_end_trained(tokenizer, eos):
-        _say_once(tokenizer, f"the chat template ends an answer with no end-of-turn token in the loss, so the model would not "
-                  f"learn to stop: {eos} is appended to each answer")
+        _say_once(tokenizer, f"the chat template ends an answer with no end-of-turn token in the loss, so the model "
+                             f"would not learn to stop: {eos} is appended to each answer")
         return dataset.map(_append_to_answer, fn_kwargs={"suffix": eos})
     raise ValueError("the chat template leaves every answer's end out of the loss, even with the tokenizer's EOS "
                      f"({eos!r}) appended, so the model would never learn to stop: use a template that ends an "
-                     "assistant turn with a special token (an -Instruct/-it model's own), or set tokenizer.chat_template.")
+                     "assistant turn with a special token (an -Instruct/-it model's own), or set "
+                     "tokenizer.chat_template.")
 
 
 def check_chat_template(tokenizer, fmt: str) -> None:
@@ -209,10 +209,12 @@ def to_trainer_dataset(dataset, fmt: str, tokenizer):
     if can_mask_assistant_turns(tokenizer):
         if assistant_end_trained(tokenizer):
             return dataset, {"assistant_only_loss": True}
-        _say_once(tokenizer, "the chat template's assistant mask leaves the end-of-turn token out, so the model would not learn "
-                  "to stop: training on each row's last assistant turn as a completion instead")
+        _say_once(tokenizer, "the chat template's assistant mask leaves the end-of-turn token out, so the model "
+                             "would not learn to stop: training on each row's last assistant turn as a completion "
+                             "instead")
     else:
-        _say_once(tokenizer, "this chat template cannot mark assistant turns; training on each row's last assistant turn")
+        _say_once(tokenizer, "this chat template cannot mark assistant turns; training on each row's last "
+                             "assistant turn")
     return train_the_end(dataset.map(_last_turn_to_completion, remove_columns=["messages"]), tokenizer), {}
 
 

@@ -86,7 +86,8 @@ def sft_config(run: RunSettings, **extra: Any):
 
 def check_padding_free(config: Any, lengths: Any, source: str = "dataset") -> None:
     """Refuse padding-free batches without packing when a row would not fit ``max_seq_length`` (TRL does not
-    truncate then) or when only a sample of the rows was measured (``lengths``: :func:`~rslora_colab.data.token_lengths`)."""
+    truncate then) or when only a sample of the rows was measured (``lengths``:
+    :func:`~rslora_colab.data.token_lengths`)."""
     if not config.padding_free or config.packing or config.method != "sft":
         return
     longest = max(lengths.total, default=0)
