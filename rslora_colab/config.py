@@ -132,10 +132,12 @@ class FinetuneConfig:
     """SFT only: pack several rows into each max_seq_length sequence (TRL's packing, best-fit decreasing): no
     padding, and each row attends only to itself (a block-diagonal mask built from the position ids). Fewer,
     fuller micro-batches; a row longer than max_seq_length is truncated, as without packing."""
-    padding_free: bool = False
+    padding_free: bool | None = None
     """SFT only: put a micro-batch's rows one after another in one sequence instead of padding each to the
     longest (TRL's padding_free; each row attends only to itself). Every row must fit max_seq_length, since
-    nothing truncates them; packing=True implies it."""
+    nothing truncates them; packing=True implies it. None: the kit chooses per backend and says why in the start
+    line (transformers: on when every row fits; Unsloth on a GPU: Unsloth's own choice; Unsloth's CPU backend:
+    off; ``rslora_colab.train.setup.choose_batches``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", module_names(self.target_modules))
@@ -202,7 +204,8 @@ class FinetuneConfig:
             *report_to_checks(self.report_to),
             (self.method in METHODS, "method", f"one of {METHODS}"),
             (isinstance(self.packing, bool), "packing", "True or False"),
-            (isinstance(self.padding_free, bool), "padding_free", "True or False"),
+            (self.padding_free is None or isinstance(self.padding_free, bool), "padding_free",
+             "True, False, or None (the kit chooses per backend)"),
             (self.method != "dpo" or not (self.packing is True or self.padding_free is True), "packing",
              "False with method='dpo': packing and padding_free are for SFT rows (TRL's SFTTrainer)"),
             (is_positive(self.beta), "beta", "a positive number, e.g. 0.1"),

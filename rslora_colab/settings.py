@@ -50,6 +50,9 @@ class RunSettings:
     ``config.batch_size`` and ``config.grad_accum`` are per process."""
     eval_rows: int = 0
     """Rows the eval loss is measured on (held out with ``eval_fraction``, or an ``eval_dataset``); 0: no evaluation."""
+    batches_why: str = ""
+    """Why the micro-batches are laid out as they are (``batches``), for the start line: what was asked, or the
+    kit's choice for the backend (:func:`~rslora_colab.train.setup.choose_batches`)."""
 
     @property
     def global_batch(self) -> int:
@@ -71,10 +74,12 @@ class RunSettings:
         return dataclasses.replace(self, config=dataclasses.replace(self.config, batch_size=batch_size,
                                                                     grad_accum=grad_accum))
 
-    def with_layout(self, packing: bool, padding_free: bool) -> "RunSettings":
-        """The same run with the batch layout the trainer really uses (Unsloth's CPU backend turns packing off)."""
+    def with_layout(self, packing: bool, padding_free: bool, why: str | None = None) -> "RunSettings":
+        """The same run with the batch layout the trainer really uses (Unsloth's CPU backend turns packing off;
+        on a GPU Unsloth picks padding-free or padded batches itself), and ``why`` if given."""
         return dataclasses.replace(self, config=dataclasses.replace(self.config, packing=packing,
-                                                                    padding_free=padding_free))
+                                                                    padding_free=padding_free),
+                                   batches_why=self.batches_why if why is None else why)
 
     def manifest(self) -> dict[str, Any]:
         """The settings that shape training: a resume with any of them different is refused."""
@@ -101,7 +106,8 @@ class RunSettings:
             "gpu_plan": self.gpu_plan, "eval_fraction": c.eval_fraction, "eval_rows": self.eval_rows,
             "eval_every": c.eval_every, "save_best": c.keeps_best, "early_stopping_patience": c.early_stopping_patience,
             "early_stopping_threshold": c.early_stopping_threshold, "report_to": c.report_to,
-            "packing": c.packing, "padding_free": c.padding_free or c.packing, "batches": self.batches,
+            "packing": c.packing, "padding_free": bool(c.padding_free or c.packing), "batches": self.batches,
+            "batches_why": self.batches_why,
         }
 
     @property
@@ -114,7 +120,7 @@ class RunSettings:
 
 
 def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None = None,
-                world_size: int = 1, eval_rows: int = 0) -> RunSettings:
+                world_size: int = 1, eval_rows: int = 0, batches_why: str = "") -> RunSettings:
     """Fill the config's open fields from the rank preset for its method; the result is frozen.
 
     ``world_size``: the processes training together; ``config`` then holds one process's batch shape
@@ -126,4 +132,4 @@ def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None =
         config, alpha=preset.alpha, lr=config.lr if config.lr is not None else preset.lr,
         warmup_ratio=config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
         lr_scheduler=config.lr_scheduler or preset.lr_scheduler)
-    return RunSettings(filled, runtime, gpu_plan, world_size, eval_rows)
+    return RunSettings(filled, runtime, gpu_plan, world_size, eval_rows, batches_why)

@@ -8,6 +8,8 @@ batch, and computes the same rows one at a time: they must agree to 1e-4, on bot
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -112,3 +114,116 @@ def test_the_plan_for_packed_batches_is_for_full_sequences(simulated_gpu, tmp_pa
     packed = fit_to_gpu("Llama-3.2-1B-Instruct", FinetuneConfig(**base, packing=True), short_rows)[1]
     assert padded.max_seq_length == 100 and packed.max_seq_length == 2048
     assert packed.estimate.total_gib > padded.estimate.total_gib
+
+
+def _lengths(totals: list[int], sampled: bool = False):
+    from rslora_colab.data.lengths import TokenLengths
+
+    return TokenLengths(rows=list(range(len(totals))), prompt=[min(10, t) for t in totals], total=totals,
+                        dataset_rows=len(totals) * (10 if sampled else 1))
+
+
+def test_the_kit_chooses_the_batch_layout_per_backend_and_says_why():
+    from rslora_colab.runtime import Runtime
+    from rslora_colab.train.setup import PADDING_FREE_DEFAULT, choose_batches
+
+    transformers = Runtime("transformers", "fp32", "cpu", "test")
+    unsloth_cpu, unsloth_t4 = Runtime("unsloth", "fp32", "cpu", "test"), Runtime("unsloth", "fp16", "Tesla T4", "t")
+    config = FinetuneConfig(max_seq_length=256, output_dir="unused")
+    fits, too_long = _lengths([40, 200, 90]), _lengths([40, 300, 90])
+
+    chosen, why = choose_batches(config, transformers, fits)
+    assert chosen.padding_free is True and why == PADDING_FREE_DEFAULT and "bench/packing.py" in why
+    for lengths, reason in ((too_long, "a row has 300 tokens, over max_seq_length=256"),
+                            (_lengths([40, 90], sampled=True), "only a sample of the rows was measured"),
+                            (None, "the rows could not be measured")):
+        chosen, why = choose_batches(config, transformers, lengths)
+        assert chosen.padding_free is False and why.startswith(f"padded: {reason}") and "never truncated" in why
+    assert choose_batches(config, transformers, fits, too_long)[0].padding_free is False  # the eval rows count too
+    chosen, why = choose_batches(config, unsloth_cpu, fits)
+    assert chosen.padding_free is False and "Unsloth's CPU backend" in why
+    chosen, why = choose_batches(config, unsloth_t4, fits)  # Unsloth's own choice for the GPU: left unset
+    assert chosen.padding_free is None and "unsloth/utils/padding_choice.py" in why
+    for asked in (dict(padding_free=False), dict(padding_free=True), dict(packing=True)):
+        chosen, why = choose_batches(dataclasses.replace(config, **asked), transformers, too_long)
+        assert (chosen.packing, chosen.padding_free) == (asked.get("packing", False), asked.get("padding_free"))
+        assert why == ", ".join(f"{k}={v}" for k, v in asked.items())
+    assert choose_batches(FinetuneConfig(method="dpo", output_dir="unused"), transformers, fits)[0].padding_free is None
+
+
+def test_sft_config_leaves_padding_free_open_for_unsloth_to_choose(cpu_backend):
+    """Unsloth's SFTConfig defaults padding_free to None, which is what lets it choose on a GPU: the kit must not
+    set it then."""
+    from rslora_colab.runtime import Runtime
+    from rslora_colab.train.trainer import sft_config
+
+    run = resolve_run(FinetuneConfig(output_dir="unused"), Runtime("transformers", "fp32", "cpu", "test"))
+    assert run.config.padding_free is None
+    from trl import SFTConfig
+
+    default = SFTConfig.__dataclass_fields__["padding_free"].default
+    assert sft_config(run).padding_free == default  # the class's own default, untouched
+    run = dataclasses.replace(run, config=dataclasses.replace(run.config, padding_free=True))
+    asked = sft_config(run)
+    assert asked.max_length is None  # padding-free rows are not truncated: TRL wants no max_length then
+    assert asked.padding_free is (cpu_backend != "unsloth")  # Unsloth's CPU backend's SFTConfig turns it off
+
+
+def test_the_default_run_says_which_batches_it_trains_with(demo_path, tmp_path, cpu_backend, caplog):
+    """With padding_free left open the CPU lane trains padding-free and says why; Unsloth's CPU backend pads."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="rslora_colab"):
+        result = quick_finetune(demo_path, demo_dataset(n=16), r=8, max_steps=2, batch_size=4, grad_accum=1,
+                                max_seq_length=256, eval_fraction=0, output_dir=str(tmp_path / "default"))
+    start = next(line for line in caplog.messages if line.startswith("training r=8"))
+    if cpu_backend == "unsloth":
+        assert result.settings["batches"] == "padded" and "padded batches (Unsloth's CPU backend" in start
+    else:
+        assert result.settings["batches"] == "padding-free" and result.settings["padding_free"] is True
+        assert f"padding-free batches (the kit's default on transformers" in start
+        assert result.settings["batches_why"] in start
+    # a row longer than max_seq_length: padded batches, and the start line says why
+    with caplog.at_level(logging.INFO, logger="rslora_colab"):
+        caplog.clear()
+        result = quick_finetune(demo_path, demo_dataset(n=16), r=8, max_steps=1, batch_size=4, grad_accum=1,
+                                max_seq_length=40, eval_fraction=0, output_dir=str(tmp_path / "long"))
+    start = next(line for line in caplog.messages if line.startswith("training r=8"))
+    assert result.settings["batches"] == "padded" and "padded batches (" in start
+    if cpu_backend != "unsloth":
+        assert "over max_seq_length=40" in start
+
+
+@pytest.mark.parametrize("simulated_gpu", ["T4"], indirect=True)
+def test_the_plan_for_padding_free_batches_counts_the_tokens_they_hold(simulated_gpu, tmp_path):
+    """A padded micro-batch is rows x its longest row; a padding-free one holds the rows' own tokens, at most its
+    batch_size longest rows'. On long-tailed rows the padding-free plan is smaller, and says how many tokens."""
+    from rslora_colab.train.setup import fit_to_gpu
+
+    tail = _lengths([2000] + [300] * 63)  # one long row; the rest short, like instruction data
+    assert tail.most_tokens(4, 2048) == 2000 + 3 * 300 and tail.most_tokens(4, 1024) == 1024 + 3 * 300
+    base = dict(r=16, max_seq_length=2048, batch_size=4, output_dir=str(tmp_path))
+    padded = fit_to_gpu("Llama-3.2-1B-Instruct", FinetuneConfig(**base, padding_free=False), tail)[1]
+    free = fit_to_gpu("Llama-3.2-1B-Instruct", FinetuneConfig(**base, padding_free=True), tail)[1]
+    assert padded.micro_batch_tokens is None and free.micro_batch_tokens == 2900
+    assert "padding-free: at most 2,900 tokens per micro-batch" in free.message
+    assert free.estimate.total_gib < padded.estimate.total_gib
+    # the same tokens as padded rows of their mean length: the same estimate
+    even = fit_to_gpu("Llama-3.2-1B-Instruct", FinetuneConfig(**base, padding_free=False), _lengths([725] * 64))[1]
+    same = even.estimate
+    assert free.estimate.total_gib == pytest.approx(same.total_gib)
+
+
+@pytest.mark.parametrize("simulated_gpu", ["T4"], indirect=True)
+def test_a_plan_that_must_cut_the_rows_gives_up_the_kits_padding_free_choice(simulated_gpu, tmp_path):
+    """Nothing truncates padding-free rows: when memory forces a shorter max_seq_length, the kit's own padding-free
+    choice becomes padded batches (planned again), and a padding_free=True the user asked for is refused."""
+    from rslora_colab.train.setup import fit_to_gpu
+
+    long_rows = _lengths([8192] * 8)
+    base = dict(r=64, max_seq_length=8192, batch_size=2, backend="transformers", output_dir=str(tmp_path))
+    config, plan = fit_to_gpu("Llama-3.1-8B-Instruct", FinetuneConfig(**base, padding_free=True), long_rows,
+                              chosen=True)
+    assert config.padding_free is False and plan.micro_batch_tokens is None and config.max_seq_length < 8192
+    with pytest.raises(ValueError, match="padding_free=True: fits: .*shorter than the longest row .*packing=True"):
+        fit_to_gpu("Llama-3.1-8B-Instruct", FinetuneConfig(**base, padding_free=True), long_rows)

@@ -78,6 +78,13 @@ class TokenLengths:
         kept = [min(total, max_length) for prompt, total in zip(self.prompt, self.total) if prompt < max_length]
         return max(kept, default=max_length)
 
+    def most_tokens(self, rows: int, max_length: int) -> int:
+        """The most tokens ``rows`` kept rows can hold together, each truncated to ``max_length``: the largest
+        padding-free micro-batch of ``rows`` rows (its rows laid one after another, no padding)."""
+        kept = sorted((min(total, max_length) for prompt, total in zip(self.prompt, self.total)
+                       if prompt < max_length), reverse=True)
+        return sum(kept[:rows]) if kept else rows * max_length
+
     def scaled(self, count: int) -> int:
         """``count`` measured rows as a count over the whole dataset (estimated when sampled)."""
         return round(count * self.dataset_rows / len(self.rows)) if self.rows else 0

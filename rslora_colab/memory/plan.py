@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from ..presets import check_rank
 from ..runtime import Runtime
@@ -64,6 +64,9 @@ class TrainPlan:
     """One line: fits / does not fit, with the numbers."""
     suggestion: str
     """What changed from the request, or the nearest setting that fits ("" if none needed)."""
+    micro_batch_tokens: int | None = None
+    """Padding-free batches: the most tokens one micro-batch holds (the rows laid one after another), which the
+    estimate is made for; None for padded and packed batches (``micro_batch`` x ``max_seq_length``)."""
 
     @property
     def effective_batch(self) -> int:
@@ -214,6 +217,7 @@ def plan_for_gpu(
     batch_size: int = 2,
     grad_accum: int = 4,
     max_micro_batch: int | None = None,
+    micro_batch_tokens: Callable[[int, int], int] | None = None,
     **estimate_kwargs: Any,
 ) -> TrainPlan:
     """The largest micro-batch (and, if needed, shorter sequence) that fits ``gpu``.
@@ -228,6 +232,14 @@ def plan_for_gpu(
     :func:`rslora_colab.memory.estimate.estimate_vram` (``target_modules``,
     ``load_in_4bit``, ``optimizer``, ``gradient_checkpointing``,
     ``calibration``...).
+
+    Padding-free batches hold no padding: ``micro_batch_tokens(micro, seq)``
+    gives the most tokens a micro-batch of ``micro`` rows, each cut to
+    ``seq``, can hold (its ``micro`` longest rows:
+    :meth:`~rslora_colab.data.TokenLengths.most_tokens`), and each candidate is
+    estimated for that many tokens instead of ``micro x seq``. Every term of
+    the estimate grows with tokens (``s x b``) except eager attention's
+    scores, which only Gemma-2's soft-capping uses.
 
     >>> plan_for_gpu("Llama-3.2-1B-Instruct", r=16, gpu="T4").fits
     True
@@ -247,24 +259,30 @@ def plan_for_gpu(
     cap = effective if max_micro_batch is None else min(max_micro_batch, effective)
     seqs = _seq_candidates(max_seq_length)
 
+    def tokens(micro: int, seq: int) -> int | None:
+        return None if micro_batch_tokens is None else max(1, min(micro * seq, micro_batch_tokens(micro, seq)))
+
     def make(fits: bool, micro: int, seq: int, est: VramEstimate, message: str, suggestion: str) -> TrainPlan:
         return TrainPlan(spec.name, r, fits, micro, effective // micro, seq, est, budget,
-                         message, suggestion)
+                         message, suggestion, tokens(micro, seq))
 
     for seq in seqs:
         for micro in _divisors_desc(effective, cap):
-            est = estimate_vram(spec, r=r, max_seq_length=seq, batch_size=micro, **estimate_kwargs)
+            held = tokens(micro, seq)  # padding-free: the rows' own tokens, estimated as micro rows of their mean
+            est = estimate_vram(spec, r=r, max_seq_length=seq if held is None else math.ceil(held / micro),
+                                batch_size=micro, **estimate_kwargs)
             if est.total_gib <= budget:
+                laid = "" if held is None else f", padding-free: at most {held:,} tokens per micro-batch"
                 message = (f"fits: micro-batch {micro} x grad_accum {effective // micro} "
-                           f"(effective {effective}), max_seq_length {seq}, r={r}: "
+                           f"(effective {effective}), max_seq_length {seq}{laid}, r={r}: "
                            f"~{est.total_gib:.2f} of {budget:.2f} GiB")
                 return make(True, micro, seq, est, message, _changes(spec, r, max_seq_length, seq,
                                                                      batch_size, micro, budget,
                                                                      estimate_kwargs))
     smallest = est  # micro-batch 1 at the shortest length tried
     message = (f"does not fit: needs {smallest.total_gib:.2f} GiB, you have {budget:.2f} GiB "
-               f"({spec.name}, r={r}, micro-batch 1, max_seq_length {smallest.max_seq_length})")
-    return make(False, 1, smallest.max_seq_length, smallest, message,
+               f"({spec.name}, r={r}, micro-batch 1, max_seq_length {seqs[-1]})")
+    return make(False, 1, seqs[-1], smallest, message,
                 _suggest(spec, r, seqs, budget, estimate_kwargs))
 
 

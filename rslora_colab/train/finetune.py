@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data import load_and_validate, load_eval_dataset, source_name
+from ..data import load_and_validate, load_eval_dataset, source_name, token_lengths
 from ..distributed import gather, run_on_main, start, world_size
 from ..load import load_tokenizer, runtime_of
 from ..logs import library_bars_off
@@ -70,7 +70,16 @@ from ..save import (
 from ..settings import RunSettings, resolve_run
 from ..watch import HistoryCallback, quiet_progress
 from .evaluation import adapter_step, describe_best, load_best
-from .setup import check_lengths, fit_to_gpu, load_pair, share_batch, split_eval
+from .setup import (
+    PADDING_FREE_DEFAULT,
+    check_lengths,
+    choose_batches,
+    fit_to_gpu,
+    load_pair,
+    runtime_before_load,
+    share_batch,
+    split_eval,
+)
 from .trainer import attach_adapter, build_trainer, check_padding_free
 
 logger = logging.getLogger(__name__)
@@ -142,14 +151,21 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
         # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
         tokenizer = load_tokenizer(model, config.backend, config.load_in_4bit)
         lengths = check_lengths(tokenizer, dataset, fmt, config, source)
+        measured = [lengths]
+        if eval_dataset is not None:
+            measured.append(check_lengths(tokenizer, held, fmt, config, source_name(eval_dataset, "eval_dataset")))
+        config, why = choose_batches(config, runtime_before_load(model, config.backend), *measured)
         if lengths is not None:
             check_padding_free(config, lengths, source)  # before the model loads
-        if eval_dataset is not None:
-            check_lengths(tokenizer, held, fmt, config, source_name(eval_dataset, "eval_dataset"))
-        config, plan = fit_to_gpu(model, config, lengths, source)  # before any weights load; raises if it won't fit
+        planned, plan = fit_to_gpu(model, config, lengths, source,  # before any weights load; raises if it won't fit
+                                   chosen=config.padding_free is True and why == PADDING_FREE_DEFAULT)
+        if planned.padding_free != config.padding_free:
+            why = (f"padded: the memory plan cut max_seq_length to {planned.max_seq_length}, and padding-free rows "
+                   "are never truncated")
+        config = planned
         model, tokenizer = load_pair(model, config)
         result = _train(model, tokenizer, train_rows, fmt, config, callbacks, resume,
-                        plan.message if plan else None, saves_outputs=True, eval_dataset=held)
+                        plan.message if plan else None, saves_outputs=True, eval_dataset=held, batches_why=why)
         save_final_outputs(result, tokenizer, config.output_dir)
     return result
 
@@ -207,14 +223,21 @@ def train_adapter(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: Fi
 
 
 def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig, callbacks: list | None,
-           resume: bool, gpu_plan: str | None, saves_outputs: bool, eval_dataset: Any = None) -> FinetuneResult:
+           resume: bool, gpu_plan: str | None, saves_outputs: bool, eval_dataset: Any = None,
+           batches_why: str = "") -> FinetuneResult:
     """:func:`train_adapter` in a folder the caller holds (:func:`~rslora_colab.resilience.lock.run_lock`).
 
     ``dataset`` and ``eval_dataset`` are the training and eval rows, already split (:func:`split_eval`).
     ``saves_outputs``: the caller writes the final files, so the manifest marks that save pending until then.
+    ``batches_why``: why the batches are laid out as they are (:func:`choose_batches`), when the caller chose.
     """
-    run = resolve_run(config, runtime_of(model), gpu_plan, world_size(),
-                      len(eval_dataset) if eval_dataset is not None else 0)
+    runtime = runtime_of(model)
+    if not batches_why:  # train_adapter: the kit's choice of batch layout, from the rows as TRL will build them
+        measure = config.method == "sft" and config.padding_free is None and runtime.backend != "unsloth"
+        measured = [token_lengths(rows, fmt, tokenizer) for rows in (dataset, eval_dataset) if rows is not None]
+        config, batches_why = choose_batches(config, runtime, *(measured if measure else []))
+    run = resolve_run(config, runtime, gpu_plan, world_size(),
+                      len(eval_dataset) if eval_dataset is not None else 0, batches_why)
     manifest = run_manifest(model, dataset, fmt, run, eval_dataset)
     checkpoint = run_on_main(prepare_run, config.output_dir,  # rank 0 decides; every process resumes the same one
                              {**manifest, FINAL_SAVE: "pending"} if saves_outputs else manifest, resume)
@@ -273,11 +296,17 @@ def _layout_that_runs(run: RunSettings, trainer: Any) -> RunSettings:
 
     Unsloth 2026.10.9's CPU backend turns ``packing`` and ``padding_free`` off in
     TRL's config ("needs FlashAttention to keep packed examples apart"); the run
-    then trains, and is recorded, with padded batches.
+    then trains, and is recorded, with padded batches. On a GPU, with
+    ``padding_free`` left open, Unsloth picks the layout itself; it is recorded here.
     """
     asked = (run.config.packing, run.config.padding_free)
     got = (bool(getattr(trainer.args, "packing", False)), bool(getattr(trainer.args, "padding_free", False)))
-    if run.config.method != "sft" or not any(asked) or got[0] == asked[0] and got[1] >= asked[1]:
+    if run.config.method != "sft":
+        return run
+    if asked[1] is None and not asked[0] and run.runtime.unsloth_gpu:  # left to Unsloth (choose_batches)
+        return run.with_layout(packing=got[0], padding_free=got[1],
+                               why="Unsloth's choice for this GPU, unsloth/utils/padding_choice.py")
+    if not any(asked) or got[0] == asked[0] and got[1] >= bool(asked[1]):
         return run
     logger.info(f"{run.runtime.backend} ({run.runtime.device}) turned {'packing' if asked[0] else 'padding_free'} "
                 "off: training with padded batches")
@@ -298,7 +327,8 @@ def _announce(run: RunSettings, kept: int, rows: int, fmt: str, eval_rows: Any =
         held = f", eval loss on {len(eval_rows)}{dropped} rows {how}"
     where = f"{run.runtime.device} x {run.world_size} processes" if run.world_size > 1 else run.runtime.device
     batches = {"packed": f", packed into {kept} sequences of at most {c.max_seq_length} tokens",
-               "padding-free": ", padding-free batches", "padded": ""}[run.batches]
+               "padding-free": ", padding-free batches", "padded": ", padded batches" if run.batches_why else ""
+               }[run.batches] + (f" ({run.batches_why})" if run.batches_why else "")
     logger.info(f"training r={c.r} alpha={c.alpha:g} (scale {run.scale:.3g}) lr={c.lr:.3g} on {shown} {fmt} rows"
                 f"{batches}{held}, global batch {run.global_batch}, {run.runtime.precision} on {where}")
 

@@ -62,7 +62,7 @@ from ..memory.plan import (
     split_global_batch,
     training_estimate_kwargs,
 )
-from ..runtime import detect_runtime, trains_as
+from ..runtime import Runtime, detect_runtime, trains_as
 from .evaluation import check_evaluation
 
 logger = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def _wants_plan(config: FinetuneConfig) -> bool:
 
 
 def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None = None,
-               source: str = "dataset") -> tuple[FinetuneConfig, TrainPlan | None]:
+               source: str = "dataset", chosen: bool = False) -> tuple[FinetuneConfig, TrainPlan | None]:
     """``config`` with the micro-batch, grad_accum and max_seq_length that fit ``config.gpu``.
 
     Skipped (returns ``(config, None)``) with ``plan=False``, on a machine
@@ -92,6 +92,12 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     Under several processes the plan is per GPU: ``config`` holds one
     process's share of the global batch (:func:`share_batch`), and every
     process plans for the smallest GPU among them, so all take the same shape.
+
+    Padding-free batches are planned for the tokens a micro-batch really holds
+    (``plan_for_gpu``'s ``micro_batch_tokens``). When that plan has to cut
+    ``max_seq_length`` below the longest row, a padding-free layout the kit
+    ``chosen`` (:func:`choose_batches`) gives way to padded batches, planned
+    again; one the user asked for raises.
     """
     if not _wants_plan(config):
         return config, None
@@ -109,12 +115,24 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         logger.info(f"no memory plan: the estimator does not know target_modules {list(config.target_modules)}")
         return config, None
     cap = min(config.max_seq_length, spec.max_position_embeddings or config.max_seq_length)
-    # packed sequences are filled to max_seq_length whatever the rows' lengths; padded and padding-free micro-batches
-    # hold at most batch_size x the longest row (padding-free: the rows' own lengths, which this bounds)
+    # packed sequences are filled to max_seq_length whatever the rows' lengths; padded micro-batches hold
+    # batch_size x the longest row, padding-free ones the rows' own tokens (the batch_size longest rows at most)
     seq = lengths.longest(cap) if lengths is not None and not (config.packing and config.method == "sft") else cap
+    padding_free = config.padding_free is True and not config.packing and config.method == "sft"
     gpu = config.gpu if world_size() == 1 else smallest(resolve_budget_gib(config.gpu))  # every process one plan
     plan = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=gpu, batch_size=config.batch_size,
-                        grad_accum=config.grad_accum, max_micro_batch=config.batch_size, **kwargs)
+                        grad_accum=config.grad_accum, max_micro_batch=config.batch_size,
+                        micro_batch_tokens=lengths.most_tokens if padding_free and lengths is not None else None,
+                        **kwargs)
+    if plan.fits and padding_free and lengths is not None and plan.max_seq_length < seq:
+        # the plan must cut the rows, and nothing truncates padding-free rows (check_padding_free)
+        if chosen:
+            logger.info(f"padded batches after all: the memory plan cuts max_seq_length to {plan.max_seq_length}, "
+                        "and padding-free rows are never truncated")
+            return fit_to_gpu(model, dataclasses.replace(config, padding_free=False), lengths, source)
+        raise ValueError(f"padding_free=True: {plan.message}, shorter than the longest row ({seq} tokens), and TRL "
+                         "does not truncate padding-free rows. Pass packing=True (which truncates), or "
+                         "padding_free=False.")
     if not plan.fits:
         raise ValueError(f"{plan.message}. Suggestion: {plan.suggestion} Or pass plan=False to try anyway "
                          f"(the estimate is not yet calibrated on a GPU).")
@@ -132,6 +150,53 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         check_truncation(lengths, keep, source, _rows_word(config))
     return dataclasses.replace(config, batch_size=plan.micro_batch, grad_accum=plan.grad_accum,
                                max_seq_length=keep), plan
+
+
+PADDING_FREE_DEFAULT = "the kit's default on transformers: no pad tokens, 2.25x padded's tokens/s in bench/packing.py"
+"""Why the kit trains SFT padding-free on the transformers backend unless told otherwise (docs/results.md)."""
+
+
+def choose_batches(config: FinetuneConfig, runtime: Runtime,
+                   *lengths: TokenLengths | None) -> tuple[FinetuneConfig, str]:
+    """``config`` with the batch layout the run uses, and the reason in words, for the start line.
+
+    ``padding_free=None`` (the default) leaves the choice to the kit, per backend:
+
+    * **transformers** (a CPU, or a GPU without Unsloth): padding-free
+      (:data:`PADDING_FREE_DEFAULT`) when every measured row (``lengths``: the
+      training and the eval rows) fits ``max_seq_length``, since TRL does not
+      truncate padding-free rows; padded otherwise, saying why.
+    * **Unsloth on a GPU**: left unset, so Unsloth 2026.10.9 picks padding-free
+      or padded batches for the GPU it runs on (``unsloth/utils/padding_choice.py``:
+      padded with its per-block compile where a padded micro-batch is host-bound,
+      as on a T4 for short rows). The memory plan is made for padded batches,
+      which hold at least as many tokens as padding-free ones.
+    * **Unsloth's CPU backend**: padded (it turns padding-free off).
+
+    DPO batches are always padded. ``packing=True`` and an explicit
+    ``padding_free`` are kept as asked.
+    """
+    if config.method != "sft":
+        return config, ""
+    if config.packing:
+        return config, "packing=True"
+    if config.padding_free is not None:
+        return config, f"padding_free={config.padding_free}"
+    if runtime.unsloth_gpu:
+        return config, "Unsloth chooses padding-free or padded batches for this GPU (unsloth/utils/padding_choice.py)"
+    if runtime.backend == "unsloth":
+        return (dataclasses.replace(config, padding_free=False),
+                "Unsloth's CPU backend keeps packed rows apart only with FlashAttention, so it pads")
+    measured = [m for m in lengths if m is not None]
+    longest = max((max(m.total, default=0) for m in measured), default=0)
+    why = ("the rows could not be measured before training" if not measured or len(measured) < len(lengths) else
+           "only a sample of the rows was measured" if any(m.sampled for m in measured) else
+           f"a row has {longest} tokens, over max_seq_length={config.max_seq_length}"
+           if longest > config.max_seq_length else None)
+    if why is not None:
+        return (dataclasses.replace(config, padding_free=False),
+                f"padded: {why}, and padding-free rows are never truncated (packing=True truncates)")
+    return dataclasses.replace(config, padding_free=True), PADDING_FREE_DEFAULT
 
 
 def _planned_length_note(lengths: TokenLengths, cap: int, seq: int) -> str:
@@ -201,6 +266,11 @@ def split_eval(dataset: Any, config: FinetuneConfig, eval_dataset: Any = None,
         dataset, eval_dataset = hold_out(dataset, fraction, config.seed, source)
     check_evaluation(config, eval_dataset is not None)
     return config, dataset, eval_dataset
+
+
+def runtime_before_load(model: Any, backend: str) -> Runtime:
+    """The runtime the run will train on, before any weights load: a loaded pair's own, else this machine's."""
+    return runtime_of(model[0]) if isinstance(model, tuple) else detect_runtime(backend)
 
 
 def load_pair(model: Any, config: FinetuneConfig):
