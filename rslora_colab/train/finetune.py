@@ -234,8 +234,9 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
     runtime = runtime_of(model)
     if not batches_why:  # train_adapter: the kit's choice of batch layout, from the rows as TRL will build them
         measure = config.method == "sft" and config.padding_free is None and runtime.backend != "unsloth"
-        measured = [token_lengths(rows, fmt, tokenizer) for rows in (dataset, eval_dataset) if rows is not None]
-        config, batches_why = choose_batches(config, runtime, *(measured if measure else []))
+        measured = [token_lengths(rows, fmt, tokenizer) for rows in (dataset, eval_dataset) if rows is not None
+                    and measure]
+        config, batches_why = choose_batches(config, runtime, *measured)
     run = resolve_run(config, runtime, gpu_plan, world_size(),
                       len(eval_dataset) if eval_dataset is not None else 0, batches_why)
     manifest = run_manifest(model, dataset, fmt, run, eval_dataset)
