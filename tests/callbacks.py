@@ -12,3 +12,17 @@ class StopAt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
             control.should_training_stop = True
+
+
+def batch_rows(kwargs) -> list[tuple[int, ...]]:
+    """The rows of the micro-batch a forward pass got, as token tuples, whatever its layout: padded (one row per
+    line, the attention mask marks the real tokens) or padding-free / packed (one line, each row starting where its
+    position ids restart at 0)."""
+    ids = kwargs["input_ids"]
+    if kwargs.get("attention_mask") is not None:
+        return [tuple(row[m.bool()].tolist()) for row, m in zip(ids, kwargs["attention_mask"])]
+    rows = []
+    for line, positions in zip(ids, kwargs["position_ids"]):
+        starts = (positions == 0).nonzero().flatten().tolist() + [len(line)]
+        rows += [tuple(line[a:b].tolist()) for a, b in zip(starts, starts[1:])]
+    return rows

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from callbacks import StopAt
+from callbacks import StopAt, batch_rows
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
@@ -317,7 +317,7 @@ class OomInEval(TrainerCallback):
         if self.state.global_step == self.step and not self.raised:
             self.raised = True
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        self.eval_batches.append((self.state.global_step, kwargs["input_ids"].shape[0]))
+        self.eval_batches.append((self.state.global_step, len(batch_rows(kwargs))))
 
 
 def test_an_evaluation_out_of_memory_halves_the_eval_batch_too(demo_path, tmp_path):

@@ -8,6 +8,7 @@ from collections import defaultdict
 import pytest
 import torch
 from transformers import TrainerCallback
+from callbacks import batch_rows
 
 from rslora_colab import demo_dataset, quick_finetune
 from rslora_colab.memory.plan import halve_micro_batch
@@ -40,13 +41,13 @@ class OomInStep(TrainerCallback):
     def _hook(self, module, args, kwargs):
         if not module.training:
             return
-        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        rows = batch_rows(kwargs)  # padded or padding-free alike
         step = self.state.global_step
-        if self.at and step == self.at[0] and ids.shape[0] >= self.min_micro:
+        if self.at and step == self.at[0] and len(rows) >= self.min_micro:
             self.at.pop(0)
             self.rows.pop(step, None)  # this step's micro-batches so far are thrown away
             raise torch.OutOfMemoryError(CUDA_OOM)
-        self.rows[step] += [tuple(row[m.bool()].tolist()) for row, m in zip(ids, mask)]
+        self.rows[step] += rows
 
     def by_step(self) -> dict[int, list[tuple[int, ...]]]:
         return {step: sorted(rows) for step, rows in self.rows.items()}
