@@ -53,14 +53,37 @@ def _present_targets(model: Any, targets: Sequence[str]) -> list[str]:
     return present
 
 
-def _same_adapter(model: Any, r: int, alpha: float, targets: Sequence[str], dropout: float, use_rslora: bool) -> bool:
+def _same_adapter(model: Any, r: int, alpha: float, targets: Sequence[str], dropout: float, use_rslora: bool,
+                  embeddings: Sequence[str] = ()) -> bool:
     config = model.peft_config.get("default")
     return (
         config is not None
         and (config.r, float(config.lora_alpha), config.use_rslora, float(config.lora_dropout))
         == (r, float(alpha), use_rslora, float(dropout))
         and set(config.target_modules or ()) == set(targets)
+        and set(config.modules_to_save or ()) == set(embeddings)
     )
+
+
+def ties_embeddings(model: Any) -> bool:
+    """True when the LM head is the input embedding's own matrix (``tie_word_embeddings``)."""
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    return head is not None and embed is not None and head.weight is embed.weight
+
+
+def embedding_modules(model: Any) -> list[str]:
+    """The names (leaf, as PEFT's ``modules_to_save`` takes them) of the input embedding and the LM head.
+
+    A tied pair is one matrix: only the input embedding is named, and PEFT's
+    ``ensure_weight_tying`` makes the head use its trained copy.
+    """
+    wanted = [model.get_input_embeddings()] + ([] if ties_embeddings(model) else [model.get_output_embeddings()])
+    names = [name.split(".modules_to_save")[0].split(".original_module")[0].rsplit(".", 1)[-1]  # PEFT's wrapper's
+             for module in wanted for name, m in model.named_modules() if m is module]
+    if len(names) != len(wanted):
+        raise ValueError("train_embeddings=True: this model's input embedding or LM head could not be found by name "
+                         f"(found {names}); train without it.")
+    return list(dict.fromkeys(names))
 
 
 def keep_cpu_4bit_trainable(model: Any) -> None:
@@ -100,7 +123,7 @@ def keep_adapter_fp32(model: Any) -> None:
             param.data = param.data.float()
 
 
-def _add_with_peft(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed):
+def _add_with_peft(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed, embeddings=()):
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
@@ -115,18 +138,20 @@ def _add_with_peft(model, r, alpha, targets, dropout, use_rslora, gradient_check
     config = LoraConfig(
         r=r, lora_alpha=alpha, target_modules=list(targets), lora_dropout=dropout,
         bias="none", task_type="CAUSAL_LM", use_rslora=use_rslora,
+        **({"modules_to_save": list(embeddings), "ensure_weight_tying": ties_embeddings(model)} if embeddings else {}),
     )
     torch.manual_seed(seed)  # the same seed gives the same adapter init, as Unsloth's random_state does
     return get_peft_model(model, config)
 
 
-def _add_with_unsloth(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed):
+def _add_with_unsloth(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed, embeddings=()):
     from unsloth import FastLanguageModel
 
     return FastLanguageModel.get_peft_model(
         model, r=r, target_modules=list(targets), lora_alpha=alpha, lora_dropout=dropout, bias="none",
         use_gradient_checkpointing="unsloth" if gradient_checkpointing else False,
         random_state=seed, use_rslora=use_rslora, loftq_config=None,
+        **({"modules_to_save": list(embeddings), "ensure_weight_tying": ties_embeddings(model)} if embeddings else {}),
     )
 
 
@@ -139,8 +164,15 @@ def add_rslora(
     use_rslora: bool = True,
     gradient_checkpointing: bool = True,
     seed: int = 3407,
+    train_embeddings: bool = False,
 ):
     """Add a rank-``r`` rsLoRA adapter (scale alpha/sqrt(r); ``alpha=None`` means alpha = r).
+
+    ``train_embeddings=True`` (continued pretraining) also makes the input
+    embedding and the LM head trainable in full (PEFT's ``modules_to_save``,
+    :func:`embedding_modules`; a tied pair as one matrix), saved with the
+    adapter. The trainer keeps them in fp32 and gives them their own learning
+    rate (:mod:`rslora_colab.train.trainer`).
 
     On the Unsloth backend this is ``FastLanguageModel.get_peft_model`` with
     ``use_gradient_checkpointing="unsloth"``; on transformers it is PEFT's
@@ -157,17 +189,16 @@ def add_rslora(
     alpha = float(r if alpha is None else alpha)
     runtime = runtime_of(model)
     targets = _present_targets(model, target_modules)
+    embeddings = embedding_modules(model) if train_embeddings else []
     if is_peft_model(model):
-        if _same_adapter(model, r, alpha, targets, dropout, use_rslora):
+        if _same_adapter(model, r, alpha, targets, dropout, use_rslora, embeddings):
             logger.info("the model already has this adapter; reusing it")
             return model
         if runtime.unsloth_gpu:  # Unsloth's GPU models are patched in place; its CPU backend is stock PEFT
             raise ValueError("This Unsloth model already has a different adapter: reload it with load_model() first.")
         logger.info("replacing the model's previous adapter")
         model = model.unload()
-    if runtime.backend == "unsloth":
-        model = _add_with_unsloth(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed)
-    else:
-        model = _add_with_peft(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed)
+    add = _add_with_unsloth if runtime.backend == "unsloth" else _add_with_peft
+    model = add(model, r, alpha, targets, dropout, use_rslora, gradient_checkpointing, seed, embeddings)
     setattr(model, RUNTIME_ATTR, runtime)
     return model

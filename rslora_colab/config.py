@@ -139,6 +139,16 @@ class FinetuneConfig:
     line (transformers: on when every row fits; Unsloth on a GPU: Unsloth's own choice; Unsloth's CPU backend:
     off; ``rslora_colab.train.setup.choose_batches``)."""
 
+    train_embeddings: bool = False
+    """Continued pretraining (new knowledge, a new language, a domain's vocabulary, from raw ``text`` rows, best
+    with packing=True): also train the input embeddings and the LM head (``embed_tokens``, ``lm_head``) in full,
+    in fp32, beside the rsLoRA adapter, at ``embedding_lr`` (PEFT's modules_to_save; a tied pair trains as one
+    matrix). Costs the vocabulary x hidden matrices in fp32 with their gradients and optimizer state; the memory
+    plan counts them. SFT only."""
+    embedding_lr: float | None = None
+    """Learning rate of embed_tokens and lm_head with train_embeddings; None: lr x 0.2 (Unsloth's
+    continued-pretraining notebooks, ``rslora_colab.presets.EMBEDDING_LR_FACTOR``)."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", module_names(self.target_modules))
         if self.output_dir is None:
@@ -209,6 +219,13 @@ class FinetuneConfig:
             (self.method != "dpo" or not (self.packing is True or self.padding_free is True), "packing",
              "False with method='dpo': packing and padding_free are for SFT rows (TRL's SFTTrainer)"),
             (is_positive(self.beta), "beta", "a positive number, e.g. 0.1"),
+            (isinstance(self.train_embeddings, bool), "train_embeddings", "True or False"),
+            (self.train_embeddings is not True or self.method == "sft", "train_embeddings",
+             "False with method='dpo': continued pretraining trains on text (SFT)"),
+            (self.embedding_lr is None or (is_positive(self.embedding_lr) and self.embedding_lr < 1),
+             "embedding_lr", "a number in (0, 1), e.g. 2e-5, or None for lr x 0.2"),
+            (self.embedding_lr is None or self.train_embeddings is True, "embedding_lr",
+             "None unless train_embeddings=True (it is the embeddings' own learning rate)"),
         ]
         return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
 

@@ -136,6 +136,44 @@ def demo_dataset(fmt: DemoFormat = "alpaca", n: int | None = None, questions: Qu
     return Dataset.from_list(rows)
 
 
+_SYLLABLES = ("zor", "blat", "quen", "mire", "vash", "tolk", "prim", "ekk", "sul", "dravo", "nix", "fen", "orbu",
+              "glim", "yast", "wemb")
+_KINDS = ("a small brass tool", "a kind of harbour boat", "a winter festival", "a bitter green fruit",
+          "a unit of river depth", "a folding paper lantern", "a slow dance for four", "a stone used for sharpening")
+_USES = ("used by weavers to count threads", "kept near the door for luck", "carried only at night",
+         "sold in bundles of seven", "painted blue before the first frost", "measured with a knotted rope",
+         "shared between two families", "never lent to strangers")
+
+
+def demo_glossary(n: int = 48):
+    """A made-up glossary the demo model has never seen: ``n`` ``text`` rows such as "A zorquen is a small brass
+    tool, used by weavers to count threads." (invented words, fixed for good), for continued pretraining.
+
+    Raw text with new words: what ``train_embeddings=True`` is for. Its held-out counterpart, text the model
+    already knows, is :func:`demo_manual_text`.
+
+    >>> demo_glossary(2)[0]["text"].split(" is ")[0]
+    'A zorquen'
+    """
+    from datasets import Dataset
+
+    rows = []
+    for i in range(n):
+        word = _SYLLABLES[i % 16] + _SYLLABLES[(i * 5 + 2 + i // 16) % 16]
+        kind, use = _KINDS[i % len(_KINDS)], _USES[(i * 3 + i // 8) % len(_USES)]
+        rows.append({"text": f"A {word} is {kind}, {use}. The word {word} names only this {kind.split()[-1]}."})
+    return Dataset.from_list(rows)
+
+
+def demo_manual_text(n: int = 24):
+    """``n`` paragraphs of Python's manual as ``text`` rows: the demo model's own pre-training text, to check that
+    continued pretraining on new text (:func:`demo_glossary`) does not make it forget much (every 50th paragraph,
+    at most 600 characters)."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"text": p[:600]} for p in _corpus()[::50][:n]])
+
+
 def _wrong_answer(pairs: list[tuple[str, str]], i: int) -> str:
     """The next topic's answer to the other kind of question: a summary for a heading question, and back."""
     return pairs[(i + 3) % len(pairs)][1]  # pairs alternate heading / summary questions

@@ -75,6 +75,13 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+EMBEDDING_LR_FACTOR = 0.2
+"""Continued pretraining (``train_embeddings=True``): ``embed_tokens`` and ``lm_head`` train at this times the
+adapter's lr. Source: Unsloth's continued-pretraining notebooks (``learning_rate = 5e-5``,
+``embedding_learning_rate = 1e-5``, "select a 2 to 10x smaller learning rate for the embedding matrices"); the
+kit takes the notebooks' 5x. A full matrix moves every entry by about lr per Adam step, where the adapter's
+product B @ A is scaled by alpha/sqrt(r) on top, so the embeddings want the smaller step."""
+
 MIN_RANK = 1
 MAX_RANK = 1024
 LR_CEILING = 3e-4

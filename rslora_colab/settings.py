@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import FinetuneConfig
-from .presets import adapter_scale, preset_for_rank
+from .presets import EMBEDDING_LR_FACTOR, adapter_scale, preset_for_rank
 from .runtime import Runtime
 
 MANIFEST_FIELDS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio",
                    "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit", "weight_decay",
                    "max_grad_norm", "dropout", "method", "beta", "eval_fraction", "early_stopping_patience",
-                   "early_stopping_threshold", "packing", "padding_free")
+                   "early_stopping_threshold", "packing", "padding_free", "train_embeddings", "embedding_lr")
 """Resolved settings a resumed run must share with the run it continues (plus the optimizer and the global batch:
 how it is split into processes, micro-batches and accumulation may change, as after an out-of-memory error);
 ``beta`` only for DPO, ``eval_fraction`` only when rows are held out, early stopping's only when it is on (a
@@ -87,7 +87,8 @@ class RunSettings:
         stopping = config.early_stopping_patience is not None
         optional = {"beta": config.method == "dpo", "eval_fraction": bool(config.eval_fraction),
                     "early_stopping_patience": stopping, "early_stopping_threshold": stopping,
-                    "packing": config.packing, "padding_free": config.padding_free}  # absent when off, as before
+                    "packing": config.packing, "padding_free": config.padding_free,  # absent when off, as before
+                    "train_embeddings": config.train_embeddings, "embedding_lr": config.train_embeddings}
         fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if optional.get(name, True)}
         return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer,
                 "global_batch": self.global_batch}
@@ -108,6 +109,7 @@ class RunSettings:
             "early_stopping_threshold": c.early_stopping_threshold, "report_to": c.report_to,
             "packing": c.packing, "padding_free": bool(c.padding_free or c.packing), "batches": self.batches,
             "batches_why": self.batches_why,
+            **({"train_embeddings": True, "embedding_lr": c.embedding_lr} if c.train_embeddings else {}),
         }
 
     @property
@@ -132,4 +134,6 @@ def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None =
         config, alpha=preset.alpha, lr=config.lr if config.lr is not None else preset.lr,
         warmup_ratio=config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
         lr_scheduler=config.lr_scheduler or preset.lr_scheduler)
+    if config.train_embeddings and config.embedding_lr is None:
+        filled = dataclasses.replace(filled, embedding_lr=filled.lr * EMBEDDING_LR_FACTOR)
     return RunSettings(filled, runtime, gpu_plan, world_size, eval_rows, batches_why)

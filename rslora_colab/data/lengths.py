@@ -178,13 +178,15 @@ def _examples(rows: list[int], source: str) -> str:
     return named + (", ..." if len(rows) > MAX_REPORTED else "")
 
 
-def check_truncation(lengths: TokenLengths, max_seq_length: int, source: str = "dataset", unit: str = "rows") -> int:
+def check_truncation(lengths: TokenLengths, max_seq_length: int, source: str = "dataset", unit: str = "rows",
+                     splits: bool = False) -> int:
     """Say which rows TRL would drop at ``max_seq_length``; raise ``ValueError`` when none would remain.
 
     Prints one warning naming the rows whose prompt alone fills
     ``max_seq_length`` (TRL drops them: nothing is left to train on), and one
-    note counting the rows that are kept but cut short. Returns the (estimated,
-    when sampled) number of rows that will be dropped.
+    note counting the rows that are kept but cut short (``splits``: packed
+    raw text, which TRL's ``bfd_split`` splits into pieces instead, losing
+    nothing). Returns the (estimated, when sampled) number of rows that will be dropped.
     """
     dropped, cut = lengths.dropped(max_seq_length), lengths.cut(max_seq_length)
     measured = len(lengths.rows)
@@ -202,7 +204,9 @@ def check_truncation(lengths: TokenLengths, max_seq_length: int, source: str = "
                        f"will be dropped by TRL: the prompt alone is max_seq_length={max_seq_length} tokens or more, so "
                        f"truncation leaves no answer to train on ({_examples(dropped, source)}). {fix}.")
     if cut:
+        fate = (f"split into pieces of at most {max_seq_length} tokens (packing: none of the text is lost)" if splits
+                else "cut to it")
         logger.info(f"{lengths.scaled(len(cut)):,} of {lengths.dataset_rows:,} {unit}{about} are longer "
-                    f"than max_seq_length={max_seq_length} tokens and will be cut to it (longest: "
+                    f"than max_seq_length={max_seq_length} tokens and will be {fate} (longest: "
                     f"{max(lengths.total)} tokens)")
     return lengths.scaled(len(dropped))

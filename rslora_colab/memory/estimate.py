@@ -258,6 +258,11 @@ class VramEstimate:
     """Extra copy alive while the loader casts the last 16-bit tensor; freed before training, not in ``total_gib``."""
     sequences_per_row: int = 1
     """Sequences each row puts through the model: 2 for DPO (chosen and rejected in one batch), else 1."""
+    trained_embeddings_gib: float = 0.0
+    """Continued pretraining (``train_embeddings``): the trained fp32 copies of embed_tokens and lm_head (one
+    matrix when tied), resident from the moment the adapter is added (:func:`embedding_training_bytes`)."""
+    trained_embeddings_state_gib: float = 0.0
+    """Their fp32 gradients and optimizer state."""
 
     @property
     def static_gib(self) -> float:
@@ -269,7 +274,7 @@ class VramEstimate:
         allocator rounds blocks to 512 B and segments to 2 MiB, under 1 % on every published figure.
         """
         resident = self.base_weights_gib + self.dynamic_16bit_gib + self.embeddings_gib + self.rope_cache_gib
-        return resident + max(self.lora_weights_gib, self.load_transient_gib)
+        return resident + self.trained_embeddings_gib + max(self.lora_weights_gib, self.load_transient_gib)
 
     def as_dict(self) -> dict[str, Any]:
         """All fields as a plain dict (JSON-friendly)."""
@@ -306,6 +311,8 @@ TERM_LABELS: tuple[tuple[str, str], ...] = (
     ("lora_weights_gib", "LoRA weights"),
     ("lora_grads_gib", "LoRA gradients"),
     ("optimizer_gib", "optimizer state"),
+    ("trained_embeddings_gib", "trained embed + head (fp32)"),
+    ("trained_embeddings_state_gib", "their gradients + optimizer state"),
     ("activations_gib", "activations"),
     ("logits_gib", "logits + loss"),
     ("workspace_gib", "dequantization workspace"),
@@ -315,7 +322,8 @@ TERM_LABELS: tuple[tuple[str, str], ...] = (
 )
 """(field, label) of the terms that add up to ``total_gib``, in table order."""
 
-OPTIONAL_TERMS = frozenset({"dynamic_16bit_gib", "rope_cache_gib", "load_excess_gib"})
+OPTIONAL_TERMS = frozenset({"dynamic_16bit_gib", "rope_cache_gib", "load_excess_gib", "trained_embeddings_gib",
+                            "trained_embeddings_state_gib"})
 """Terms :meth:`VramEstimate.table` leaves out when they are zero (most models and backends)."""
 
 
@@ -397,6 +405,19 @@ def _optimizer_bytes(spec: ModelSpec, r: int, modules: dict[str, tuple[int, int]
             per = cal.adamw_bytes_per_param if kind == "adam32" or small else cal.adamw_8bit_bytes_per_param
             total += numel * per
     return total * spec.num_hidden_layers
+
+
+def embedding_training_bytes(spec: ModelSpec, optimizer_kind: str, cal: Calibration) -> tuple[float, float]:
+    """``(weights, gradients + optimizer state)`` in bytes for training embed_tokens and lm_head in full.
+
+    PEFT's ``modules_to_save`` trains a copy of each matrix (``V x h``; one when
+    tied), which the kit and Unsloth (on a T4: unslothai/unsloth#1200) keep in
+    fp32: 4 bytes, plus a 4-byte fp32 gradient and the optimizer's state (8-bit
+    AdamW about 2 bytes, 32-bit AdamW 8). The frozen 16-bit originals stay in
+    ``embeddings_gib``.
+    """
+    state = {"adam8": cal.adamw_8bit_bytes_per_param, "adam32": cal.adamw_bytes_per_param, "none": 0.0}[optimizer_kind]
+    return spec.embedding_params * 4.0, spec.embedding_params * (4 + state)
 
 
 def layer_activation_bytes(spec: ModelSpec, r: int, seq: int, batch: int, n_adapters: int,
@@ -558,6 +579,7 @@ def estimate_vram(
     fused_loss: bool | None = None,
     calibration: Calibration = DEFAULT_CALIBRATION,
     sequences_per_row: int = 1,
+    train_embeddings: bool = False,
 ) -> VramEstimate:
     """Estimated peak GPU memory of one LoRA training step.
 
@@ -573,7 +595,9 @@ def estimate_vram(
     sequences through the model as one batch of ``2 * batch_size``, so the
     activation and logit terms double (the reference forward that follows runs
     without gradients, one layer at a time, inside that peak). See the module
-    docstring for every term and its source.
+    docstring for every term and its source. ``train_embeddings=True``
+    (continued pretraining) adds the fp32 copies of embed_tokens and lm_head,
+    their gradients and optimizer state (:func:`embedding_training_bytes`).
 
     >>> round(estimate_vram("Llama-3.2-1B-Instruct", r=16).total_gib, 1) > 0
     True
@@ -602,7 +626,8 @@ def estimate_vram(
     workspace = cal.dequant_buffers * largest * dtype_bytes if load_in_4bit else 0.0
     transient = load_transient_bytes(spec, cal)
     # The transient's block is freed before LoRA is added; what comes after load is allocated into it.
-    after_load = lora_weights + lora_grads + optim + acts_gpu + logits + workspace
+    copies, copies_state = embedding_training_bytes(spec, OPTIMIZERS[optimizer], cal) if train_embeddings else (0, 0)
+    after_load = lora_weights + lora_grads + optim + acts_gpu + logits + workspace + copies + copies_state
     load_excess = max(0.0, transient - after_load)
 
     tensors = base + dynamic_16bit + embeddings + rope + after_load + load_excess
@@ -618,7 +643,8 @@ def estimate_vram(
         allocator_margin_gib=margin / GIB, total_gib=total / GIB, offloaded_cpu_gib=acts_cpu / GIB,
         dynamic_16bit_gib=dynamic_16bit / GIB, rope_cache_gib=rope / GIB,
         load_excess_gib=load_excess / GIB, load_transient_gib=transient / GIB,
-        sequences_per_row=sequences_per_row,
+        sequences_per_row=sequences_per_row, trained_embeddings_gib=copies / GIB,
+        trained_embeddings_state_gib=copies_state / GIB,
     )
 
 

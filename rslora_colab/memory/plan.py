@@ -130,7 +130,7 @@ def resolve_budget_gib(gpu: Any = "auto") -> float:
 
 def training_estimate_kwargs(runtime: Runtime, target_modules: Iterable[str] = STANDARD_MODULES,
                              load_in_4bit: bool = True, gradient_checkpointing: bool = True,
-                             method: str = "sft") -> dict[str, Any]:
+                             method: str = "sft", train_embeddings: bool = False) -> dict[str, Any]:
     """:func:`estimate_vram` keyword arguments describing how the kit trains on ``runtime``.
 
     The transformers backend keeps embeddings and norms in fp32 (PEFT's
@@ -138,7 +138,8 @@ def training_estimate_kwargs(runtime: Runtime, target_modules: Iterable[str] = S
     checkpointing; Unsloth keeps them 16-bit and offloads checkpoints. The
     optimizer is the runtime's. Target names the estimator does not know are
     left out (an empty list means: no estimate possible). ``method="dpo"``
-    counts two sequences per row (chosen and rejected share one forward).
+    counts two sequences per row (chosen and rejected share one forward); ``train_embeddings`` counts the
+    fp32 embed_tokens and lm_head being trained (continued pretraining).
     """
     unsloth = runtime.backend == "unsloth"
     wide = runtime.precision == "fp32" or (not unsloth and load_in_4bit)
@@ -150,6 +151,7 @@ def training_estimate_kwargs(runtime: Runtime, target_modules: Iterable[str] = S
         "gradient_checkpointing": checkpointing,
         "dtype_bytes": 4 if wide else 2,
         "sequences_per_row": 2 if method == "dpo" else 1,
+        "train_embeddings": train_embeddings,
     }
 
 

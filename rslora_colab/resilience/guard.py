@@ -255,12 +255,13 @@ class DivergenceGuard(TrainerCallback):
 
     def _recover(self, state, control, reason: str, model, optimizer, lr_scheduler):
         step, lr = state.global_step, optimizer.param_groups[0]["lr"]
+        lrs = [group["lr"] for group in optimizer.param_groups]  # each group's own (embeddings have theirs)
         self._good.restore(model, optimizer)
         self._pending = None
         self._trainer._tr_loss.zero_()  # drop the NaN from the trainer's running loss sum
         if self.rollbacks >= self.max_rollbacks:
-            for group in optimizer.param_groups:
-                group["lr"] = lr  # the restored state carries an older lr; keep the current one
+            for group, current in zip(optimizer.param_groups, lrs):
+                group["lr"] = current  # the restored state carries an older lr; keep the current one
             fp16 = ("on fp16 (a T4), a lower lr usually stops the overflow, or use a bf16 GPU (L4, A100); "
                     if self.precision == "fp16" else "")
             self.failure = (

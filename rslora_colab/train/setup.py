@@ -110,7 +110,7 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         # Only Unsloth's mapper swaps a hub id for its dynamic 4-bit repo; transformers quantizes every linear.
         spec = dataclasses.replace(spec, dynamic_quant=False)
     kwargs = training_estimate_kwargs(runtime, config.target_modules, config.load_in_4bit,
-                                      config.gradient_checkpointing, config.method)
+                                      config.gradient_checkpointing, config.method, config.train_embeddings)
     if not kwargs["target_modules"]:
         logger.info(f"no memory plan: the estimator does not know target_modules {list(config.target_modules)}")
         return config, None
@@ -141,6 +141,9 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         notes.append(f"max_seq_length {config.max_seq_length} -> {cap} (the model's context)")
     if lengths is not None:
         notes.append(_planned_length_note(lengths, cap, seq))
+    if config.train_embeddings:
+        notes.append(f"train_embeddings: embed_tokens and lm_head in fp32 with their gradients and optimizer state "
+                     f"(~{plan.estimate.trained_embeddings_gib + plan.estimate.trained_embeddings_state_gib:.2f} GiB)")
     if kwargs["sequences_per_row"] > 1:
         notes.append(f"DPO: {kwargs['sequences_per_row']} sequences per row (chosen + rejected go through the "
                      "model together)")
@@ -174,14 +177,12 @@ def choose_batches(config: FinetuneConfig, runtime: Runtime,
     * **Unsloth's CPU backend**: padded (it turns padding-free off).
 
     DPO batches are always padded. ``packing=True`` and an explicit
-    ``padding_free`` are kept as asked.
+    ``padding_free`` are kept as asked (and need no reason: ``""``).
     """
     if config.method != "sft":
         return config, ""
-    if config.packing:
-        return config, "packing=True"
-    if config.padding_free is not None:
-        return config, f"padding_free={config.padding_free}"
+    if config.packing or config.padding_free is not None:
+        return config, ""  # as asked
     if runtime.unsloth_gpu:
         return config, "Unsloth chooses padding-free or padded batches for this GPU (unsloth/utils/padding_choice.py)"
     if runtime.backend == "unsloth":
@@ -238,8 +239,14 @@ def check_lengths(tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig
     if tokenizer is None:
         return None
     lengths = token_lengths(dataset, fmt, tokenizer, config.method)
-    check_truncation(lengths, config.max_seq_length, source, _rows_word(config))
+    check_truncation(lengths, config.max_seq_length, source, _rows_word(config), _splits(config, fmt))
     return lengths
+
+
+def _splits(config: FinetuneConfig, fmt: str) -> bool:
+    """True when TRL splits long rows into pieces instead of truncating them: packed ``text`` rows
+    (:func:`~rslora_colab.train.trainer.packing_strategy`)."""
+    return config.packing and config.method == "sft" and fmt == "text"
 
 
 def _rows_word(config: FinetuneConfig) -> str:

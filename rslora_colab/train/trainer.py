@@ -84,6 +84,13 @@ def sft_config(run: RunSettings, **extra: Any):
     return SFTConfig(**args, **extra)
 
 
+def packing_strategy(fmt: str) -> str:
+    """TRL's ``packing_strategy`` for rows of format ``fmt``: ``"bfd_split"`` for raw ``text`` (a document longer
+    than max_seq_length is split into pieces, so continued pretraining loses none of it), ``"bfd"`` (TRL's default:
+    a longer row is truncated, as without packing) for rows with a prompt, whose answer a split would orphan."""
+    return "bfd_split" if fmt == "text" else "bfd"
+
+
 def check_padding_free(config: Any, lengths: Any, source: str = "dataset") -> None:
     """Refuse padding-free batches without packing when a row would not fit ``max_seq_length`` (TRL does not
     truncate then) or when only a sample of the rows was measured (``lengths``:
@@ -108,7 +115,29 @@ def dpo_config(run: RunSettings):
 def attach_adapter(model: Any, run: RunSettings):
     """The rsLoRA adapter this run puts on ``model`` (reused if it is already there)."""
     c = run.config
-    return add_rslora(model, c.r, c.alpha, c.target_modules, c.dropout, c.use_rslora, c.gradient_checkpointing, c.seed)
+    return add_rslora(model, c.r, c.alpha, c.target_modules, c.dropout, c.use_rslora, c.gradient_checkpointing, c.seed,
+                      c.train_embeddings)
+
+
+def embedding_optimizer(model: Any, args: Any, embedding_lr: float):
+    """The optimizer the trainer would build (``Trainer.get_optimizer_cls_and_kwargs``), with the trained
+    embeddings (PEFT's ``modules_to_save`` copies) in a group of their own at ``embedding_lr``.
+
+    Handed to the trainer through its public ``optimizers=(optimizer, None)``
+    argument; the trainer still builds the schedule, which scales each group
+    from its own learning rate. Both groups decay like the trainer's weights.
+    """
+    from transformers import Trainer
+
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    embeddings = [p for name, p in trained if ".modules_to_save." in name]
+    if not embeddings:
+        raise ValueError("train_embeddings=True, but no embedding matrix is trainable: PEFT's modules_to_save "
+                         "did not wrap embed_tokens / lm_head.")
+    rest = [p for name, p in trained if ".modules_to_save." not in name]
+    return cls([{"params": rest, "weight_decay": args.weight_decay},
+                {"params": embeddings, "lr": embedding_lr, "weight_decay": args.weight_decay}], **kwargs)
 
 
 def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list | None = None,
@@ -133,8 +162,17 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSe
                 check_padding_free(run.config, token_lengths(rows, fmt, tokenizer), name)
         train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
         shaped_eval = None if eval_dataset is None else to_trainer_dataset(eval_dataset, fmt, tokenizer)[0]
-        trainer = SFTTrainer(model=model, args=sft_config(run, **extra), train_dataset=train_dataset,
-                             eval_dataset=shaped_eval, processing_class=tokenizer, callbacks=callbacks)
+        if run.config.packing:
+            extra["packing_strategy"] = packing_strategy(fmt)
+        args = sft_config(run, **extra)
+        if run.config.train_embeddings:
+            if not runtime_of(model).unsloth_gpu:
+                keep_adapter_fp32(model)  # the embedding copies too, before the optimizer holds them
+            optimizers = (embedding_optimizer(model, args, run.config.embedding_lr), None)
+        else:
+            optimizers = (None, None)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=shaped_eval,
+                             processing_class=tokenizer, callbacks=callbacks, optimizers=optimizers)
     check_trainer_world(trainer.args)  # a launcher's processes that would each train alone: say so now
     if not runtime_of(model).unsloth_gpu:
         keep_adapter_fp32(trainer.model)  # undo TRL's bf16 cast of QLoRA adapters (Unsloth's CPU backend too)
