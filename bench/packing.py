@@ -24,7 +24,7 @@ from transformers import AutoTokenizer
 from rslora_colab import demo_dataset, demo_model, quick_finetune, set_verbosity
 
 STEPS, BATCH, SEQ = 30, 8, 512
-LAYOUTS = {"padded": {}, "padding-free": {"padding_free": True}, "packed": {"packing": True}}
+LAYOUTS = {"padded": {"padding_free": False}, "padding-free": {"padding_free": True}, "packed": {"packing": True}}
 
 
 def long_tailed_rows(seed: int = 0) -> list[dict]:

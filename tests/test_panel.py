@@ -195,3 +195,16 @@ def test_switching_to_a_real_model_takes_its_batch_and_steps_not_the_demos():
     assert panel.max_seq_length.value == 2048 and panel.eval_split.value is None
     panel.model.value = "demo"
     assert (panel.batch_size.value, panel.max_steps.value) == (8, 150)
+
+
+def test_the_train_embeddings_box_reaches_the_run_and_the_gauge():
+    """Ticking "train embeddings" (continued pretraining) adds the fp32 embed_tokens and lm_head, their gradients
+    and optimizer state to the gauge, and passes train_embeddings to quick_finetune."""
+    panel = control_panel("unsloth/mistral-7b-instruct-v0.3-bnb-4bit", "demo", r=128, max_seq_length=2048,
+                          batch_size=2, grad_accum=8)
+    plain = panel.fit.total_gib
+    assert panel.settings["train_embeddings"] is False
+    panel.train_embeddings.value = True
+    assert panel.settings["train_embeddings"] is True
+    assert panel.fit.total_gib - plain > 2.5  # two 32768 x 4096 matrices: 1 GiB fp32, 1 GiB grads, 0.5 GiB 8-bit Adam
+    assert control_panel(train_embeddings=True).train_embeddings.value is True

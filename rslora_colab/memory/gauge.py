@@ -99,10 +99,11 @@ def _planner_hint(model: Any, r: int, max_seq_length: int, batch_size: int, grad
 
 
 def check_fit(model: str, r: int = 64, max_seq_length: int = 2048, batch_size: int = 2, grad_accum: int = 4,
-              gpu: Any = "auto") -> FitCheck:
+              gpu: Any = "auto", train_embeddings: bool = False) -> FitCheck:
     """Compare the estimated peak memory of these settings with the GPU (or a T4 without one).
 
-    ``model`` is a catalog id, a local folder with ``config.json``, or ``"demo"``.
+    ``model`` is a catalog id, a local folder with ``config.json``, or ``"demo"``. ``train_embeddings``
+    counts continued pretraining's fp32 embed_tokens and lm_head.
 
     >>> check_fit("unsloth/Meta-Llama-3.1-8B-Instruct-bnb-4bit", r=64, max_seq_length=8192, batch_size=8).fits
     False
@@ -111,7 +112,7 @@ def check_fit(model: str, r: int = 64, max_seq_length: int = 2048, batch_size: i
     target = estimate_target(model)
     try:
         runtime = trains_as(gauge_runtime(), resolve_spec(target).model_type)  # Unsloth: some families in fp32
-        kwargs = training_estimate_kwargs(runtime)
+        kwargs = training_estimate_kwargs(runtime, train_embeddings=train_embeddings)
         est = estimate_vram(target, r=r, max_seq_length=max_seq_length, batch_size=batch_size, **kwargs)
     except ValueError as err:
         return FitCheck(None, None, budget, device, f"no estimate: {err}", "")

@@ -181,13 +181,15 @@ class ControlPanel:
     Widgets are attributes (``model``, ``dataset``, ``upload``, ``rank``,
     ``lr``, ``lr_auto``, ``alpha``, ``alpha_auto``, ``max_seq_length``,
     ``batch_size``, ``grad_accum``, ``max_steps``, ``eval_split``, ``output_dir``, ``packing``,
+    ``train_embeddings``,
     ``gauge_bar``, ``gauge_text``, ``train_button``, ``stop_button``,
     ``status``, ``log``), so code can drive it as a user would.
     """
 
     def __init__(self, model: str, dataset: str, r: int, lr: float | None, alpha: float | None,
                  max_seq_length: int, batch_size: int, grad_accum: int, max_steps: int, output_dir: str,
-                 gpu: Any = "auto", eval_fraction: float | None = None, packing: bool = False) -> None:
+                 gpu: Any = "auto", eval_fraction: float | None = None, packing: bool = False,
+                 train_embeddings: bool = False) -> None:
         import ipywidgets as w
 
         enable_colab_widgets()
@@ -231,6 +233,8 @@ class ControlPanel:
         self.eval_split = w.Dropdown(options=splits, value=eval_fraction, description="held out (eval)", **box)
         self.output_dir = w.Text(value=output_dir, description="save to", **box)
         self.packing = w.Checkbox(value=packing, description="pack rows (no padding; SFT)", indent=False)
+        self.train_embeddings = w.Checkbox(value=train_embeddings, indent=False,
+                                           description="train embeddings (continued pretraining; more memory)")
         self.gauge_bar = w.FloatProgress(value=0, min=0, max=1, description="VRAM", style=WIDE,
                                          layout=w.Layout(width="340px", flex="0 0 auto"))
         self.gauge_text = w.HTML(layout=w.Layout(width="520px"))
@@ -252,7 +256,7 @@ class ControlPanel:
             w.HBox([self.rank, self.max_seq_length]),
             w.HBox([self.lr, self.lr_auto]), w.HBox([self.alpha, self.alpha_auto]),
             w.HBox([self.batch_size, self.grad_accum]), w.HBox([self.max_steps, self.eval_split]),
-            w.HBox([self.output_dir, self.packing]),
+            w.HBox([self.output_dir, self.packing, self.train_embeddings]),
             w.HBox([self.gauge_bar, self.gauge_text]),
             w.HBox([self.train_button, self.stop_button]), self.status,
             self.watch.widget, log_box,
@@ -270,7 +274,7 @@ class ControlPanel:
         self.lr_auto.observe(lambda change: self._follow_rank(), "value")
         self.alpha_auto.observe(lambda change: self._follow_rank(), "value")
         self.model.observe(self._on_model, "value")
-        for widget in (self.max_seq_length, self.batch_size, self.grad_accum):
+        for widget in (self.max_seq_length, self.batch_size, self.grad_accum, self.train_embeddings):
             widget.observe(lambda change: self.update_gauge(), "value")
         self.upload.observe(self._on_upload, "value")
         self.train_button.on_click(lambda button: self.click_train())
@@ -330,7 +334,7 @@ class ControlPanel:
             "max_seq_length": self.max_seq_length.value, "batch_size": self.batch_size.value,
             "grad_accum": self.grad_accum.value, "max_steps": self.max_steps.value,
             "eval_fraction": self.eval_split.value, "output_dir": self.output_dir.value.strip(),
-            "packing": self.packing.value,
+            "packing": self.packing.value, "train_embeddings": self.train_embeddings.value,
         }
 
     def problems(self) -> list[str]:
@@ -349,7 +353,7 @@ class ControlPanel:
         """Re-estimate VRAM for the current choices and redraw the gauge."""
         self._confirm_red = False
         fit = check_fit(self.model.value.strip() or DEMO_NAME, self.rank.value, self.max_seq_length.value,
-                        self.batch_size.value, self.grad_accum.value, self.gpu)
+                        self.batch_size.value, self.grad_accum.value, self.gpu, self.train_embeddings.value)
         self.fit = fit
         self.gauge_bar.max = fit.budget_gib
         self.gauge_bar.value = min(fit.total_gib or 0.0, fit.budget_gib)
@@ -499,7 +503,7 @@ def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: f
                   alpha: float | None = None, max_seq_length: int | None = None, batch_size: int | None = None,
                   grad_accum: int | None = None, max_steps: int | None = None,
                   output_dir: str | None = None, gpu: Any = "auto", notebook: str = DEFAULT_NOTEBOOK,
-                  packing: bool = False) -> ControlPanel:
+                  packing: bool = False, train_embeddings: bool = False) -> ControlPanel:
     """An ipywidgets panel to choose, check and run a fine-tune; show it by making it a cell's last line.
 
     ``model``/``dataset`` ``"auto"`` mean the offline demo on CPU and
@@ -510,7 +514,9 @@ def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: f
     notebook's own folder: ``outputs/<notebook>``, on Google Drive when mounted
     on Colab. ``gpu`` is what the VRAM gauge compares with: ``"auto"`` (this GPU,
     else a T4), ``"T4"`` or GiB. ``packing`` starts the "pack rows" box ticked
-    (SFT: several rows per sequence, no padding).
+    (SFT: several rows per sequence, no padding), ``train_embeddings`` the
+    "train embeddings" box (continued pretraining: embed_tokens and lm_head
+    train too, in fp32; the gauge counts them).
 
     >>> panel = control_panel(max_steps=30)   # doctest: +SKIP
     >>> panel                                 # doctest: +SKIP
@@ -525,4 +531,4 @@ def control_panel(model: str = "auto", dataset: str = "auto", r: int = 64, lr: f
     shape.update({k: v for k, v in chosen.items() if v is not None})
     return ControlPanel(model, dataset, r, lr, alpha, shape["max_seq_length"], shape["batch_size"],
                         shape["grad_accum"], shape["max_steps"], output_dir or notebook_output_dir(notebook), gpu,
-                        shape["eval_fraction"], packing)
+                        shape["eval_fraction"], packing, train_embeddings)
