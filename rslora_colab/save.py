@@ -173,6 +173,12 @@ def make_portable(adapter_dir: str | Path, path: str | Path) -> Path:
     if config is None:
         raise ValueError(f"{source / ADAPTER_CONFIG}: not a LoRA adapter's config (no integer r and lora_alpha); "
                          "pass the adapter folder a run saved, e.g. outputs/rslora/adapter.")
+    if config.get("modules_to_save"):
+        logger.warning(f"{source} also holds whole {', '.join(config['modules_to_save'])} matrices (continued "
+                       "pretraining, train_embeddings=True): PEFT and vLLM load them with the portable adapter, but "
+                       "llama.cpp's convert_lora_to_gguf.py refuses any tensor that is not lora_A/lora_B "
+                       "(ggml-org/llama.cpp#11554), so for llama.cpp and Ollama save the merged model instead "
+                       "(how='merged_16bit', or 'gguf' on a GPU)")
     shutil.copytree(source, path, dirs_exist_ok=True)
     for config_file in sorted(path.rglob(ADAPTER_CONFIG)):
         config = _lora_config(config_file)

@@ -4,6 +4,7 @@ the portable export. Unsloth once dropped them silently (unslothai/unsloth#9326)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -68,7 +69,7 @@ def test_loading_the_adapter_gives_the_trained_models_logits(cpt_run):
     assert (trained - loaded).abs().max() < SAME
 
 
-def test_the_merge_and_the_portable_export_carry_the_trained_embeddings(cpt_run):
+def test_the_merge_and_the_portable_export_carry_the_trained_embeddings(cpt_run, caplog):
     from rslora_colab.save import make_portable, merge_adapter
     from transformers import AutoModelForCausalLM
 
@@ -79,6 +80,7 @@ def test_the_merge_and_the_portable_export_carry_the_trained_embeddings(cpt_run)
         assert torch.equal(module.weight, copies[name].to(module.weight.dtype))  # the trained matrix, in 16-bit
     portable = load_file(str(make_portable(result.adapter_path, out / "portable") / "adapter_model.safetensors"))
     assert any("embed_tokens" in key for key in portable) and any("lm_head" in key for key in portable)
+    assert "llama.cpp's convert_lora_to_gguf.py refuses" in caplog.text  # and says where it cannot go
 
 
 def _tiny_tied_llama():
@@ -187,3 +189,22 @@ def test_the_cli_trains_embeddings(tmp_path):
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["train_embeddings"] is True and settings["embedding_lr"] == 5e-5
     assert "lm_head" in " ".join(load_file(str(out / "adapter" / "adapter_model.safetensors")))
+
+
+@pytest.mark.parametrize("simulated_gpu", ["T4"], indirect=True)
+def test_on_a_t4_the_plan_says_what_training_the_embeddings_costs(simulated_gpu, tmp_path, caplog):
+    """An 8B model with a 128k vocabulary fits a T4 for LoRA but not with its embeddings trained (the complaint in
+    unslothai/unsloth#1214): the refusal comes before any weights load and names the cost and the way out."""
+    from rslora_colab.train.setup import fit_to_gpu
+
+    config = FinetuneConfig(r=16, max_seq_length=1024, batch_size=1, grad_accum=8, output_dir=str(tmp_path))
+    assert fit_to_gpu("Llama-3.1-8B-Instruct", config)[1].fits
+    with pytest.raises(ValueError, match=r"does not fit.*train_embeddings alone needs ~\d+\.\d+ GiB here .*without it "
+                                         r"the run fits"):
+        fit_to_gpu("Llama-3.1-8B-Instruct", dataclasses.replace(config, train_embeddings=True))
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="rslora_colab"):
+        plan = fit_to_gpu("Mistral-7B-Instruct-v0.3", dataclasses.replace(config, r=128, train_embeddings=True))[1]
+    assert plan.fits and "train_embeddings: embed_tokens and lm_head in fp32 with their gradients and optimizer " \
+                         "state (~2.50 GiB)" in caplog.text

@@ -134,7 +134,16 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
                          "does not truncate padding-free rows. Pass packing=True (which truncates), or "
                          "padding_free=False.")
     if not plan.fits:
-        raise ValueError(f"{plan.message}. Suggestion: {plan.suggestion} Or pass plan=False to try anyway "
+        cost = ""
+        if config.train_embeddings:
+            est = plan.estimate
+            plain = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=gpu, batch_size=config.batch_size,
+                                 grad_accum=config.grad_accum, max_micro_batch=config.batch_size,
+                                 **{**kwargs, "train_embeddings": False})
+            cost = (f" train_embeddings alone needs ~{est.trained_embeddings_gib + est.trained_embeddings_state_gib:.2f}"
+                    f" GiB here (embed_tokens and lm_head in fp32, their gradients and optimizer state); without it "
+                    f"the run {plain.message}.")
+        raise ValueError(f"{plan.message}. Suggestion: {plan.suggestion}{cost} Or pass plan=False to try anyway "
                          f"(the estimate is not yet calibrated on a GPU).")
     notes = [f"changed: {plan.suggestion}"] if plan.suggestion else []
     if cap < config.max_seq_length:
