@@ -74,7 +74,8 @@ def test_the_merge_and_the_portable_export_carry_the_trained_embeddings(cpt_run,
     from transformers import AutoModelForCausalLM
 
     result, out = cpt_run
-    copies = {name.split(".modules_to_save")[0].rsplit(".", 1)[-1]: t for name, t in _trained_copies(result.model).items()}
+    copies = {name.split(".modules_to_save")[0].rsplit(".", 1)[-1]: t
+              for name, t in _trained_copies(result.model).items()}
     merged = AutoModelForCausalLM.from_pretrained(str(merge_adapter(result.adapter_path, out / "merged")))
     for module, name in ((merged.get_input_embeddings(), "embed_tokens"), (merged.get_output_embeddings(), "lm_head")):
         assert torch.equal(module.weight, copies[name].to(module.weight.dtype))  # the trained matrix, in 16-bit
@@ -180,12 +181,13 @@ def test_packed_raw_text_is_split_into_pieces_not_truncated(demo_pair, tmp_path,
     assert max(pieces) <= 64 and sum(pieces) >= sum(lengths.total)  # every token kept (TRL may add an EOS per row)
 
 
-def test_the_cli_trains_embeddings(tmp_path):
+def test_the_cli_trains_embeddings(tmp_path, capsys):
     from rslora_colab.cli import main
 
     out = tmp_path / "cli"
     assert main(["train", "--train-embeddings", "--embedding-lr", "5e-5", "--max-steps", "2", "--batch-size", "4",
                  "--out", str(out), "--sample", ""]) == 0
+    assert "+ embed_tokens/lm_head in fp32 at lr=5e-05 on" in capsys.readouterr().out  # the start line says so
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["train_embeddings"] is True and settings["embedding_lr"] == 5e-5
     assert "lm_head" in " ".join(load_file(str(out / "adapter" / "adapter_model.safetensors")))
@@ -208,3 +210,21 @@ def test_on_a_t4_the_plan_says_what_training_the_embeddings_costs(simulated_gpu,
         plan = fit_to_gpu("Mistral-7B-Instruct-v0.3", dataclasses.replace(config, r=128, train_embeddings=True))[1]
     assert plan.fits and "train_embeddings: embed_tokens and lm_head in fp32 with their gradients and optimizer " \
                          "state (~2.50 GiB)" in caplog.text
+
+
+def test_a_resumed_run_trains_the_embeddings_like_an_uninterrupted_one(demo_path, tmp_path):
+    """Stopped after step 4 and resumed from its checkpoint: the optimizer's two groups (adapter, embeddings) and
+    their state come back, so the losses and the trained matrices equal a run that never stopped."""
+    from callbacks import StopAt
+
+    same = dict(r=8, max_steps=8, batch_size=4, grad_accum=1, lr=5e-4, max_seq_length=128, train_embeddings=True,
+                eval_fraction=0, checkpoint_every=2, checkpoint_minutes=0, load_in_4bit=False)
+    straight = quick_finetune(demo_path, demo_glossary(24), output_dir=str(tmp_path / "straight"), **same)
+    out = tmp_path / "resumed"
+    quick_finetune(demo_path, demo_glossary(24), output_dir=str(out), callbacks=[StopAt(4)], **same)
+    resumed = quick_finetune(demo_path, demo_glossary(24), output_dir=str(out), resume=True, **same)
+    assert [h["step"] for h in resumed.history if "loss" in h] == list(range(1, 9))
+    assert [h["loss"] for h in resumed.history if "loss" in h] == pytest.approx(
+        [h["loss"] for h in straight.history if "loss" in h], abs=1e-6)
+    for (name, a), (_, b) in zip(_trained_copies(straight.model).items(), _trained_copies(resumed.model).items()):
+        assert (a - b).abs().max() < 1e-6, name

@@ -330,8 +330,9 @@ def _announce(run: RunSettings, kept: int, rows: int, fmt: str, eval_rows: Any =
     batches = {"packed": f", packed into {kept} sequences of at most {c.max_seq_length} tokens",
                "padding-free": ", padding-free batches", "padded": ", padded batches" if run.batches_why else ""
                }[run.batches] + (f" ({run.batches_why})" if run.batches_why else "")
-    logger.info(f"training r={c.r} alpha={c.alpha:g} (scale {run.scale:.3g}) lr={c.lr:.3g} on {shown} {fmt} rows"
-                f"{batches}{held}, global batch {run.global_batch}, {run.runtime.precision} on {where}")
+    embeddings = f" + embed_tokens/lm_head in fp32 at lr={c.embedding_lr:.3g}" if c.train_embeddings else ""
+    logger.info(f"training r={c.r} alpha={c.alpha:g} (scale {run.scale:.3g}) lr={c.lr:.3g}{embeddings} on {shown} "
+                f"{fmt} rows{batches}{held}, global batch {run.global_batch}, {run.runtime.precision} on {where}")
 
 
 def _gave_up(err: DivergenceError, trainer: Any, tokenizer: Any, guard: DivergenceGuard | None, run: RunSettings,

@@ -140,9 +140,9 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
             plain = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=gpu, batch_size=config.batch_size,
                                  grad_accum=config.grad_accum, max_micro_batch=config.batch_size,
                                  **{**kwargs, "train_embeddings": False})
-            cost = (f" train_embeddings alone needs ~{est.trained_embeddings_gib + est.trained_embeddings_state_gib:.2f}"
-                    f" GiB here (embed_tokens and lm_head in fp32, their gradients and optimizer state); without it "
-                    f"the run {plain.message}.")
+            needs = est.trained_embeddings_gib + est.trained_embeddings_state_gib
+            cost = (f" train_embeddings alone needs ~{needs:.2f} GiB here (embed_tokens and lm_head in fp32, their "
+                    f"gradients and optimizer state); without it the run {plain.message}.")
         raise ValueError(f"{plan.message}. Suggestion: {plan.suggestion}{cost} Or pass plan=False to try anyway "
                          f"(the estimate is not yet calibrated on a GPU).")
     notes = [f"changed: {plan.suggestion}"] if plan.suggestion else []
