@@ -31,7 +31,7 @@ Under several processes (``docs/scale-out.md``) the micro-batch must change
 on every process at once, from the same step. An out-of-memory error in the
 model's forward pass can be coordinated: :func:`coordinate_out_of_memory` has
 every process tell the others, right after its forward pass, whether it ran
-out of memory; if any did, all raise :class:`CoordinatedOutOfMemory` at the
+out of memory; if any did, all raise an out-of-memory error at the
 same micro-step, before any other collective, and recover together. One in
 the backward pass cannot: the other processes are already waiting in DDP's
 gradient all-reduce, which the failed process will never join. There the
@@ -80,11 +80,13 @@ class CoordinatedOutOfMemory(torch.OutOfMemoryError):
 
 
 COORDINATED_ATTR = "rslora_colab_coordinated_forward"
+"""Set on a model whose forward passes are coordinated: the dict in which :func:`coordinate_out_of_memory` records
+that this process's forward failed and told the others."""
 
 
 def coordinate_out_of_memory(model: Any) -> Any:
     """Have ``model`` (what DDP wraps) tell every process after each training forward pass whether it ran out of
-    memory; when any did, every process raises :class:`CoordinatedOutOfMemory`. Returns ``model``.
+    memory; when any did, every process raises an out-of-memory error at that micro-step. Returns ``model``.
 
     The flag is one all-reduce right after the forward pass, before any other
     collective of that micro-step: TRL's ``compute_loss`` gathers metrics
@@ -92,29 +94,40 @@ def coordinate_out_of_memory(model: Any) -> Any:
     recovery there would leave the others waiting in that gather. Only in
     training with gradients on, so generation or an evaluation on one process
     never waits for the others. Installed once; nothing changes with one process.
+
+    A public hook, not a patch: ``register_forward_hook(always_call=True)`` runs
+    after the forward pass whether it returned or raised (then with no output).
+    The process whose forward raised lets its own error go on and records that
+    it told the others (:func:`shared_failure`); the others raise
+    :class:`CoordinatedOutOfMemory` from the hook.
     """
-    if world_size() == 1 or getattr(model, COORDINATED_ATTR, False):
+    if world_size() == 1 or getattr(model, COORDINATED_ATTR, None) is not None:
         return model
-    forward = model.forward
+    told = {"failed": False}
 
-    def coordinated_forward(*args, **kwargs):
-        if not (model.training and torch.is_grad_enabled()):
-            return forward(*args, **kwargs)
-        output, failed = None, None
-        try:
-            output = forward(*args, **kwargs)
-        except Exception as error:  # noqa: BLE001 - only out-of-memory errors are shared, others re-raised
-            if not is_out_of_memory(error):
-                raise
-            failed = error
-        if agree(failed is not None):
-            where = "this process" if failed is not None else "another process"
-            raise CoordinatedOutOfMemory(f"out of memory in the forward pass on {where}") from failed
-        return output
+    def after_forward(module, args, kwargs, output):
+        if not (module.training and torch.is_grad_enabled()):
+            return None
+        failed = output is None  # always_call: the forward raised, here typically out of memory
+        if agree(failed):
+            if failed:
+                told["failed"] = True  # its own error goes on; train_with_oom_recovery knows it was shared
+                return None
+            raise CoordinatedOutOfMemory("out of memory in the forward pass on another process")
+        return None
 
-    model.forward = coordinated_forward
-    setattr(model, COORDINATED_ATTR, True)
+    model.register_forward_hook(after_forward, with_kwargs=True, always_call=True)
+    setattr(model, COORDINATED_ATTR, told)
     return model
+
+
+def shared_failure(model: Any) -> bool:
+    """True once, after this process's forward pass failed and :func:`coordinate_out_of_memory` told the others."""
+    told = getattr(model, COORDINATED_ATTR, None) or {}
+    failed = bool(told.get("failed"))
+    if failed:
+        told["failed"] = False
+    return failed
 
 
 def free_memory(trainer: Any) -> None:
@@ -189,7 +202,7 @@ def train_with_oom_recovery(trainer: Any, run: RunSettings, history: list[dict] 
         except Exception as error:  # noqa: BLE001 - only out-of-memory errors are handled
             if not is_out_of_memory(error):
                 raise
-            if world_size() > 1 and not isinstance(error, CoordinatedOutOfMemory):
+            if world_size() > 1 and not (isinstance(error, CoordinatedOutOfMemory) or shared_failure(trainer.model)):
                 raise _uncoordinated(error) from error
             step = trainer.state.global_step
             smaller = halve_micro_batch(trainer.args.per_device_train_batch_size,
