@@ -20,8 +20,14 @@ HISTORY_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm",
                 "mean_token_accuracy": "token_accuracy",
                 # DPO: beta * (policy - reference) log-prob of the chosen and rejected answers, and their gap
                 "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
-                "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy"}
-"""Training logs the history keeps, and their names there."""
+                "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+                # GRPO: the summed reward and its spread, the KL to the reference (beta > 0), the completions
+                "reward": "reward", "reward_std": "reward_std", "frac_reward_zero_std": "reward_zero_std_share",
+                "kl": "kl", "entropy": "entropy", "completions/mean_length": "completion_length",
+                "completions/clipped_ratio": "completion_clipped_share"}
+"""Training logs the history keeps, and their names there (GRPO's per-function rewards too: :data:`REWARD_KEY`)."""
+REWARD_KEY = ("rewards/", "/mean")
+"""GRPO logs each reward function's mean as ``rewards/<name>/mean``; the history keeps it as ``reward/<name>``."""
 EVAL_KEYS = {"eval_loss": "eval_loss", "eval_mean_token_accuracy": "eval_token_accuracy",
              # DPO on held-out pairs: how often the chosen answer out-scores the rejected one, and by how much
              "eval_rewards/accuracies": "eval_reward_accuracy", "eval_rewards/margins": "eval_reward_margin",
@@ -30,7 +36,8 @@ EVAL_KEYS = {"eval_loss": "eval_loss", "eval_mean_token_accuracy": "eval_token_a
 
 
 class HistoryCallback(TrainerCallback):
-    """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens (and DPO's rewards), and one per
+    """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens (and DPO's rewards, GRPO's reward,
+    per-function rewards, KL and completion length), and one per
     evaluation: step, eval_loss (and DPO's held-out reward accuracy and margin).
 
     A :class:`~rslora_colab.resilience.guard.DivergenceGuard` appends its events
@@ -57,7 +64,11 @@ def history_record(step: int, logs: dict) -> dict:
     """The history record of one logged step (step, loss, lr, grad_norm, num_tokens, token_accuracy) or of one
     evaluation (step, eval_loss, ...)."""
     keys = EVAL_KEYS if "eval_loss" in logs else HISTORY_KEYS
-    return {"step": step, **{short: float(logs[key]) for key, short in keys.items() if key in logs}}
+    record = {"step": step, **{short: float(logs[key]) for key, short in keys.items() if key in logs}}
+    start, end = REWARD_KEY
+    per_function = {f"reward/{key[len(start):-len(end)]}": float(value) for key, value in logs.items()
+                    if key.startswith(start) and key.endswith(end) and "eval_loss" not in logs}
+    return {**record, **per_function}
 
 
 ADAPTER_PARAM_MARK = "lora_"

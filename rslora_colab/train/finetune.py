@@ -70,6 +70,7 @@ from ..save import (
 from ..settings import RunSettings, resolve_run
 from ..watch import HistoryCallback, quiet_progress
 from .evaluation import adapter_step, describe_best, load_best
+from .grpo import check_rewards_before_loading
 from .setup import check_lengths, fit_to_gpu, load_pair, share_batch, split_eval
 from .trainer import attach_adapter, build_trainer, check_padding_free
 
@@ -142,6 +143,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
         # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
         tokenizer = load_tokenizer(model, config.backend, config.load_in_4bit)
         lengths = check_lengths(tokenizer, dataset, fmt, config, source)
+        check_rewards_before_loading(config, dataset, fmt, tokenizer, source)  # GRPO: each reward function, once
         if lengths is not None:
             check_padding_free(config, lengths, source)  # before the model loads
         if eval_dataset is not None:
@@ -228,7 +230,8 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
                          "tokens or more, so TRL drops them and nothing is left to evaluate on: raise "
                          "max_seq_length, hold out other rows (another seed), or pass an eval_dataset.")
     run = _layout_that_runs(run, trainer)
-    guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
+    guard = (DivergenceGuard(config.max_rollbacks, recorder.history, loss_spikes=config.method != "grpo")
+             .attach(trainer) if config.guard else None)
     quiet_progress(trainer)
     _announce(run, len(trainer.train_dataset), len(dataset), fmt, trainer.eval_dataset)
     if run.runtime.on_gpu:

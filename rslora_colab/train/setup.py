@@ -47,6 +47,7 @@ import torch
 from ..config import FinetuneConfig
 from ..data import (
     TokenLengths,
+    check_prompt_room,
     check_truncation,
     eval_fraction_for,
     hold_out,
@@ -112,6 +113,8 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     # packed sequences are filled to max_seq_length whatever the rows' lengths; padded and padding-free micro-batches
     # hold at most batch_size x the longest row (padding-free: the rows' own lengths, which this bounds)
     seq = lengths.longest(cap) if lengths is not None and not (config.packing and config.method == "sft") else cap
+    if config.method == "grpo":  # the longest prompt plus a whole completion (GRPO's lengths are the prompts')
+        seq = min(cap, lengths.longest(cap) + config.max_completion_length) if lengths is not None else cap
     gpu = config.gpu if world_size() == 1 else smallest(resolve_budget_gib(config.gpu))  # every process one plan
     plan = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=gpu, batch_size=config.batch_size,
                         grad_accum=config.grad_accum, max_micro_batch=config.batch_size, **kwargs)
@@ -173,7 +176,10 @@ def check_lengths(tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig
     if tokenizer is None:
         return None
     lengths = token_lengths(dataset, fmt, tokenizer, config.method)
-    check_truncation(lengths, config.max_seq_length, source, _rows_word(config))
+    if config.method == "grpo":  # prompts only: TRL neither cuts nor drops them, so say which leave no room
+        check_prompt_room(lengths, config.max_seq_length, config.max_completion_length, source)
+    else:
+        check_truncation(lengths, config.max_seq_length, source, _rows_word(config))
     return lengths
 
 
@@ -192,6 +198,11 @@ def split_eval(dataset: Any, config: FinetuneConfig, eval_dataset: Any = None,
     The returned config records the fraction used. Evaluation settings that
     cannot work with the result raise ``ValueError`` here.
     """
+    if config.method == "grpo" and eval_dataset is not None:
+        raise ValueError("eval_dataset with method='grpo': the kit does not evaluate GRPO runs on held-out prompts "
+                         "yet (TRL would sample and score completions for them); leave it out.")
+    if config.method == "grpo" and config.eval_fraction is None:
+        config = dataclasses.replace(config, eval_fraction=0.0)  # nothing held out by default: see above
     if eval_dataset is not None and config.eval_fraction:
         raise ValueError(f"eval_fraction={config.eval_fraction} and an eval_dataset: pass one of them (the "
                          "eval_dataset is used whole; eval_fraction holds rows out of the training data).")

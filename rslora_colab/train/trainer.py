@@ -26,6 +26,7 @@ from ..load import runtime_of
 from ..resilience.checkpoints import checkpoint_args, make_checkpoints_atomic
 from ..settings import RunSettings
 from .evaluation import eval_args, eval_callbacks
+from .grpo import grpo_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,8 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSe
     callbacks = [*(callbacks or []), *eval_callbacks(run)]
     if run.config.method == "dpo":
         trainer = _dpo_trainer(model, tokenizer, dataset, fmt, run, callbacks, eval_dataset)
+    elif run.config.method == "grpo":  # prompts and reward functions: rslora_colab.train.grpo
+        trainer = grpo_trainer(model, tokenizer, dataset, fmt, run, callbacks, trainer_args(run))
     else:
         from trl import SFTTrainer
 
