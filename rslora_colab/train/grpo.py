@@ -51,15 +51,20 @@ def check_rewards_before_loading(config: Any, dataset: Any, fmt: str, tokenizer:
         check_rewards(config.reward_funcs, dataset, fmt, tokenizer, source, row_label=functools.partial(row_label, source))
 
 
-def grpo_config(run: RunSettings, shared: dict):
-    """TRL's ``GRPOConfig``: the arguments SFT and DPO share (``shared``, ``trainer_args(run)``) less
-    :data:`NOT_GRPO_ARGS`, plus the generation settings and beta."""
-    from trl import GRPOConfig
-
+def grpo_args(run: RunSettings, shared: dict) -> dict:
+    """``GRPOConfig``'s arguments: those SFT and DPO share (``shared``, ``trainer_args(run)``: precision, batch,
+    schedule, checkpoints) less :data:`NOT_GRPO_ARGS`, plus the generation settings, beta and no vLLM."""
     c = run.config
     args = {key: value for key, value in shared.items() if key not in NOT_GRPO_ARGS}
-    return GRPOConfig(**args, num_generations=c.num_generations, max_completion_length=c.max_completion_length,
-                      beta=c.beta, use_vllm=False)
+    return {**args, "num_generations": c.num_generations, "max_completion_length": c.max_completion_length,
+            "beta": c.beta, "use_vllm": False}
+
+
+def grpo_config(run: RunSettings, shared: dict):
+    """TRL's ``GRPOConfig`` from :func:`grpo_args`."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(**grpo_args(run, shared))
 
 
 def grpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list,

@@ -1,0 +1,232 @@
+"""GRPO (``method="grpo"``): the demo model learns a reward on CPU, bad rewards and bad prompts are named before
+any weights load, and the T4 decisions reach TRL's ``GRPOConfig``. Runs on both lanes: TRL 1.16 with
+transformers, and Unsloth's CPU backend over TRL 1.15."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from simulated_gpu import GPUS
+
+from rslora_colab import (
+    FinetuneConfig,
+    RewardError,
+    demo_prompts,
+    detect_runtime,
+    exact_match,
+    length_penalty,
+    load_and_validate,
+    load_model,
+    lr_for_rank,
+    mean_reward,
+    numeric_match,
+    quick_finetune,
+    regex_reward,
+    tag_format,
+)
+from rslora_colab.demo import DEMO_REWARD_CHARS, demo_training
+from rslora_colab.resilience.guard import judge_step
+from rslora_colab.settings import resolve_run
+from rslora_colab.train import trainer_args
+from rslora_colab.train.grpo import grpo_args, grpo_config
+from rslora_colab.watch import history_record
+
+HELD_OUT = range(64, 79)
+
+
+def _run(model, prompts, tmp_path, **overrides):
+    settings = {**demo_training("grpo"), "output_dir": str(tmp_path / "run"), "checkpoint_minutes": 0, **overrides}
+    return quick_finetune(model, prompts, r=16, method="grpo", **settings)
+
+
+def test_grpo_raises_the_mean_reward_on_held_out_prompts(demo_path, tmp_path):
+    rows = demo_prompts()
+    train, held = rows.select(range(64)), rows.select(HELD_OUT)
+    reward = [length_penalty(DEMO_REWARD_CHARS)]
+    model, tokenizer = load_model(demo_path, max_seq_length=256)
+    before = mean_reward(model, tokenizer, held, reward, max_new_tokens=24)
+    result = _run((model, tokenizer), train, tmp_path, reward_funcs=reward)
+    after = mean_reward(result.model, result.tokenizer, held, reward, max_new_tokens=24)
+    assert before < 0.4 and after > before + 0.3, (before, after)
+    s = result.settings
+    assert (s["method"], s["beta"], s["num_generations"], s["max_completion_length"]) == ("grpo", 0.0, 4, 24)
+    assert s["reward_funcs"] == ["length_penalty"]
+    steps = [h for h in result.history if "loss" in h]
+    assert len(steps) == 40
+    assert all({"reward", "reward_std", "reward/length_penalty", "completion_length"} <= set(h) for h in steps)
+    assert "kl" not in steps[0]  # beta = 0: no reference model, no KL term
+    first, last = (sum(h["reward"] for h in part) / 5 for part in (steps[:5], steps[-5:]))
+    assert last > first + 0.3
+    assert sum(h["completion_length"] for h in steps[-5:]) < sum(h["completion_length"] for h in steps[:5])
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["settings"]["reward_funcs"] == ["length_penalty"] and "reward/length_penalty" in saved["history"][-1]
+    assert json.loads((result.adapter_path / "adapter_config.json").read_text())["use_rslora"] is True
+
+
+def test_beta_above_zero_records_the_kl_to_the_base(demo_path, tmp_path):
+    result = _run(demo_path, demo_prompts(n=8), tmp_path, max_steps=3, beta=0.04, lr=None)
+    steps = [h for h in result.history if "loss" in h]
+    assert result.settings["beta"] == 0.04 and result.settings["lr"] == lr_for_rank(16, "grpo") == 1e-5
+    assert all("kl" in h and math.isfinite(h["kl"]) for h in steps)
+
+
+def _raises(completions, **kwargs):
+    raise ZeroDivisionError("division by zero")
+
+
+def _too_few(completions, **kwargs):
+    return [1.0]
+
+
+def _nan(completions, **kwargs):
+    return [float("nan")] * len(completions)
+
+
+def _text(completions, **kwargs):
+    return ["good"] * len(completions)
+
+
+@pytest.mark.parametrize("func, match", [
+    (_raises, "'_raises' on dataset row 0 .*raised ZeroDivisionError: division by zero"),
+    (_too_few, "'_too_few' on dataset row 0 .*returned 1 rewards for 3 completions"),
+    (_nan, "'_nan' on dataset row 0 .*returned NaN for completion 0 .*return None"),
+    (_text, "'_text' on dataset row 0 .*returned 'good' \\(str\\) for completion 0"),
+    (exact_match("solution"), "'exact_match_solution' .*KeyError.*column 'solution'.*other columns: \\['answer'\\]"),
+])
+def test_a_bad_reward_function_is_named_before_the_model_loads(func, match, demo_path, tmp_path, caplog):
+    with pytest.raises(RewardError, match=match):
+        _run(demo_path, demo_prompts(n=8), tmp_path, reward_funcs=[length_penalty(), func])
+    assert "loading" not in caplog.text  # before any weights load
+    assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_the_failing_row_is_named_by_its_line_in_a_jsonl_file(tmp_path, demo_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": p, "answer": a}) for p, a in
+                              [("What is 2+2?", "4"), ("And 3+3?", "six")]) + "\n")
+
+    def strict(completions, answer, **kwargs):
+        return [float(int(a) == 4) for a in answer]  # int("six") fails on the second line
+
+    with pytest.raises(RewardError, match=r"'strict' on .*prompts.jsonl line 2 \(prompt 'And 3\+3\?'.*ValueError"):
+        _run(demo_path, str(path), tmp_path, reward_funcs=[strict])
+
+
+def test_a_reward_failing_during_training_names_itself_and_the_step(demo_path, tmp_path):
+    def late(completions, trainer_state, **kwargs):
+        if trainer_state.global_step >= 2:  # fine in the check before training, fails at the third step
+            raise RuntimeError("the grader's server went away")
+        return [0.0] * len(completions)
+
+    with pytest.raises(RewardError, match=r"reward function 'late' raised RuntimeError: the grader's server went "
+                                          r"away at step 2 \(first prompt of the batch: .Give the heading"):
+        _run(demo_path, demo_prompts(n=8), tmp_path, max_steps=4, reward_funcs=[late])
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([{"question": "q", "answer": "a"}], "not prompt data, which method='grpo' needs: a 'prompt' column"),
+    ([{"messages": [{"role": "user", "content": "q"}]}], "It has a 'messages' column"),
+    ([{"prompt": "q", "completion": "a"}], r"column\(s\) \['completion'\] have names TRL gives"),
+    ([{"prompt": "q"}, {"prompt": "  "}], "row 1: field 'prompt' must be a non-empty string"),
+    ([{"prompt": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}],
+     "row 0: field 'prompt' must end with the user's turn"),
+    ([{"prompt": [{"role": "user", "content": "q"}]}, {"prompt": [{"role": "user", "content": " "}]}],
+     "row 1: field 'prompt' has only empty turns"),
+    ([{"prompt": [{"role": "robot", "content": "q"}]}], r"row 0: prompt\[0\].role='robot'"),
+])
+def test_bad_prompt_rows_are_named(rows, match):
+    with pytest.raises(ValueError, match=match):
+        load_and_validate(rows, "grpo")
+
+
+def test_prompt_formats_are_detected_and_keep_the_reference_columns():
+    chat, fmt = load_and_validate(demo_prompts(n=3), "grpo")
+    assert fmt == "prompt_chat" and chat.column_names == ["prompt", "answer"]
+    assert load_and_validate(demo_prompts(n=3, chat=False), "grpo")[1] == "prompt"
+    assert load_and_validate("demo", "grpo")[0].num_rows == 79
+
+
+def test_grpo_settings_are_checked_together():
+    with pytest.raises(ValueError) as err:
+        FinetuneConfig(method="grpo", num_generations=3, beta=-1.0, eval_fraction=0.1, packing=True)
+    text = str(err.value)
+    for expected in ("reward_funcs=(): expected at least one reward function",
+                     "num_generations=3: expected a divisor of batch_size * grad_accum = 8",
+                     "beta=-1.0: expected a number >= 0", "eval_fraction=0.1", "packing=True"):
+        assert expected in text, text
+    with pytest.raises(ValueError, match="reward_funcs=.*only GRPO is trained by reward functions"):
+        FinetuneConfig(reward_funcs=[length_penalty()])
+    with pytest.raises(ValueError, match="beta=0.0: expected a positive number"):
+        FinetuneConfig(method="dpo", beta=0.0)
+    with pytest.raises(ValueError, match="max_completion_length=2048: expected less than max_seq_length=2048"):
+        FinetuneConfig(method="grpo", reward_funcs=length_penalty(), max_completion_length=2048)
+    assert FinetuneConfig(method="grpo", reward_funcs=length_penalty(), beta=0.0).reward_funcs[0].__name__ == \
+        "length_penalty"
+
+
+def test_beta_is_filled_per_method(tmp_path):
+    runtime = detect_runtime()
+    beta = {m: resolve_run(FinetuneConfig(method=m, output_dir=str(tmp_path),
+                                          reward_funcs=[length_penalty()] if m == "grpo" else ()), runtime).config.beta
+            for m in ("sft", "dpo", "grpo")}
+    assert beta == {"sft": None, "dpo": 0.1, "grpo": 0.0}
+    given = FinetuneConfig(method="grpo", beta=0.02, reward_funcs=[length_penalty()], output_dir=str(tmp_path))
+    assert resolve_run(given, runtime).config.beta == 0.02
+
+
+def test_grpo_config_on_this_machine_takes_the_kits_settings(tmp_path):
+    config = FinetuneConfig(r=16, method="grpo", reward_funcs=[length_penalty()], output_dir=str(tmp_path))
+    run = resolve_run(config, detect_runtime())
+    args = grpo_config(run, trainer_args(run))
+    assert (args.num_generations, args.max_completion_length, args.beta, args.use_vllm) == (4, 256, 0.0, False)
+    assert (args.learning_rate, args.generation_batch_size, args.steps_per_generation) == (1e-5, 8, 4)
+    assert not args.bf16 and not args.fp16 and not args.gradient_checkpointing  # CPU: fp32
+
+
+@pytest.mark.parametrize("simulated_gpu", ["T4", "V100", "L4", "A100"], indirect=True)
+def test_grpo_precision_follows_the_gpu_and_never_uses_vllm(simulated_gpu, tmp_path):
+    config = FinetuneConfig(r=32, method="grpo", reward_funcs=[length_penalty()], output_dir=str(tmp_path))
+    run = resolve_run(config, detect_runtime())
+    args = grpo_args(run, trainer_args(run))
+    fp16 = not simulated_gpu.native_bf16  # a T4 or V100: compute capability < 8
+    assert (args["fp16"], args["bf16"]) == (fp16, not fp16)  # both explicit: GRPOConfig would turn bf16 on
+    assert args["use_vllm"] is False and not args["use_cpu"]
+    assert (args["num_generations"], args["max_completion_length"], args["learning_rate"]) == (4, 256, 7.5e-6)
+    assert "max_length" not in args and args["optim"] == "adamw_8bit"
+
+
+def test_ready_rewards_score_what_they_say():
+    chat = [[{"role": "assistant", "content": "It is <answer> Forty </answer>"}], [{"role": "assistant", "content": "x"}]]
+    assert exact_match()(completions=chat, answer=["forty", "x"]) == [1.0, 1.0]
+    assert exact_match(ignore_case=False)(completions=chat, answer=["forty", "y"]) == [0.0, 0.0]
+    assert numeric_match()(completions=["so <answer>1,234.0</answer>", "12", "none"],
+                           answer=["1234", 13, "n/a"]) == [1.0, 0.0, None]
+    fmt = tag_format()
+    assert fmt.__name__ == "answer_format"
+    assert fmt(completions=["a <answer>1</answer> b", "<answer>1</answer><answer>2</answer>", "no tags"]) == [1, 0, 0]
+    assert tag_format(strict=True)(completions=["<answer>1</answer> and more", "ok <answer>1</answer>\n"]) == [0, 1]
+    assert regex_reward(r"\s*The\b", "starts_with_the")(completions=[" The end", "Then"]) == [1.0, 0.0]
+    assert length_penalty(10)(completions=["", "12345", "x" * 30]) == [1.0, 0.5, 0.0]
+
+
+def test_the_history_keeps_grpos_metrics():
+    logs = {"loss": 0.1, "reward": 0.5, "reward_std": 0.2, "kl": 0.01, "completions/mean_length": 12.0,
+            "rewards/exact_match_answer/mean": 0.25, "rewards/exact_match_answer/std": 0.4, "entropy": 2.0}
+    record = history_record(3, logs)
+    assert record == {"step": 3, "loss": 0.1, "reward": 0.5, "reward_std": 0.2, "kl": 0.01, "completion_length": 12.0,
+                      "reward/exact_match_answer": 0.25, "entropy": 2.0}
+    dpo = history_record(1, {"loss": 0.6, "rewards/chosen": 0.1, "rewards/margins": 0.3})
+    assert dpo == {"step": 1, "loss": 0.6, "reward_chosen": 0.1, "reward_margin": 0.3}
+
+
+def test_the_guard_judges_grpo_losses_only_for_nan_and_overflow():
+    # GRPO's loss starts near 0 and its scale follows the rewards: the spike rules are off (no history, no start)
+    assert judge_step(2.5, 1.0, [], lambda: True, start=None, precision="fp32") == ("ok", "")
+    assert judge_step(float("nan"), 1.0, [], lambda: True, start=None)[0] == "diverged"
+    assert judge_step(0.1, float("inf"), [], lambda: True, start=None, precision="bf16")[0] == "diverged"
+
+
+def test_the_gpu_list_covers_a_t4_and_a_bf16_gpu():
+    assert not GPUS["T4"].native_bf16 and GPUS["A100"].native_bf16
