@@ -249,10 +249,13 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str = 
 
     steps = [h["step"] for h in history if "loss" in h]
     margins = [h for h in history if "reward_margin" in h or "eval_reward_margin" in h]
-    fig = Figure(figsize=(10.5, 3.5) if margins else (6, 3.5))
-    ax = fig.add_subplot(1, 2, 1) if margins else fig.add_subplot()
+    rewards = [h for h in history if "reward" in h]
+    fig = Figure(figsize=(10.5, 3.5) if margins or rewards else (6, 3.5))
+    ax = fig.add_subplot(1, 2, 1) if margins or rewards else fig.add_subplot()
     if margins:  # DPO: the number to watch is the reward margin (chosen - rejected), beside the loss
         plot_margins(fig.add_subplot(1, 2, 2), history)
+    elif rewards:  # GRPO: the mean reward of the sampled completions, each reward function's beside it
+        plot_rewards(fig.add_subplot(1, 2, 2), history)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".", color="tab:blue", label="training loss")
     evals = eval_records(history)
@@ -292,6 +295,24 @@ def plot_margins(ax, history: list[dict]) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+
+
+def plot_rewards(ax, history: list[dict]) -> None:
+    """GRPO's mean reward per logged step (summed over the reward functions), and each function's own."""
+    from matplotlib.ticker import MaxNLocator
+
+    steps = [h for h in history if "reward" in h]
+    ax.plot([h["step"] for h in steps], [h["reward"] for h in steps], marker=".", color="tab:green",
+            label="reward (sum)")
+    names = sorted({key for h in steps for key in h if key.startswith("reward/")})
+    if len(names) > 1:
+        for key in names:
+            ax.plot([h["step"] for h in steps if key in h], [h[key] for h in steps if key in h], alpha=0.7,
+                    label=key.removeprefix("reward/"))
+    ax.set(xlabel="step", ylabel="mean reward", title="GRPO reward of the sampled completions (should rise)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def finish_figure(fig, path: str | Path | None = None):

@@ -230,3 +230,22 @@ def test_the_guard_judges_grpo_losses_only_for_nan_and_overflow():
 
 def test_the_gpu_list_covers_a_t4_and_a_bf16_gpu():
     assert not GPUS["T4"].native_bf16 and GPUS["A100"].native_bf16
+
+
+def test_cli_trains_grpo_with_ready_rewards_by_name(tmp_path, demo_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "rslora_colab", "train", "--method", "grpo", "--max-steps", "10",
+                           "--reward", "length_penalty", "--reward", "answer_format", "--sample", "", "--out",
+                           str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rewarded for short answers (GRPO)" in proc.stdout
+    assert "reward " in proc.stdout and "length_penalty" in proc.stdout and "answer_format" in proc.stdout
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["settings"]["reward_funcs"] == ["length_penalty", "answer_format"]
+    assert {"reward/length_penalty", "reward/answer_format"} <= set(saved["history"][-1])
+    bad = subprocess.run([sys.executable, "-m", "rslora_colab", "train", "--method", "grpo", "--reward", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr
