@@ -249,3 +249,41 @@ def test_cli_trains_grpo_with_ready_rewards_by_name(tmp_path, demo_path):
     bad = subprocess.run([sys.executable, "-m", "rslora_colab", "train", "--method", "grpo", "--reward", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "invalid choice: 'nope'" in bad.stderr
+
+
+def test_the_grpo_step_estimate_for_qwen25_3b_on_a_t4():
+    from rslora_colab.memory import T4_GIB, estimate_grpo_vram, estimate_vram, resolve_spec
+
+    spec = resolve_spec("Qwen2.5-3B-Instruct")
+    assert (spec.num_hidden_layers, spec.num_key_value_heads, spec.head_dim, spec.intermediate_size,
+            spec.vocab_size) == (36, 2, 128, 11008, 151936)
+    est = estimate_grpo_vram("Qwen2.5-3B-Instruct", r=32, num_generations=4, prompt_length=256,
+                             max_completion_length=256)
+    # 8 completions x 512 tokens x 36 layers x (K + V) x 2 kv heads x 128 dims x 2 B = 150,994,944 B
+    assert est.kv_cache_gib == pytest.approx(150_994_944 / 2**30)
+    assert est.prefill_gib == pytest.approx(3 * 8 * 256 * 11008 * 2 / 2**30)  # gate, up, product: 8 prompts
+    assert est.sampling_gib == pytest.approx(3 * 8 * 151936 * 4 / 2**30)
+    sft = estimate_vram("Qwen2.5-3B-Instruct", r=32, max_seq_length=512, batch_size=2)
+    assert est.train.activations_gib == sft.activations_gib and est.train.lora_params == sft.lora_params
+    assert est.generation_gib < est.train_gib == est.total_gib < T4_GIB  # 4.3 GiB: fits a T4 with room
+    assert 4.0 < est.total_gib < 4.6
+    # transformers' loss keeps every completion logit (10 B) plus the temperature-scaled copy (4 B)
+    plain = estimate_grpo_vram("Qwen2.5-3B-Instruct", r=32, gradient_checkpointing=True)
+    assert plain.train.logits_gib == pytest.approx(2 * 256 * 151936 * 14 / 2**30)
+    with pytest.raises(ValueError, match="must be a multiple of num_generations=3"):
+        estimate_grpo_vram("Qwen2.5-3B-Instruct", num_generations=3)
+
+
+@pytest.mark.parametrize("simulated_gpu", ["T4"], indirect=True)
+def test_the_plan_on_a_t4_names_the_grpo_step_and_refuses_one_that_cannot_fit(simulated_gpu, tmp_path, caplog):
+    from rslora_colab.train.setup import fit_to_gpu
+
+    config = FinetuneConfig(r=32, method="grpo", reward_funcs=[length_penalty()], max_seq_length=512,
+                            output_dir=str(tmp_path))
+    planned, plan = fit_to_gpu("Qwen2.5-3B-Instruct", config)
+    assert plan is not None and plan.fits and "GRPO step ~" in caplog.text and "8 completions of 256 + 256" in caplog.text
+    huge = FinetuneConfig(r=32, method="grpo", reward_funcs=[length_penalty()], max_seq_length=32768,
+                          max_completion_length=16384, num_generations=16, grad_accum=64, batch_size=1,
+                          output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="GRPO step ~.*does not fit 14.74 GiB.*lower max_completion_length"):
+        fit_to_gpu("Qwen2.5-3B-Instruct", huge)

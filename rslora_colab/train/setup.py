@@ -56,6 +56,7 @@ from ..data import (
 from ..distributed import smallest, world_size
 from ..load import load_model, runtime_of
 from ..memory.catalog import model_spec, unsloth_maps_to_dynamic
+from ..memory.grpo import estimate_grpo_vram
 from ..memory.plan import (
     TrainPlan,
     plan_for_gpu,
@@ -129,12 +130,32 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     if kwargs["sequences_per_row"] > 1:
         notes.append(f"DPO: {kwargs['sequences_per_row']} sequences per row (chosen + rejected go through the "
                      "model together)")
+    if config.method == "grpo":  # the plan sized one SFT-like step; GRPO adds generation (the KV cache) to it
+        notes.append(_grpo_note(spec, config, plan, seq, kwargs))
     logger.info(f"memory plan ({runtime.backend}, uncalibrated): {plan.message}" + "".join(f"; {n}" for n in notes))
     keep = cap if plan.max_seq_length >= seq else plan.max_seq_length  # the cap stays unless the plan had to cut
     if lengths is not None and keep < cap:
         check_truncation(lengths, keep, source, _rows_word(config))
     return dataclasses.replace(config, batch_size=plan.micro_batch, grad_accum=plan.grad_accum,
                                max_seq_length=keep), plan
+
+
+def _grpo_note(spec: Any, config: FinetuneConfig, plan: TrainPlan, seq: int, kwargs: dict) -> str:
+    """The GRPO step's estimate at the plan's batch shape (:func:`~rslora_colab.memory.estimate_grpo_vram`);
+    raises the planner's kind of ``ValueError`` when it does not fit the budget."""
+    prompt = max(seq - config.max_completion_length, 1)
+    est = estimate_grpo_vram(spec, r=config.r, num_generations=config.num_generations, prompt_length=prompt,
+                             max_completion_length=config.max_completion_length, batch_size=plan.micro_batch,
+                             grad_accum=plan.grad_accum, target_modules=kwargs["target_modules"],
+                             load_in_4bit=kwargs["load_in_4bit"], optimizer=kwargs["optimizer"],
+                             gradient_checkpointing=kwargs["gradient_checkpointing"], dtype_bytes=kwargs["dtype_bytes"])
+    said = (f"GRPO step ~{est.total_gib:.1f} GiB (generation {est.generation_gib:.1f}: {est.generation_batch} "
+            f"completions of {prompt} + {config.max_completion_length} tokens; training {est.train_gib:.1f})")
+    if est.total_gib > plan.budget_gib:
+        raise ValueError(f"{said}: does not fit {plan.budget_gib:.2f} GiB. Suggestion: lower max_completion_length, "
+                         "num_generations or grad_accum (fewer completions sampled at once). Or pass plan=False to try "
+                         "anyway (the estimate is not yet calibrated on a GPU).")
+    return said
 
 
 def _planned_length_note(lengths: TokenLengths, cap: int, seq: int) -> str:
