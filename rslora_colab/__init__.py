@@ -87,7 +87,8 @@ GRPO
     :func:`exact_match`, :func:`numeric_match`, :func:`tag_format`,
     :func:`regex_reward`, :func:`length_penalty`; :func:`check_rewards` (run
     before the first step; a failure raises :class:`RewardError`);
-    :func:`mean_reward` — sampled completions scored on held-out prompts.
+    :func:`mean_reward` — sampled completions scored on held-out prompts;
+    :func:`grpo_rewards` — a notebook's reward choice ("auto" or ready names).
 Demo
     :func:`demo_model`, :func:`demo_dataset`, :func:`demo_preferences`,
     :func:`demo_prompts` — a tiny Llama, 158 instruction rows, 158 preference
@@ -115,7 +116,14 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .adapt import DEFAULT_TARGETS, adapter_scales, add_rslora  # noqa: E402
 from .chat import chat  # noqa: E402
-from .choices import preference_data, resolve_choices, run_defaults, sweep_defaults, try_prompt  # noqa: E402
+from .choices import (  # noqa: E402
+                       grpo_rewards,
+                       preference_data,
+                       resolve_choices,
+                       run_defaults,
+                       sweep_defaults,
+                       try_prompt,
+)
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
 from .demo import DEMO_NAME, demo_dataset, demo_model, demo_preferences, demo_prompts  # noqa: E402
@@ -183,6 +191,6 @@ __all__ = [
     "check_fit", "check_runtime", "control_panel", "preview_data", "save_outputs",
     "preference_data", "resolve_choices", "run_defaults", "sweep_defaults", "set_verbosity",
     "download", "keep_on_drive", "new_run_folder", "notebook_output_dir", "notebook_run", "try_prompt",
-    "RewardError", "check_rewards", "demo_prompts", "exact_match", "length_penalty", "mean_reward", "numeric_match",
+    "RewardError", "check_rewards", "demo_prompts", "grpo_rewards", "exact_match", "length_penalty", "mean_reward", "numeric_match",
     "regex_reward", "tag_format",
 ]
