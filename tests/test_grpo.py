@@ -41,7 +41,7 @@ def _run(model, prompts, tmp_path, **overrides):
     return quick_finetune(model, prompts, r=16, method="grpo", **settings)
 
 
-def test_grpo_raises_the_mean_reward_on_held_out_prompts(demo_path, tmp_path):
+def test_grpo_raises_the_mean_reward_on_held_out_prompts(demo_path, tmp_path, cpu_backend):
     rows = demo_prompts()
     train, held = rows.select(range(64)), rows.select(HELD_OUT)
     reward = [length_penalty(DEMO_REWARD_CHARS)]
@@ -51,6 +51,7 @@ def test_grpo_raises_the_mean_reward_on_held_out_prompts(demo_path, tmp_path):
     after = mean_reward(result.model, result.tokenizer, held, reward, max_new_tokens=24)
     assert before < 0.4 and after > before + 0.3, (before, after)
     s = result.settings
+    assert s["backend"] == cpu_backend  # "unsloth" on the Colab lane: its CPU backend runs TRL's GRPOTrainer
     assert (s["method"], s["beta"], s["num_generations"], s["max_completion_length"]) == ("grpo", 0.0, 4, 24)
     assert s["reward_funcs"] == ["length_penalty"]
     steps = [h for h in result.history if "loss" in h]
