@@ -288,3 +288,42 @@ def test_the_plan_on_a_t4_names_the_grpo_step_and_refuses_one_that_cannot_fit(si
                           output_dir=str(tmp_path))
     with pytest.raises(ValueError, match="GRPO step ~.*does not fit 14.74 GiB.*lower max_completion_length"):
         fit_to_gpu("Qwen2.5-3B-Instruct", huge)
+
+
+def test_out_of_memory_in_a_grpo_step_halves_the_micro_batch_and_goes_on(demo_path, tmp_path):
+    from test_oom import OomInStep
+
+    oom = OomInStep(at=(2,), min_micro=2)  # a real torch.OutOfMemoryError in a forward pass while building step 3
+    result = _run(demo_path, demo_prompts(n=16), tmp_path, max_steps=4, batch_size=4, grad_accum=2, callbacks=[oom])
+    assert [h for h in result.history if "event" in h] == [{"step": 2, "event": "oom", "micro_batch": 2,
+                                                             "grad_accum": 4}]
+    assert [h["step"] for h in result.history if "loss" in h] == [1, 2, 3, 4]
+    assert (result.settings["batch_size"], result.settings["grad_accum"], result.settings["global_batch"]) == (2, 4, 8)
+
+
+def test_a_crashed_grpo_run_resumes_from_its_checkpoint_and_only_with_the_same_rewards(demo_path, tmp_path):
+    from transformers import TrainerCallback
+
+    class Disconnect(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise ConnectionError("the runtime disconnected")
+
+    prompts = demo_prompts(n=16)
+    with pytest.raises(ConnectionError):
+        _run(demo_path, prompts, tmp_path, max_steps=4, checkpoint_every=2, callbacks=[Disconnect()])
+    assert (tmp_path / "run" / "checkpoint-2").is_dir()
+    with pytest.raises(ValueError, match="reward_funcs"):  # other reward functions: another run, not this one
+        _run(demo_path, prompts, tmp_path, max_steps=4, checkpoint_every=2, resume=True,
+             reward_funcs=[tag_format()])
+    result = _run(demo_path, prompts, tmp_path, max_steps=4, checkpoint_every=2, resume=True)
+    assert [h["step"] for h in result.history if "loss" in h] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["settings"]["reward_funcs"] == ["length_penalty"]
+
+
+def test_a_nan_during_training_is_named_with_its_prompt(demo_path, tmp_path):
+    def flaky(completions, trainer_state, **kwargs):
+        return [float("nan") if trainer_state.global_step == 1 and k == 0 else 0.5 for k in range(len(completions))]
+
+    with pytest.raises(RewardError, match=r"'flaky' returned NaN for completion 0 .* at step 1 \(prompt .Give the"):
+        _run(demo_path, demo_prompts(n=8), tmp_path, max_steps=3, reward_funcs=[flaky])

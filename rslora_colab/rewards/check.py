@@ -48,22 +48,23 @@ def is_plain(func: Callable) -> bool:
                                                           or inspect.iscoroutinefunction(call))
 
 
-def reward_problem(rewards: Any, count: int) -> str | None:
-    """What is wrong with one call's return value for ``count`` completions; None when it is usable."""
+def reward_problem(rewards: Any, count: int) -> tuple[str, int | None] | None:
+    """What is wrong with one call's return value for ``count`` completions, and the completion it is about
+    (None when it is about the whole list); None when the value is usable."""
     try:
         values = list(rewards)
     except TypeError:
-        return f"returned {type(rewards).__name__} {rewards!r:.80}, not a list of rewards"
+        return f"returned {type(rewards).__name__} {rewards!r:.80}, not a list of rewards", None
     if len(values) != count:
-        return f"returned {len(values)} rewards for {count} completions (it must return one per completion)"
+        return f"returned {len(values)} rewards for {count} completions (it must return one per completion)", None
     for k, value in enumerate(values):
         if value is None:
             continue
         if not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-            return f"returned {value!r:.60} ({type(value).__name__}) for completion {k}; rewards must be numbers"
+            return f"returned {value!r:.60} ({type(value).__name__}) for completion {k}; rewards must be numbers", k
         if math.isnan(float(value)):
             return (f"returned NaN for completion {k} (return None for a completion the function does not apply "
-                    "to: TRL leaves those out of the mean)")
+                    "to: TRL leaves those out of the mean)"), k
     return None
 
 
@@ -97,7 +98,8 @@ def check_rewards(reward_funcs: Iterable[Callable], dataset: Any, fmt: str, toke
         for i in range(min(rows, len(dataset))):
             kwargs = _calls(dataset[i], fmt, tokenizer, samples)
             try:
-                problem = reward_problem(func(**kwargs), len(samples))
+                found = reward_problem(func(**kwargs), len(samples))
+                problem = found[0] if found else None
             except Exception as err:  # noqa: BLE001 - user code: any exception is the finding
                 problem = f"raised {type(err).__name__}: {err}"
             if problem:
@@ -130,22 +132,15 @@ def named_reward(func: Callable) -> Callable:
         except Exception as err:  # noqa: BLE001 - user code
             shown = f" (first prompt of the batch: {_short(prompts[0])})" if prompts else ""
             raise RewardError(f"reward function {name!r} raised {type(err).__name__}: {err} {where}{shown}") from err
-        problem = reward_problem(rewards, len(kwargs.get("completions") or prompts))
-        if problem:
-            k = _completion_index(problem)
+        found = reward_problem(rewards, len(kwargs.get("completions") or prompts))
+        if found:
+            problem, k = found
             shown = f" (prompt {_short(prompts[k])})" if k is not None and k < len(prompts) else ""
             raise RewardError(f"reward function {name!r} {problem} {where}{shown}")
         return rewards
 
     reward.__name__ = name
     return reward
-
-
-def _completion_index(problem: str) -> int | None:
-    marker = "for completion "
-    if marker not in problem:
-        return None
-    return int(problem.split(marker, 1)[1].split()[0].rstrip(";"))
 
 
 def named_rewards(reward_funcs: Iterable[Callable]) -> list[Callable]:
