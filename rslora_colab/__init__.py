@@ -18,18 +18,20 @@ Adapt
 Presets
     :func:`lr_for_rank`, :func:`preset_for_rank`, :func:`adapter_scale` — the
     rank-dependent learning rate (16 → 2e-4, 32 → 1.5e-4, 64 → 1e-4; DPO a
-    40th of that: 5e-6, 3.75e-6, 2.5e-6) and the one place alpha/sqrt(r) is
-    computed.
+    40th of that: 5e-6, 3.75e-6, 2.5e-6; GRPO a 20th: 1e-5, 7.5e-6, 5e-6) and
+    the one place alpha/sqrt(r) is computed.
 Data
     :func:`load_and_validate` — read and check text / Alpaca / prompt-completion
     / chat / ShareGPT data, or with ``method="dpo"`` prompt/chosen/rejected
-    preference data (strings, messages, UltraFeedback), before any model loads;
+    preference data (strings, messages, UltraFeedback), with ``method="grpo"``
+    prompts (text or messages, plus the columns rewards read), before any model loads;
     :func:`token_lengths` — per-row prompt and total tokens as TRL will build
     them, from the tokenizer alone.
 Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
     lists every setting it takes. ``method="dpo"`` tunes on preference pairs
-    with TRL's DPOTrainer, the base (adapter disabled) as the reference.
+    with TRL's DPOTrainer, the base (adapter disabled) as the reference;
+    ``method="grpo"`` on prompts and ``reward_funcs`` with TRL's GRPOTrainer.
 Evaluate
     ``quick_finetune(..., eval_dataset=...)`` or ``eval_fraction=0.1``: the
     eval loss on held-out rows before, during and after training (in the

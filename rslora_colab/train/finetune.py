@@ -94,7 +94,9 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     grad_accum, max_seq_length, output_dir, seed, method, beta, ...); open
     ones come from ``preset_for_rank(r, method)``. ``method="dpo"`` tunes on
     preference pairs with TRL's ``DPOTrainer`` and a far lower learning rate
-    (see :mod:`rslora_colab.train.trainer`). On a GPU the batch and sequence length are first
+    (see :mod:`rslora_colab.train.trainer`); ``method="grpo"`` on prompts scored by
+    ``reward_funcs`` with TRL's ``GRPOTrainer`` (:mod:`rslora_colab.train.grpo`; each reward function is
+    called on sample completions before the model loads). On a GPU the batch and sequence length are first
     fitted to its memory (``plan``, ``gpu``), and a CUDA out-of-memory error
     during training halves the micro-batch and carries on (see
     :mod:`rslora_colab.resilience.oom`). The adapter, ``metrics.json`` and ``loss.png`` are

@@ -114,7 +114,8 @@ def attach_adapter(model: Any, run: RunSettings):
 
 def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list | None = None,
                   eval_dataset: Any = None):
-    """TRL's ``SFTTrainer`` (``DPOTrainer`` for ``method="dpo"``) over an adapted model and validated data.
+    """TRL's ``SFTTrainer`` (``DPOTrainer`` for ``method="dpo"``, ``GRPOTrainer`` for ``"grpo"``: :mod:`.grpo`) over an
+    adapted model and validated data.
 
     ``eval_dataset`` (validated, the same format; ``run.eval_rows`` rows) goes to the trainer's own
     ``eval_dataset``, so TRL shapes and masks it exactly like the training rows.
