@@ -327,3 +327,12 @@ def test_a_nan_during_training_is_named_with_its_prompt(demo_path, tmp_path):
 
     with pytest.raises(RewardError, match=r"'flaky' returned NaN for completion 0 .* at step 1 \(prompt .Give the"):
         _run(demo_path, demo_prompts(n=8), tmp_path, max_steps=3, reward_funcs=[flaky])
+
+
+def test_rewards_that_cannot_tell_completions_apart_are_reported(demo_path, tmp_path, caplog):
+    def always_one(completions, **kwargs):
+        return [1.0] * len(completions)
+
+    result = _run(demo_path, demo_prompts(n=8), tmp_path, max_steps=10, reward_funcs=[always_one])
+    assert all(h["reward_zero_std_share"] == 1.0 for h in result.history if "loss" in h)
+    assert "steps 1-10: every prompt's completions got the same reward (mean 1)" in caplog.text

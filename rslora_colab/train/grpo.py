@@ -17,7 +17,8 @@ default to (``GRPOConfig``, TRL 1.15/1.16):
   already trained by SFT is then pulled towards the bare base, not towards the SFT model.
 * **learning rate**: ``lr_for_rank(r, "grpo")`` (:mod:`rslora_colab.presets`, sources there).
 * **rewards**: checked on sample completions before the trainer is built and wrapped so a failure names the
-  function (:mod:`rslora_colab.rewards`).
+  function (:mod:`rslora_colab.rewards`); :class:`NoSignalCallback` warns when the rewards stop telling the
+  completions apart.
 * ``max_length`` (the SFT/DPO truncation) is not a ``GRPOConfig`` argument: TRL neither cuts nor drops a prompt,
   so the kit checks before loading that each prompt leaves ``max_completion_length`` tokens of
   ``max_seq_length`` (:func:`~rslora_colab.data.check_prompt_room`).
@@ -33,6 +34,8 @@ import functools
 import logging
 from typing import Any
 
+from transformers import TrainerCallback
+
 from ..data import row_label, to_grpo_dataset
 from ..load import input_device, runtime_of
 from ..rewards import check_rewards, named_rewards
@@ -42,6 +45,30 @@ logger = logging.getLogger(__name__)
 
 NOT_GRPO_ARGS = ("max_length",)
 """Arguments SFT and DPO share that ``GRPOConfig`` does not take (see the module docstring)."""
+NO_SIGNAL_STEPS = 10
+"""Logged steps in a row with no reward spread before :class:`NoSignalCallback` warns."""
+
+
+class NoSignalCallback(TrainerCallback):
+    """Warns once when, for :data:`NO_SIGNAL_STEPS` logged steps in a row, every prompt's completions scored
+    alike (TRL's ``frac_reward_zero_std`` = 1): GRPO's advantages are then all zero and the adapter does not
+    move. A reward that always says 0 (too hard) or always 1 (too easy) does that, and so does a model whose
+    completions collapsed to one answer. A warning, not a stop: it can pass (the sampling is random)."""
+
+    def __init__(self, steps: int = NO_SIGNAL_STEPS) -> None:
+        self.steps, self.flat, self.warned = steps, 0, False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "frac_reward_zero_std" not in logs:
+            return
+        self.flat = self.flat + 1 if logs["frac_reward_zero_std"] >= 1.0 else 0
+        if self.flat >= self.steps and not self.warned:
+            self.warned = True
+            logger.warning(f"steps {state.global_step - self.steps + 1}-{state.global_step}: every prompt's "
+                           f"completions got the same reward (mean {logs.get('reward', float('nan')):.3g}), so GRPO "
+                           "has nothing to learn from: check that the rewards can tell completions apart (a partial "
+                           "score, a format reward beside the correctness one), or that the task is neither far too "
+                           "hard nor already solved.")
 
 
 def check_rewards_before_loading(config: Any, dataset: Any, fmt: str, tokenizer: Any, source: str = "dataset") -> None:
@@ -77,7 +104,7 @@ def grpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSet
     check_rewards(funcs, dataset, fmt, tokenizer)  # again here: train_adapter's path, and a cheap one
     return GRPOTrainer(model=model, reward_funcs=named_rewards(funcs), args=grpo_config(run, shared),
                        train_dataset=to_grpo_dataset(dataset, fmt, tokenizer), processing_class=tokenizer,
-                       callbacks=callbacks)
+                       callbacks=[*callbacks, NoSignalCallback()])
 
 
 def mean_reward(model: Any, tokenizer: Any, dataset: Any, reward_funcs: Any, num_generations: int = 4,
