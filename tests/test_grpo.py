@@ -336,3 +336,22 @@ def test_rewards_that_cannot_tell_completions_apart_are_reported(demo_path, tmp_
     result = _run(demo_path, demo_prompts(n=8), tmp_path, max_steps=10, reward_funcs=[always_one])
     assert all(h["reward_zero_std_share"] == 1.0 for h in result.history if "loss" in h)
     assert "steps 1-10: every prompt's completions got the same reward (mean 1)" in caplog.text
+
+
+def test_mean_reward_is_seeded_passes_trls_arguments_and_keeps_the_callers_random_state(demo_pair):
+    import torch
+
+    model, tokenizer = demo_pair
+    held, reward = demo_prompts(n=3), [length_penalty(DEMO_REWARD_CHARS)]
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    first = mean_reward(model, tokenizer, held, reward, max_new_tokens=8)
+    assert torch.equal(torch.rand(1), expected)  # the caller's random stream goes on as if nothing was sampled
+    assert mean_reward(model, tokenizer, held, reward, max_new_tokens=8) == first  # seed 0 both times
+
+    def reads_trls_arguments(completions, trainer_state, answer, completion_ids, **kwargs):
+        return [float(trainer_state.global_step == 0 and bool(a) and isinstance(ids, list))
+                for a, ids in zip(answer, completion_ids)]
+
+    assert mean_reward(model, tokenizer, held, [reads_trls_arguments], max_new_tokens=4) == 1.0

@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from .check import RewardError, check_rewards, named_rewards, reward_name
+from .check import RewardError, check_rewards, named_rewards, reward_arguments, reward_name
 from .ready import (
     READY_REWARDS,
     completion_text,
@@ -22,5 +22,5 @@ from .ready import (
 )
 
 __all__ = ["READY_REWARDS", "RewardError", "check_rewards", "completion_text", "exact_match", "extract_answer",
-           "length_penalty", "named_rewards", "numeric_match", "ready_reward", "regex_reward", "reward_name",
+           "length_penalty", "named_rewards", "numeric_match", "ready_reward", "regex_reward", "reward_arguments", "reward_name",
            "tag_format"]

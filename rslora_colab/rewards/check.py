@@ -68,8 +68,10 @@ def reward_problem(rewards: Any, count: int) -> tuple[str, int | None] | None:
     return None
 
 
-def _calls(row: dict, fmt: str, tokenizer: Any, texts: Iterable[str]) -> dict[str, Any]:
-    """The keyword arguments TRL passes for ``row``'s completions ``texts``, one entry per completion."""
+def reward_arguments(row: dict, fmt: str, tokenizer: Any, texts: Iterable[str]) -> dict[str, Any]:
+    """The keyword arguments TRL passes a reward function for completions ``texts`` of one prompt row: every list
+    one entry per completion (chat completions as one assistant message, ``fmt="prompt_chat"``), the row's other
+    columns repeated, a fresh ``TrainerState`` and no-op ``log_extra`` / ``log_metric``."""
     from transformers import TrainerState
 
     texts = list(texts)
@@ -96,7 +98,7 @@ def check_rewards(reward_funcs: Iterable[Callable], dataset: Any, fmt: str, toke
     for func in (f for f in reward_funcs if is_plain(f)):
         name = reward_name(func)
         for i in range(min(rows, len(dataset))):
-            kwargs = _calls(dataset[i], fmt, tokenizer, samples)
+            kwargs = reward_arguments(dataset[i], fmt, tokenizer, samples)
             try:
                 found = reward_problem(func(**kwargs), len(samples))
                 problem = found[0] if found else None

@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from ..data import row_label, to_grpo_dataset
 from ..load import input_device, runtime_of
-from ..rewards import check_rewards, named_rewards
+from ..rewards import check_rewards, named_rewards, reward_arguments
 from ..settings import RunSettings
 
 logger = logging.getLogger(__name__)
@@ -130,31 +130,26 @@ def mean_reward(model: Any, tokenizer: Any, dataset: Any, reward_funcs: Any, num
         fast.for_inference(model)
     model.eval()
     total, count = 0.0, 0
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
     try:
-        for row in rows:
-            prompt = row["prompt"]
-            if fmt == "prompt_chat":
-                inputs = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt",
-                                                       return_dict=True)
-            else:
-                inputs = tokenizer(prompt, return_tensors="pt")
-            inputs = {k: v.to(input_device(model)) for k, v in inputs.items()}
-            with torch.no_grad():
-                out = model.generate(**inputs, do_sample=True, temperature=temperature, max_new_tokens=max_new_tokens,
-                                     num_return_sequences=num_generations, pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-            completions = [[{"role": "assistant", "content": t}] for t in texts] if fmt == "prompt_chat" else texts
-            columns = {k: [v] * len(texts) for k, v in row.items() if k != "prompt"}
-            scores = [0.0] * len(texts)
-            for func in funcs:
-                for k, value in enumerate(func(prompts=[prompt] * len(texts), completions=completions,
-                                               completion_ids=[[] for _ in texts], **columns)):
-                    scores[k] += 0.0 if value is None else float(value)
-            total, count = total + sum(scores), count + len(scores)
+        with torch.random.fork_rng():  # the caller's random state is left as it was (CUDA's too)
+            torch.manual_seed(seed)
+            for row in rows:
+                if fmt == "prompt_chat":
+                    inputs = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True,
+                                                           return_tensors="pt", return_dict=True)
+                else:
+                    inputs = tokenizer(row["prompt"], return_tensors="pt")
+                inputs = {k: v.to(input_device(model)) for k, v in inputs.items()}
+                with torch.no_grad():
+                    out = model.generate(**inputs, do_sample=True, temperature=temperature,
+                                         max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
+                                         pad_token_id=tokenizer.pad_token_id)
+                texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                kwargs = reward_arguments(row, fmt, tokenizer, texts)  # what TRL passes the rewards in training
+                scores = [sum(0.0 if v is None else float(v) for v in values)
+                          for values in zip(*(func(**kwargs) for func in funcs))]
+                total, count = total + sum(scores), count + len(scores)
     finally:
-        torch.random.set_rng_state(generator_state)
         if was_training and fast is not None:
             fast.for_training(model)
         elif was_training:
