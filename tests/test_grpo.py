@@ -89,11 +89,16 @@ def _text(completions, **kwargs):
     return ["good"] * len(completions)
 
 
+def _inf(completions, **kwargs):
+    return [1.0, float("-inf"), 0.0][:len(completions)]
+
+
 @pytest.mark.parametrize("func, match", [
     (_raises, "'_raises' on dataset row 0 .*raised ZeroDivisionError: division by zero"),
     (_too_few, "'_too_few' on dataset row 0 .*returned 1 rewards for 3 completions"),
     (_nan, "'_nan' on dataset row 0 .*returned NaN for completion 0 .*return None"),
     (_text, "'_text' on dataset row 0 .*returned 'good' \\(str\\) for completion 0"),
+    (_inf, "'_inf' on dataset row 0 .*returned -inf for completion 1; an infinite reward"),
     (exact_match("solution"), "'exact_match_solution' .*KeyError.*column 'solution'.*other columns: \\['answer'\\]"),
 ])
 def test_a_bad_reward_function_is_named_before_the_model_loads(func, match, demo_path, tmp_path, caplog):

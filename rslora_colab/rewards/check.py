@@ -4,7 +4,7 @@ A reward function is user code that runs only once generation has started, minut
 model loaded, the first completions sampled). :func:`check_rewards` calls every one of them before any
 weights load, on a few rows of the data and a few sample completions (:data:`SAMPLE_COMPLETIONS`), with the
 arguments TRL will pass, and raises one :class:`RewardError` naming each function that raises, returns the
-wrong number of rewards, a value that is not a number, or NaN (None is allowed: TRL's "does not apply").
+wrong number of rewards, a value that is not a number, NaN or infinity (None is allowed: TRL's "does not apply").
 :func:`named_rewards` wraps the functions so the same faults during training raise the same error, naming the
 function, the step and the prompt (TRL's own message names neither the row nor, for an exception, the function).
 
@@ -65,6 +65,8 @@ def reward_problem(rewards: Any, count: int) -> tuple[str, int | None] | None:
         if math.isnan(float(value)):
             return (f"returned NaN for completion {k} (return None for a completion the function does not apply "
                     "to: TRL leaves those out of the mean)"), k
+        if math.isinf(float(value)):
+            return f"returned {float(value)} for completion {k}; an infinite reward turns GRPO's advantages to NaN", k
     return None
 
 
