@@ -360,3 +360,17 @@ def test_mean_reward_is_seeded_passes_trls_arguments_and_keeps_the_callers_rando
                 for a, ids in zip(answer, completion_ids)]
 
     assert mean_reward(model, tokenizer, held, [reads_trls_arguments], max_new_tokens=4) == 1.0
+
+
+def test_the_plan_command_prints_a_grpo_steps_estimate(capsys):
+    from rslora_colab.cli import main
+
+    assert main(["plan", "--model", "Qwen2.5-3B-Instruct", "--method", "grpo", "--rank", "32", "--seq", "512",
+                 "--gpu", "T4"]) == 0
+    out = capsys.readouterr().out
+    assert "8 completions sampled together (4 per prompt), prompt 256 + completion 256 tokens" in out
+    assert "KV cache                                  0.14 GiB" in out and "fits 14.74 GiB" in out
+    assert main(["plan", "--model", "Qwen2.5-3B-Instruct", "--method", "grpo", "--seq", "32768",
+                 "--max-completion-length", "16384", "--num-generations", "16", "--grad-accum", "64",
+                 "--batch", "1", "--gpu", "T4"]) == 1
+    assert "does not fit 14.74 GiB" in capsys.readouterr().out
