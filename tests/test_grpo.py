@@ -374,3 +374,15 @@ def test_the_plan_command_prints_a_grpo_steps_estimate(capsys):
                  "--max-completion-length", "16384", "--num-generations", "16", "--grad-accum", "64",
                  "--batch", "1", "--gpu", "T4"]) == 1
     assert "does not fit 14.74 GiB" in capsys.readouterr().out
+
+
+def test_prompts_that_leave_no_room_for_the_completion_are_named_before_loading(demo_path, tmp_path, caplog):
+    long = "Give the heading of every Python docs topic you know, one after another. " * 6
+    rows = [{"prompt": "Hi", "answer": "x"}, {"prompt": long, "answer": "y"}]
+    settings = dict(max_seq_length=64, max_completion_length=24, max_steps=1, batch_size=4)
+    _run(demo_path, rows, tmp_path, **settings)
+    assert "1 of 2 prompts are longer than 40 tokens (max_seq_length=64 - max_completion_length=24)" in caplog.text
+    assert "(row 1); TRL does not cut them" in caplog.text
+    with pytest.raises(ValueError, match="every prompt is longer than max_seq_length=64 minus max_completion_length"
+                                         "=24 = 40 tokens: raise max_seq_length"):
+        _run(demo_path, [{"prompt": long}], tmp_path / "all", **settings)
