@@ -386,3 +386,23 @@ def test_prompts_that_leave_no_room_for_the_completion_are_named_before_loading(
     with pytest.raises(ValueError, match="every prompt is longer than max_seq_length=64 minus max_completion_length"
                                          "=24 = 40 tokens: raise max_seq_length"):
         _run(demo_path, [{"prompt": long}], tmp_path / "all", **settings)
+
+
+@pytest.mark.ddp
+def test_grpo_trains_data_parallel_under_torchrun(tmp_path, demo_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1",
+           "RSLORA_COLAB_DDP_TIMEOUT": "60"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "rslora_colab", "train", "--method", "grpo", "--max-steps", "4", "--sample", "",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "global batch 8" in proc.stdout and "x 2 processes" in proc.stdout
+    saved = json.loads((out / "metrics.json").read_text())
+    assert (saved["settings"]["world_size"], saved["settings"]["batch_size"], saved["settings"]["grad_accum"]) == (2, 4, 1)
+    assert [h["step"] for h in saved["history"] if "reward" in h] == [1, 2, 3, 4]
