@@ -18,18 +18,20 @@ Adapt
 Presets
     :func:`lr_for_rank`, :func:`preset_for_rank`, :func:`adapter_scale` — the
     rank-dependent learning rate (16 → 2e-4, 32 → 1.5e-4, 64 → 1e-4; DPO a
-    40th of that: 5e-6, 3.75e-6, 2.5e-6) and the one place alpha/sqrt(r) is
-    computed.
+    40th of that: 5e-6, 3.75e-6, 2.5e-6; GRPO a 20th: 1e-5, 7.5e-6, 5e-6) and
+    the one place alpha/sqrt(r) is computed.
 Data
     :func:`load_and_validate` — read and check text / Alpaca / prompt-completion
     / chat / ShareGPT data, or with ``method="dpo"`` prompt/chosen/rejected
-    preference data (strings, messages, UltraFeedback), before any model loads;
+    preference data (strings, messages, UltraFeedback), with ``method="grpo"``
+    prompts (text or messages, plus the columns rewards read), before any model loads;
     :func:`token_lengths` — per-row prompt and total tokens as TRL will build
     them, from the tokenizer alone.
 Train
     :func:`quick_finetune` → :class:`FinetuneResult`; :class:`FinetuneConfig`
     lists every setting it takes. ``method="dpo"`` tunes on preference pairs
-    with TRL's DPOTrainer, the base (adapter disabled) as the reference.
+    with TRL's DPOTrainer, the base (adapter disabled) as the reference;
+    ``method="grpo"`` on prompts and ``reward_funcs`` with TRL's GRPOTrainer.
 Evaluate
     ``quick_finetune(..., eval_dataset=...)`` or ``eval_fraction=0.1``: the
     eval loss on held-out rows before, during and after training (in the
@@ -81,10 +83,18 @@ Notebook
     :func:`save_outputs` — adapter, merged 16-bit or GGUF, chosen by a list.
     :func:`resolve_choices`, :func:`run_defaults`, :func:`sweep_defaults`,
     :func:`preference_data` — what ``"auto"`` means here (the demo on CPU).
+GRPO
+    ``quick_finetune(model, prompts, method="grpo", reward_funcs=[...])`` — TRL's
+    ``GRPOTrainer`` (:mod:`rslora_colab.train.grpo`); ready rewards
+    :func:`exact_match`, :func:`numeric_match`, :func:`tag_format`,
+    :func:`regex_reward`, :func:`length_penalty`; :func:`check_rewards` (run
+    before the first step; a failure raises :class:`RewardError`);
+    :func:`mean_reward` — sampled completions scored on held-out prompts;
+    :func:`grpo_rewards` — a notebook's reward choice ("auto" or ready names).
 Demo
-    :func:`demo_model`, :func:`demo_dataset`, :func:`demo_preferences` — a tiny
-    Llama, 158 instruction rows and 158 preference pairs built offline from
-    Python's own manual, the CPU fallback.
+    :func:`demo_model`, :func:`demo_dataset`, :func:`demo_preferences`,
+    :func:`demo_prompts` — a tiny Llama, 158 instruction rows, 158 preference
+    pairs and 79 GRPO prompts built offline from Python's own manual, the CPU fallback.
 
 Messages
     Everything the kit says goes through ``logging.getLogger("rslora_colab")``
@@ -108,10 +118,17 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 from .adapt import DEFAULT_TARGETS, adapter_scales, add_rslora  # noqa: E402
 from .chat import chat  # noqa: E402
-from .choices import preference_data, resolve_choices, run_defaults, sweep_defaults, try_prompt  # noqa: E402
+from .choices import (  # noqa: E402
+                       grpo_rewards,
+                       preference_data,
+                       resolve_choices,
+                       run_defaults,
+                       sweep_defaults,
+                       try_prompt,
+)
 from .config import FinetuneConfig  # noqa: E402
 from .data import detect_format, load_and_validate  # noqa: E402
-from .demo import DEMO_NAME, demo_dataset, demo_model, demo_preferences  # noqa: E402
+from .demo import DEMO_NAME, demo_dataset, demo_model, demo_preferences, demo_prompts  # noqa: E402
 from .load import load_adapter, load_model  # noqa: E402
 from .memory import (  # noqa: E402
                        FitCheck,
@@ -144,11 +161,21 @@ from .resilience.drive import default_output_dir, keep_on_drive, mount_drive  # 
 from .resilience.guard import DivergenceError, DivergenceGuard  # noqa: E402
 from .resilience.oom import train_with_oom_recovery  # noqa: E402
 from .result import FinetuneResult  # noqa: E402
+from .rewards import (  # noqa: E402
+                       RewardError,
+                       check_rewards,
+                       exact_match,
+                       length_penalty,
+                       numeric_match,
+                       regex_reward,
+                       tag_format,
+)
 from .runtime import Runtime, detect_runtime  # noqa: E402
 from .save import push_to_hub, save, save_outputs  # noqa: E402
 from .settings import RunSettings  # noqa: E402
 from .sweep import SweepResult, compare_ranks  # noqa: E402
 from .train import quick_finetune  # noqa: E402
+from .train.grpo import mean_reward  # noqa: E402
 from .watch import HistoryCallback, StopCallback  # noqa: E402
 
 __version__ = "0.1.0"
@@ -166,4 +193,6 @@ __all__ = [
     "check_fit", "check_runtime", "control_panel", "preview_data", "save_outputs",
     "preference_data", "resolve_choices", "run_defaults", "sweep_defaults", "set_verbosity",
     "download", "keep_on_drive", "new_run_folder", "notebook_output_dir", "notebook_run", "try_prompt",
+    "RewardError", "check_rewards", "demo_prompts", "grpo_rewards", "exact_match", "length_penalty", "mean_reward", "numeric_match",
+    "regex_reward", "tag_format",
 ]

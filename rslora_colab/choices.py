@@ -3,7 +3,7 @@
 Notebooks, the control panel and the command line start from the same
 choices: :func:`resolve_choices` for the model and data, :func:`run_defaults`
 and :func:`sweep_defaults` for the demo's own training settings,
-:func:`preference_data` for DPO pairs.
+:func:`preference_data` for DPO pairs, :func:`grpo_rewards` for GRPO's reward functions.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from .data.read import read_dataset
 from .demo import DEMO_NAME, DEMO_SWEEP_STEPS, demo_preferences, demo_training
+from .rewards import ready_reward
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,17 @@ def preference_data(dataset: str = "auto", model: str = "demo") -> Any:
     if dataset == GPU_DEFAULT_PREFERENCES:
         return read_dataset(GPU_DEFAULT_PREFERENCES, split="train_prefs[:2000]")
     return dataset
+
+
+def grpo_rewards(rewards: str | list[str] = "auto") -> list:
+    """GRPO's reward functions from a notebook's choice: ``"auto"``, the demo's (short answers:
+    ``length_penalty(60)``, :data:`~rslora_colab.demo.DEMO_GRPO_TRAINING`), or a list of ready rewards by name
+    (``["numeric_match", "answer_format"]``: :data:`~rslora_colab.rewards.READY_REWARDS`)."""
+    if rewards == "auto":
+        return list(demo_training("grpo")["reward_funcs"])
+    if isinstance(rewards, str):
+        rewards = [rewards]
+    return [ready_reward(name) for name in rewards]
 
 
 def row_prompt(row: dict) -> str | list[dict] | None:

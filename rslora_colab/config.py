@@ -125,9 +125,22 @@ class FinetuneConfig:
     """Experiment tracking, as transformers' report_to: 'none', or one or more of 'tensorboard', 'wandb',
     'trackio' separated by commas (the package must be installed; tensorboard writes to output_dir/runs)."""
     method: str = "sft"
-    """'sft' (learn the responses) or 'dpo' (preference tuning on chosen/rejected pairs, TRL's DPOTrainer)."""
-    beta: float = 0.1
-    """DPO only: how far the policy may move from the reference (TRL's default; smaller lets it move further)."""
+    """'sft' (learn the responses), 'dpo' (preference tuning on chosen/rejected pairs, TRL's DPOTrainer) or 'grpo'
+    (reinforcement learning on prompts scored by reward_funcs, TRL's GRPOTrainer)."""
+    beta: float | None = None
+    """DPO and GRPO: how far the policy may move from the reference (smaller lets it move further). None: 0.1 for
+    DPO (DPOConfig's default), 0.0 for GRPO (GRPOConfig's: no reference model and no KL term)."""
+    num_generations: int = 4
+    """GRPO only: completions sampled per prompt and scored against each other (TRL's num_generations; its
+    default 8 is halved for a T4). batch_size * grad_accum completions make a step, so that must be a multiple of
+    num_generations (the default 2 x 4 = 8 holds 2 prompts x 4 completions)."""
+    max_completion_length: int = 256
+    """GRPO only: longest completion sampled, in tokens (TRL's default 512 is halved for a T4); a prompt plus
+    this must fit max_seq_length."""
+    reward_funcs: tuple[Any, ...] = ()
+    """GRPO only: the reward functions, plain Python callables as TRL's GRPOTrainer takes them:
+    ``f(prompts, completions, **columns) -> list[float]``, one reward per completion (None: not applicable).
+    Ready ones are in ``rslora_colab.rewards``; the rewards of several functions are added up."""
     packing: bool = False
     """SFT only: pack several rows into each max_seq_length sequence (TRL's packing, best-fit decreasing): no
     padding, and each row attends only to itself (a block-diagonal mask built from the position ids). Fewer,
@@ -154,6 +167,7 @@ class FinetuneConfig:
         if self.output_dir is None:
             object.__setattr__(self, "output_dir", default_output_dir())
         object.__setattr__(self, "gpu", gpu_budget_value(self.gpu))
+        object.__setattr__(self, "reward_funcs", as_reward_tuple(self.reward_funcs))
         problems = self.problems()
         if problems:
             raise ValueError("Invalid fine-tuning settings:\n  " + "\n  ".join(problems))
@@ -218,10 +232,10 @@ class FinetuneConfig:
              "True, False, or None (the kit chooses per backend)"),
             (self.method != "dpo" or not (self.packing is True or self.padding_free is True), "packing",
              "False with method='dpo': packing and padding_free are for SFT rows (TRL's SFTTrainer)"),
-            (is_positive(self.beta), "beta", "a positive number, e.g. 0.1"),
+            *grpo_checks(self),
             (isinstance(self.train_embeddings, bool), "train_embeddings", "True or False"),
             (self.train_embeddings is not True or self.method == "sft", "train_embeddings",
-             "False with method='dpo': continued pretraining trains on text (SFT)"),
+             f"False with method={self.method!r}: continued pretraining trains on text (method='sft')"),
             (self.embedding_lr is None or (is_positive(self.embedding_lr) and self.embedding_lr < 1),
              "embedding_lr", "a number in (0, 1), e.g. 2e-5, or None for lr x 0.2"),
             (self.embedding_lr is None or self.train_embeddings is True, "embedding_lr",
@@ -273,6 +287,45 @@ def report_to_checks(report_to: Any) -> list[tuple[bool, str, str]]:
         return [(False, "report_to", known)]
     return [(getattr(hf, f"is_{name}_available")(), "report_to", f"{name} installed: pip install {TRACKERS[name]}")
             for name in names]
+
+
+def as_reward_tuple(reward_funcs: Any) -> Any:
+    """``reward_funcs`` as a tuple: one callable or a list of them (as TRL's ``GRPOTrainer`` takes) -> a tuple."""
+    if callable(reward_funcs):
+        return (reward_funcs,)
+    return tuple(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else reward_funcs
+
+
+def grpo_checks(config: Any) -> list[tuple[bool, str, str]]:
+    """``problems()`` entries for ``beta`` and the GRPO settings (``num_generations``, ``max_completion_length``,
+    ``reward_funcs``), and for what GRPO does not take (packing, held-out evaluation)."""
+    grpo, funcs = config.method == "grpo", config.reward_funcs
+    batch = config.batch_size * config.grad_accum if is_int(config.batch_size) and is_int(config.grad_accum) else None
+    generations_ok = is_int(config.num_generations) and config.num_generations >= 2
+    return [
+        (config.beta is None or (is_number(config.beta) and (config.beta >= 0 if grpo else config.beta > 0)), "beta",
+         "a number >= 0 (0 turns GRPO's KL term off), or None" if grpo else "a positive number, e.g. 0.1, or None"),
+        (generations_ok, "num_generations", "an integer >= 2: GRPO compares each prompt's completions with each other"),
+        (is_int(config.max_completion_length) and config.max_completion_length >= 1, "max_completion_length",
+         "a positive number of tokens, e.g. 256"),
+        (not grpo or not generations_ok or not is_int(config.max_completion_length) or not is_int(config.max_seq_length)
+         or config.max_completion_length < config.max_seq_length, "max_completion_length",
+         f"less than max_seq_length={config.max_seq_length}: the prompt and the completion share it"),
+        (isinstance(funcs, tuple) and all(callable(f) for f in funcs), "reward_funcs",
+         "callables f(prompts, completions, **columns) -> list[float], e.g. from rslora_colab.rewards"),
+        (not grpo or funcs != (), "reward_funcs",
+         "at least one reward function with method='grpo', e.g. rslora_colab.rewards.length_penalty(100)"),
+        (grpo or funcs == (), "reward_funcs", "() unless method='grpo': only GRPO is trained by reward functions"),
+        (not grpo or batch is None or not generations_ok or batch % config.num_generations == 0, "num_generations",
+         f"a divisor of batch_size * grad_accum = {batch} completions per step: TRL's GRPOConfig puts all of a "
+         "prompt's completions in one step (change grad_accum or num_generations)"),
+        (not grpo or not (config.packing is True or config.padding_free is True), "packing",
+         "False with method='grpo': packing and padding_free are for SFT rows (TRL's SFTTrainer)"),
+        (not grpo or not config.eval_fraction, "eval_fraction",
+         "0 or None with method='grpo': the kit does not evaluate GRPO runs on held-out rows yet"),
+        (not grpo or config.early_stopping_patience is None, "early_stopping_patience",
+         "None with method='grpo': early stopping needs an eval loss, which GRPO runs do not measure here"),
+    ]
 
 
 def gpu_budget_value(gpu: Any) -> Any:

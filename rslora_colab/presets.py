@@ -68,6 +68,28 @@ same rank (from Unsloth's r = 16 notebooks) is 2e-4: 5e-6 / 2e-4 = 0.025.
 For scale, the same handbook's full-parameter DPO uses 5e-7 and TRL's
 ``DPOConfig`` defaults to 1e-6 (both for full fine-tuning, not adapters).
 The factor is taken from those recipes, not tuned by this kit.
+
+Reinforcement learning (GRPO)
+-----------------------------
+``lr_for_rank(r, "grpo")`` is the SFT curve times ``GRPO_LR_FACTOR = 0.05``
+(a 20th)::
+
+    r = 16  ->  1.0e-5      r = 32  ->  7.5e-6      r = 64  ->  5.0e-6
+
+Sources, and where they agree: TRL's "LoRA Without Regret" guide
+(``docs/source/lora_without_regret.md``, after Schulman et al. 2025) trains GRPO
+adapters at 1e-5, ten times its full fine-tuning rate of 1e-6 (which is also
+``GRPOConfig``'s default): the kit's r = 16 value. Unsloth's LoRA
+hyper-parameter guide recommends 5e-6 for RL (DPO, GRPO): the kit's r = 64
+value. Where they differ: the guide's run is classic LoRA at r = 1,
+alpha = 32 (scale alpha/r = 32, so scale * lr = 3.2e-4), and it says the
+1/r scaling makes the best lr roughly independent of rank. Under rsLoRA with
+alpha = r the scale grows like sqrt(r), so the kit keeps the SFT curve's fall
+with rank instead (r = 16: scale 4, scale * lr = 4e-5, eight times more
+cautious than the guide's r = 1 run; GRPO's gradients come from a handful of
+sampled completions per prompt, noisier than SFT's). The guide also
+recommends small ranks for RL (1 to 32): the factor is anchored there. Like
+DPO's it is read from recipes, not tuned by this kit.
 """
 
 from __future__ import annotations
@@ -89,9 +111,15 @@ LR_FLOOR = 1e-5
 
 DPO_LR_FACTOR = 0.025
 """DPO learning rate / SFT learning rate at the same rank (see the module docstring)."""
-LR_FACTORS = {"sft": 1.0, "dpo": DPO_LR_FACTOR}
+GRPO_LR_FACTOR = 0.05
+"""GRPO learning rate / SFT learning rate at the same rank (see the module docstring)."""
+LR_FACTORS = {"sft": 1.0, "dpo": DPO_LR_FACTOR, "grpo": GRPO_LR_FACTOR}
 METHODS = tuple(LR_FACTORS)
-"""Training methods: ``"sft"`` (supervised fine-tuning) and ``"dpo"`` (preference tuning)."""
+"""Training methods: ``"sft"`` (supervised fine-tuning), ``"dpo"`` (preference tuning) and ``"grpo"``
+(reinforcement learning from reward functions)."""
+BETA_DEFAULTS = {"dpo": 0.1, "grpo": 0.0}
+"""The KL coefficient ``beta`` each method uses when none is given: DPO's ``DPOConfig`` default (0.1), and
+GRPO's ``GRPOConfig`` default (0.0: no reference model, so no second forward pass and no KL term)."""
 
 _Y0 = math.log(1.5e-4)
 _B = (math.log(1e-4) - math.log(2e-4)) / 2
@@ -136,12 +164,14 @@ def lr_for_rank(r: int, method: str = "sft") -> float:
 
     For SFT it hits 2e-4 at r=16, 1.5e-4 at r=32 and 1e-4 at r=64, falling
     smoothly and monotonically in between and beyond; ``method="dpo"`` scales
-    that curve by :data:`DPO_LR_FACTOR`. See the module docstring.
+    that curve by :data:`DPO_LR_FACTOR`, ``method="grpo"`` by :data:`GRPO_LR_FACTOR`. See the module docstring.
 
     >>> lr_for_rank(16), lr_for_rank(32), lr_for_rank(64)
     (0.0002, 0.00015, 0.0001)
     >>> lr_for_rank(16, "dpo"), lr_for_rank(64, "dpo")
     (5e-06, 2.5e-06)
+    >>> lr_for_rank(16, "grpo"), lr_for_rank(32, "grpo"), lr_for_rank(64, "grpo")
+    (1e-05, 7.5e-06, 5e-06)
     """
     check_rank(r)
     check_method(method)
@@ -174,7 +204,7 @@ class RankPreset:
     lr_scheduler: str
     """Schedule after warm-up (a transformers ``lr_scheduler_type``)."""
     method: str = "sft"
-    """The training method the learning rate is for (``"sft"`` or ``"dpo"``)."""
+    """The training method the learning rate is for (``"sft"``, ``"dpo"`` or ``"grpo"``)."""
 
     def as_dict(self) -> dict:
         """The preset as a plain dict (for JSON and printing)."""

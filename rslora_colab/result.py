@@ -97,10 +97,19 @@ class FinetuneResult:
                 **evaluation}
 
     def report(self) -> str:
-        """What the run did, in a few lines, as ``python -m rslora_colab train`` ends: the loss, and for DPO the
-        reward margin and the held-out reward accuracy. (The eval loss line is logged when training ends.)"""
+        """What the run did, in a few lines, as ``python -m rslora_colab train`` ends: the loss, for DPO the
+        reward margin and the held-out reward accuracy, for GRPO the reward (each function's too) and the
+        completion length. (The eval loss line is logged when training ends.)"""
         lines = [f"loss {self.first_loss:.3f} -> {self.final_loss:.3f} ({self._window('loss')}) in "
                  f"{self.wall_time_s:.1f} s, {self.tokens_per_s:,.0f} tokens/s"]
+        if self.settings.get("method") == "grpo":  # the loss is a policy-gradient surrogate: the reward is the news
+            per_function = [f"{name} {self.mean_of(f'reward/{name}', True):.3f} -> "
+                            f"{self.mean_of(f'reward/{name}', False):.3f}" for name in self.settings["reward_funcs"]]
+            lines.append(f"reward {self.mean_of('reward', True):.3f} -> {self.mean_of('reward', False):.3f} "
+                         f"({self._window('reward')}; {', '.join(per_function)}), completion length "
+                         f"{self.mean_of('completion_length', True):.1f} -> "
+                         f"{self.mean_of('completion_length', False):.1f} tokens")
+            return "\n".join(lines)
         if self.settings.get("method") != "dpo":
             return lines[0]
         lines.append(f"reward margin (chosen - rejected) {self.mean_of('reward_margin', True):.3f} -> "

@@ -21,16 +21,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import FinetuneConfig
-from .presets import EMBEDDING_LR_FACTOR, adapter_scale, preset_for_rank
+from .presets import BETA_DEFAULTS, EMBEDDING_LR_FACTOR, adapter_scale, preset_for_rank
 from .runtime import Runtime
 
 MANIFEST_FIELDS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio",
                    "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit", "weight_decay",
                    "max_grad_norm", "dropout", "method", "beta", "eval_fraction", "early_stopping_patience",
-                   "early_stopping_threshold", "packing", "padding_free", "train_embeddings", "embedding_lr")
+                   "early_stopping_threshold", "packing", "padding_free", "train_embeddings", "embedding_lr",
+                   "num_generations", "max_completion_length")
 """Resolved settings a resumed run must share with the run it continues (plus the optimizer and the global batch:
 how it is split into processes, micro-batches and accumulation may change, as after an out-of-memory error);
-``beta`` only for DPO, ``eval_fraction`` only when rows are held out, early stopping's only when it is on (a
+``beta`` only for DPO and GRPO, the generation settings only for GRPO (with the reward functions' names),
+``eval_fraction`` only when rows are held out, early stopping's only when it is on (a
 resume restores its counter with the saved patience)."""
 
 
@@ -85,13 +87,22 @@ class RunSettings:
         """The settings that shape training: a resume with any of them different is refused."""
         config = self.config
         stopping = config.early_stopping_patience is not None
-        optional = {"beta": config.method == "dpo", "eval_fraction": bool(config.eval_fraction),
+        grpo = config.method == "grpo"
+        optional = {"beta": config.method in BETA_DEFAULTS, "num_generations": grpo, "max_completion_length": grpo,
+                    "eval_fraction": bool(config.eval_fraction),
                     "early_stopping_patience": stopping, "early_stopping_threshold": stopping,
                     "packing": config.packing, "padding_free": config.padding_free,  # absent when off, as before
                     "train_embeddings": config.train_embeddings, "embedding_lr": config.train_embeddings}
         fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if optional.get(name, True)}
         return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer,
-                "global_batch": self.global_batch}
+                "global_batch": self.global_batch, **({"reward_funcs": self.reward_names} if grpo else {})}
+
+    @property
+    def reward_names(self) -> list[str]:
+        """The reward functions' names, as TRL logs them (``rewards/<name>/mean``); empty unless GRPO."""
+        from .rewards import reward_name
+
+        return [reward_name(func) for func in self.config.reward_funcs]
 
     def as_dict(self) -> dict[str, Any]:
         """What ``FinetuneResult.settings`` and ``metrics.json`` show: backend, precision, r, alpha, scale, lr, ..."""
@@ -103,7 +114,10 @@ class RunSettings:
             "batch_size": c.batch_size, "grad_accum": c.grad_accum, "world_size": self.world_size,
             "global_batch": self.global_batch, "max_seq_length": c.max_seq_length,
             "max_steps": c.max_steps, "epochs": c.epochs, "seed": c.seed, "target_modules": list(c.target_modules),
-            "load_in_4bit": c.load_in_4bit, "method": c.method, **({"beta": c.beta} if c.method == "dpo" else {}),
+            "load_in_4bit": c.load_in_4bit, "method": c.method,
+            **({"beta": c.beta} if c.method in BETA_DEFAULTS else {}),
+            **({"num_generations": c.num_generations, "max_completion_length": c.max_completion_length,
+                "reward_funcs": self.reward_names} if c.method == "grpo" else {}),
             "gpu_plan": self.gpu_plan, "eval_fraction": c.eval_fraction, "eval_rows": self.eval_rows,
             "eval_every": c.eval_every, "save_best": c.keeps_best, "early_stopping_patience": c.early_stopping_patience,
             "early_stopping_threshold": c.early_stopping_threshold, "report_to": c.report_to,
@@ -133,7 +147,8 @@ def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None =
     filled = dataclasses.replace(
         config, alpha=preset.alpha, lr=config.lr if config.lr is not None else preset.lr,
         warmup_ratio=config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
-        lr_scheduler=config.lr_scheduler or preset.lr_scheduler)
+        lr_scheduler=config.lr_scheduler or preset.lr_scheduler,
+        beta=config.beta if config.beta is not None else BETA_DEFAULTS.get(config.method))
     if config.train_embeddings and config.embedding_lr is None:
         filled = dataclasses.replace(filled, embedding_lr=filled.lr * EMBEDDING_LR_FACTOR)
     return RunSettings(filled, runtime, gpu_plan, world_size, eval_rows, batches_why)

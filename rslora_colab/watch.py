@@ -20,8 +20,14 @@ HISTORY_KEYS = {"loss": "loss", "learning_rate": "lr", "grad_norm": "grad_norm",
                 "mean_token_accuracy": "token_accuracy",
                 # DPO: beta * (policy - reference) log-prob of the chosen and rejected answers, and their gap
                 "rewards/chosen": "reward_chosen", "rewards/rejected": "reward_rejected",
-                "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy"}
-"""Training logs the history keeps, and their names there."""
+                "rewards/margins": "reward_margin", "rewards/accuracies": "reward_accuracy",
+                # GRPO: the summed reward and its spread, the KL to the reference (beta > 0), the completions
+                "reward": "reward", "reward_std": "reward_std", "frac_reward_zero_std": "reward_zero_std_share",
+                "kl": "kl", "entropy": "entropy", "completions/mean_length": "completion_length",
+                "completions/clipped_ratio": "completion_clipped_share"}
+"""Training logs the history keeps, and their names there (GRPO's per-function rewards too: :data:`REWARD_KEY`)."""
+REWARD_KEY = ("rewards/", "/mean")
+"""GRPO logs each reward function's mean as ``rewards/<name>/mean``; the history keeps it as ``reward/<name>``."""
 EVAL_KEYS = {"eval_loss": "eval_loss", "eval_mean_token_accuracy": "eval_token_accuracy",
              # DPO on held-out pairs: how often the chosen answer out-scores the rejected one, and by how much
              "eval_rewards/accuracies": "eval_reward_accuracy", "eval_rewards/margins": "eval_reward_margin",
@@ -30,7 +36,8 @@ EVAL_KEYS = {"eval_loss": "eval_loss", "eval_mean_token_accuracy": "eval_token_a
 
 
 class HistoryCallback(TrainerCallback):
-    """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens (and DPO's rewards), and one per
+    """Keeps one record per logged step: step, loss, lr, grad_norm, num_tokens (and DPO's rewards, GRPO's reward,
+    per-function rewards, KL and completion length), and one per
     evaluation: step, eval_loss (and DPO's held-out reward accuracy and margin).
 
     A :class:`~rslora_colab.resilience.guard.DivergenceGuard` appends its events
@@ -57,7 +64,11 @@ def history_record(step: int, logs: dict) -> dict:
     """The history record of one logged step (step, loss, lr, grad_norm, num_tokens, token_accuracy) or of one
     evaluation (step, eval_loss, ...)."""
     keys = EVAL_KEYS if "eval_loss" in logs else HISTORY_KEYS
-    return {"step": step, **{short: float(logs[key]) for key, short in keys.items() if key in logs}}
+    record = {"step": step, **{short: float(logs[key]) for key, short in keys.items() if key in logs}}
+    start, end = REWARD_KEY
+    per_function = {f"reward/{key[len(start):-len(end)]}": float(value) for key, value in logs.items()
+                    if key.startswith(start) and key.endswith(end) and "eval_loss" not in logs}
+    return {**record, **per_function}
 
 
 ADAPTER_PARAM_MARK = "lora_"
@@ -238,10 +249,13 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str = 
 
     steps = [h["step"] for h in history if "loss" in h]
     margins = [h for h in history if "reward_margin" in h or "eval_reward_margin" in h]
-    fig = Figure(figsize=(10.5, 3.5) if margins else (6, 3.5))
-    ax = fig.add_subplot(1, 2, 1) if margins else fig.add_subplot()
+    rewards = [h for h in history if "reward" in h]
+    fig = Figure(figsize=(10.5, 3.5) if margins or rewards else (6, 3.5))
+    ax = fig.add_subplot(1, 2, 1) if margins or rewards else fig.add_subplot()
     if margins:  # DPO: the number to watch is the reward margin (chosen - rejected), beside the loss
         plot_margins(fig.add_subplot(1, 2, 2), history)
+    elif rewards:  # GRPO: the mean reward of the sampled completions, each reward function's beside it
+        plot_rewards(fig.add_subplot(1, 2, 2), history)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".", color="tab:blue", label="training loss")
     evals = eval_records(history)
@@ -281,6 +295,24 @@ def plot_margins(ax, history: list[dict]) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
+
+
+def plot_rewards(ax, history: list[dict]) -> None:
+    """GRPO's mean reward per logged step (summed over the reward functions), and each function's own."""
+    from matplotlib.ticker import MaxNLocator
+
+    steps = [h for h in history if "reward" in h]
+    ax.plot([h["step"] for h in steps], [h["reward"] for h in steps], marker=".", color="tab:green",
+            label="reward (sum)")
+    names = sorted({key for h in steps for key in h if key.startswith("reward/")})
+    if len(names) > 1:
+        for key in names:
+            ax.plot([h["step"] for h in steps if key in h], [h[key] for h in steps if key in h], alpha=0.7,
+                    label=key.removeprefix("reward/"))
+    ax.set(xlabel="step", ylabel="mean reward", title="GRPO reward of the sampled completions (should rise)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def finish_figure(fig, path: str | Path | None = None):

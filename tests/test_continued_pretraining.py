@@ -113,7 +113,7 @@ def test_embedding_settings_are_checked():
     with pytest.raises(ValueError) as err:
         FinetuneConfig(method="dpo", train_embeddings=True, embedding_lr=2.0)
     text = str(err.value)
-    assert "train_embeddings=True: expected False with method='dpo'" in text and "embedding_lr=2.0" in text
+    assert "train_embeddings=True: expected False with method='dpo': continued pretraining" in text and "embedding_lr=2.0" in text
     with pytest.raises(ValueError, match="embedding_lr=1e-05: expected None unless train_embeddings=True"):
         FinetuneConfig(embedding_lr=1e-5)
     run = resolve_run(FinetuneConfig(r=16, train_embeddings=True, output_dir="unused"),
@@ -228,3 +228,10 @@ def test_a_resumed_run_trains_the_embeddings_like_an_uninterrupted_one(demo_path
         [h["loss"] for h in straight.history if "loss" in h], abs=1e-6)
     for (name, a), (_, b) in zip(_trained_copies(straight.model).items(), _trained_copies(resumed.model).items()):
         assert (a - b).abs().max() < 1e-6, name
+
+
+def test_the_plan_command_counts_the_trained_embeddings(capsys):
+    from rslora_colab.cli import main
+
+    main(["plan", "--model", "Mistral-7B-Instruct-v0.3", "--rank", "128", "--seq", "2048", "--train-embeddings"])
+    assert "trained embed + head (fp32)" in capsys.readouterr().out

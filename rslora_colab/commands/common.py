@@ -23,7 +23,9 @@ def resolve_job(model: str | None, data: str | None, overrides: dict[str, Any],
     """
     chosen = model or default_model()
     if chosen == DEMO_NAME and data is None:
-        rows = "158 preference pairs" if method == "dpo" else "79 questions ('give the heading of topic X')"
+        rows = {"dpo": "158 preference pairs",
+                "grpo": "79 questions ('give the heading of topic X'), rewarded for short answers (GRPO)"}.get(
+            method, "79 questions ('give the heading of topic X')")
         logger.info("no GPU and no --model, so this is the offline demo: a tiny Llama (2 layers, hidden 128) built "
                     f"here and fine-tuned on {rows} from Python's manual. Pass --model and --data for a real run.")
         overrides = {**demo_training(method), **overrides}

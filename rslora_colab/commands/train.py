@@ -2,7 +2,8 @@
 
 With no --model on a machine without a GPU this runs the offline demo: a
 tiny Llama built locally, fine-tuned on rows made from Python's manual
-(with --method dpo: on pairs of a right and a wrong answer to each question).
+(with --method dpo: on pairs of a right and a wrong answer to each question; with --method grpo: on the
+questions alone, rewarded for short answers).
 Every setting of FinetuneConfig is an option (its help is the field's docstring).
 
 Started by torchrun or accelerate launch in several processes (one per GPU), it trains data-parallel with the
@@ -11,6 +12,8 @@ same global batch (--batch x --grad-accum); only rank 0 prints and writes (docs/
 examples:
   python -m rslora_colab train
   python -m rslora_colab train --method dpo
+  python -m rslora_colab train --method grpo     # the demo: GRPO with a length penalty, ~10 s on CPU
+  python -m rslora_colab train --method grpo --model MODEL --data prompts.jsonl --rank 16 --reward numeric_match --reward answer_format
   python -m rslora_colab train --model unsloth/Llama-3.2-1B-Instruct-bnb-4bit --data data.jsonl --rank 64
   python -m rslora_colab train --resume          # continue the newest checkpoint after a disconnect
   python -m rslora_colab train --method dpo --model MODEL --data HuggingFaceH4/ultrafeedback_binarized --rank 256
@@ -26,11 +29,12 @@ from dataclasses import fields
 from ..choices import GPU_DEFAULT_MODEL
 from ..config import FinetuneConfig
 from ..distributed import is_main, start
+from ..rewards import READY_REWARDS, ready_reward
 from .common import ALIASES, resolve_job
 from .options import config_parser, given
 
-SETTINGS = [f.name for f in fields(FinetuneConfig) if f.name != "use_rslora"]  # --lora says it shorter
-"""FinetuneConfig fields offered as options."""
+SETTINGS = [f.name for f in fields(FinetuneConfig) if f.name not in ("use_rslora", "reward_funcs")]
+"""FinetuneConfig fields offered as options (--lora says use_rslora shorter; --reward names the reward functions)."""
 SAMPLE_PROMPT = "Give the heading of the Python docs topic 'assert'."
 
 
@@ -46,6 +50,12 @@ def register(subparsers) -> None:
     p.add_argument("--lora", action="store_true", help="classic LoRA scaling alpha/r instead of rsLoRA")
     p.add_argument("--eval-data", help="eval rows: a .jsonl/.json/.csv/.parquet file or a hub dataset id, in the "
                                        "training data's format (default: --eval-fraction of --data)")
+    p.add_argument("--reward", action="append", choices=list(READY_REWARDS), metavar="NAME",
+                   help=f"with --method grpo: a ready reward from rslora_colab.rewards, by name; repeat for several "
+                        f"(their rewards add up). One of: {', '.join(READY_REWARDS)}. exact_match and numeric_match "
+                        "compare the answer (inside <answer>...</answer> when there is one) with the data's 'answer' "
+                        "column; answer_format rewards that format; length_penalty favours short completions "
+                        "(default for the demo: length_penalty with 60 characters)")
     p.add_argument("--sample", default=SAMPLE_PROMPT, help="prompt for the before/after sample ('' to skip; after "
                                                            "training, one eval row is asked too)")
     p.set_defaults(func=run)
@@ -71,6 +81,8 @@ def run(args) -> int:
 
     start()  # several processes (torchrun, accelerate launch): join them before the first message
     settings = given(args, SETTINGS)
+    if args.reward:
+        settings["reward_funcs"] = tuple(ready_reward(name) for name in args.reward)
     method = settings.get("method", "sft")
     model_name, data, overrides = resolve_job(args.model, args.data, settings, method)
     sample = [SampleCallback(args.sample)] if args.sample else []

@@ -7,6 +7,7 @@ module                        job
 :mod:`.rows`                  the checks every format shares (text, turns)
 :mod:`.sft`                   SFT formats, their row checks, shape for ``SFTTrainer``
 :mod:`.preference`            DPO formats, their row checks, shape for ``DPOTrainer``
+:mod:`.prompts`               GRPO prompt formats, their row checks, shape for ``GRPOTrainer``
 :mod:`.lengths`               token lengths with the tokenizer alone (dropped rows, memory plan)
 :mod:`.split`                 held-out rows for the eval loss (``eval_fraction``, its default)
 ============================  =================================================
@@ -21,31 +22,35 @@ from typing import Any
 
 from ..demo import DEMO_NAME, demo_data
 from ..presets import check_method
-from .lengths import TokenLengths, check_truncation, token_lengths
+from .lengths import TokenLengths, check_prompt_room, check_truncation, token_lengths
 from .preference import (
     detect_preference_format,
     preference_row_problems,
     to_dpo_dataset,
 )
+from .prompts import detect_prompt_format, prompt_row_problems, to_grpo_dataset
 from .read import MAX_REPORTED, read_dataset, row_label, source_name
 from .sft import detect_format, prompt_and_answer, row_problems, to_trainer_dataset
 from .split import eval_fraction_for, hold_out
 
-__all__ = ["TokenLengths", "check_truncation", "detect_format", "detect_preference_format", "eval_fraction_for",
+__all__ = ["TokenLengths", "check_prompt_room", "check_truncation", "detect_format", "detect_preference_format", "eval_fraction_for",
            "hold_out", "load_and_validate", "load_eval_dataset", "prompt_and_answer", "read_dataset", "source_name",
-           "to_dpo_dataset", "to_trainer_dataset", "token_lengths", "validate"]
+           "to_dpo_dataset", "to_grpo_dataset", "to_trainer_dataset", "token_lengths", "validate"]
 
 
 def validate(dataset, source: str = "dataset", method: str = "sft") -> str:
     """Check every row; return the format or raise one ``ValueError`` listing the problems.
 
-    ``method="dpo"`` expects preference data (see :mod:`rslora_colab.data.preference`).
+    ``method="dpo"`` expects preference data (see :mod:`rslora_colab.data.preference`), ``method="grpo"``
+    prompts (:mod:`rslora_colab.data.prompts`).
     """
     check_method(method)
     if len(dataset) == 0:
         raise ValueError(f"{source}: is empty; it needs at least one row.")
     if method == "dpo":
         fmt, check = detect_preference_format(dataset.column_names, dataset[0], source), preference_row_problems
+    elif method == "grpo":
+        fmt, check = detect_prompt_format(dataset.column_names, dataset[0], source), prompt_row_problems
     else:
         fmt, check = detect_format(dataset.column_names, source), row_problems
     problems = [f"{source} {row_label(source, i)}: {p}" for i, row in enumerate(dataset) for p in check(row, fmt)]
@@ -57,10 +62,10 @@ def validate(dataset, source: str = "dataset", method: str = "sft") -> str:
 
 
 def load_and_validate(source: Any, method: str = "sft"):
-    """Load ``source`` and check every row for ``method`` ('sft' or 'dpo'); returns ``(dataset, format)``.
+    """Load ``source`` and check every row for ``method`` ('sft', 'dpo' or 'grpo'); returns ``(dataset, format)``.
 
     ``"demo"`` names the offline demo's own data (:func:`~rslora_colab.demo.demo_data`): its heading questions,
-    or ``demo_preferences()`` for DPO.
+    ``demo_preferences()`` for DPO, or ``demo_prompts()`` for GRPO.
     """
     if isinstance(source, str) and source == DEMO_NAME:
         source = demo_data(method)

@@ -168,9 +168,34 @@ def token_lengths(dataset: Any, fmt: str, tokenizer: Any, method: str = "sft",
     subset = dataset if len(picks) == len(dataset) else dataset.select(picks)
     if method == "dpo":
         prompt, total = _dpo_lengths(to_dpo_dataset(subset, fmt, tokenizer), tokenizer)
+    elif method == "grpo":  # prompts only: the model samples the completions (check_prompt_room)
+        prompt = total = [len(ids) for ids in _prompt_ids(tokenizer, _column(subset, "prompt"))]
     else:
         prompt, total = _sft_lengths(to_trainer_dataset(subset, fmt, tokenizer)[0], tokenizer)
     return TokenLengths(rows=picks, prompt=prompt, total=total, dataset_rows=len(dataset))
+
+
+def check_prompt_room(lengths: TokenLengths, max_seq_length: int, max_completion_length: int,
+                      source: str = "dataset") -> None:
+    """GRPO: warn about the prompts that leave less than ``max_completion_length`` tokens of ``max_seq_length``
+    for the completion; raise ``ValueError`` when every prompt does.
+
+    TRL's ``GRPOTrainer`` (1.15/1.16) neither truncates nor drops a prompt: a longer one is generated from and
+    trained on as it is, past the length the model was loaded for and the memory plan counted.
+    """
+    room = max_seq_length - max_completion_length
+    over = [i for i, n in zip(lengths.rows, lengths.prompt) if n > room]
+    if not over:
+        return
+    about = f" (estimated from {len(lengths.rows):,} evenly spaced rows)" if lengths.sampled else ""
+    fix = (f"raise max_seq_length (CLI: --seq) to at least {max(lengths.prompt) + max_completion_length}, lower "
+           f"max_completion_length, or shorten those prompts")
+    if len(over) == len(lengths.rows):
+        raise ValueError(f"{source}: every prompt{about} is longer than max_seq_length={max_seq_length} minus "
+                         f"max_completion_length={max_completion_length} = {room} tokens: {fix}.")
+    logger.warning(f"{lengths.scaled(len(over)):,} of {lengths.dataset_rows:,} prompts{about} are longer than "
+                   f"{room} tokens (max_seq_length={max_seq_length} - max_completion_length={max_completion_length}), "
+                   f"so prompt and completion may not fit ({_examples(over, source)}); TRL does not cut them: {fix}.")
 
 
 def _examples(rows: list[int], source: str) -> str:

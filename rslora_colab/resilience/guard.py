@@ -21,6 +21,11 @@ by default (``guard=False`` turns it off). It judges every logged step with
   step 3), long before a median of 10 steps exists. The rule is looser than
   the spike rule (one starting loss is a noisier yardstick than a median of
   ten) but catches a jump of that size.
+* **GRPO: no spike rules** (``loss_spikes=False``). GRPO's loss is a policy-gradient surrogate (the
+  advantage-weighted probability ratio), not a log-likelihood: it starts at 0 and its scale follows the
+  rewards, so "3x the median" and "2 nats above the start" mean nothing there. Non-finite losses and gradient
+  norms are still caught, and a collapse of the reward shows in the history (``reward``); the kit's reward
+  wrapper raises on a NaN reward before it can reach the loss (:mod:`rslora_colab.rewards`).
 * **Not divergence: fp16 loss-scaler skips.** With fp16 (a T4), the loss
   scaler starts high and skips the optimizer step whenever the scaled
   gradients overflow — mostly in the first few steps. Such a step has a
@@ -185,12 +190,14 @@ class DivergenceGuard(TrainerCallback):
     def __init__(self, max_rollbacks: int = 3, history: list[dict] | None = None, lr_factor: float = 0.5,
                  spike_factor: float = 3.0, spike_margin: float = 1.0, window: int = 20, min_history: int = 10,
                  snapshot_every: int = 10, max_skips: int = 10, early_factor: float = 2.0,
-                 early_margin: float = 2.0) -> None:
+                 early_margin: float = 2.0, loss_spikes: bool = True) -> None:
         self.max_rollbacks = max_rollbacks
         self.history = history if history is not None else []
         self.lr_factor, self.spike_factor, self.spike_margin = lr_factor, spike_factor, spike_margin
         self.window, self.min_history, self.snapshot_every, self.max_skips = window, min_history, snapshot_every, max_skips
         self.early_factor, self.early_margin = early_factor, early_margin
+        self.loss_spikes = loss_spikes
+        """Judge loss spikes (the spike and early rules); False for GRPO, whose loss is not a likelihood."""
         self.rollbacks = 0
         self.failure: str | None = None
         self.precision = "fp32"
@@ -230,9 +237,10 @@ class DivergenceGuard(TrainerCallback):
         if not logs or "loss" not in logs or self.failure:
             return control
         loss, grad_norm = float(logs["loss"]), logs.get("grad_norm")
-        verdict, reason = judge_step(loss, None if grad_norm is None else float(grad_norm), list(self._recent),
-                                     lambda: _weights_finite(model), self.spike_factor, self.spike_margin,
-                                     self.min_history, self._start, self.precision, self.early_factor,
+        verdict, reason = judge_step(loss, None if grad_norm is None else float(grad_norm),
+                                     list(self._recent) if self.loss_spikes else [], lambda: _weights_finite(model),
+                                     self.spike_factor, self.spike_margin, self.min_history,
+                                     self._start if self.loss_spikes else None, self.precision, self.early_factor,
                                      self.early_margin)
         verdict, reason = agreed_verdict(verdict, reason)
         if verdict == "skip":

@@ -70,6 +70,7 @@ from ..save import (
 from ..settings import RunSettings, resolve_run
 from ..watch import HistoryCallback, quiet_progress
 from .evaluation import adapter_step, describe_best, load_best
+from .grpo import check_rewards_before_loading
 from .setup import (
     PADDING_FREE_DEFAULT,
     check_lengths,
@@ -102,7 +103,9 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     grad_accum, max_seq_length, output_dir, seed, method, beta, ...); open
     ones come from ``preset_for_rank(r, method)``. ``method="dpo"`` tunes on
     preference pairs with TRL's ``DPOTrainer`` and a far lower learning rate
-    (see :mod:`rslora_colab.train.trainer`). On a GPU the batch and sequence length are first
+    (see :mod:`rslora_colab.train.trainer`); ``method="grpo"`` on prompts scored by
+    ``reward_funcs`` with TRL's ``GRPOTrainer`` (:mod:`rslora_colab.train.grpo`; each reward function is
+    called on sample completions before the model loads). On a GPU the batch and sequence length are first
     fitted to its memory (``plan``, ``gpu``), and a CUDA out-of-memory error
     during training halves the micro-batch and carries on (see
     :mod:`rslora_colab.resilience.oom`). The adapter, ``metrics.json`` and ``loss.png`` are
@@ -155,6 +158,7 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
         if eval_dataset is not None:
             measured.append(check_lengths(tokenizer, held, fmt, config, source_name(eval_dataset, "eval_dataset")))
         config, why = choose_batches(config, runtime_before_load(model, config.backend), *measured)
+        check_rewards_before_loading(config, dataset, fmt, tokenizer, source)  # GRPO: each reward function, once
         if lengths is not None:
             check_padding_free(config, lengths, source)  # before the model loads
         planned, plan = fit_to_gpu(model, config, lengths, source,  # before any weights load; raises if it won't fit
@@ -252,7 +256,8 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
                          "tokens or more, so TRL drops them and nothing is left to evaluate on: raise "
                          "max_seq_length, hold out other rows (another seed), or pass an eval_dataset.")
     run = _layout_that_runs(run, trainer)
-    guard = DivergenceGuard(config.max_rollbacks, recorder.history).attach(trainer) if config.guard else None
+    guard = (DivergenceGuard(config.max_rollbacks, recorder.history, loss_spikes=config.method != "grpo")
+             .attach(trainer) if config.guard else None)
     quiet_progress(trainer)
     _announce(run, len(trainer.train_dataset), len(dataset), fmt, trainer.eval_dataset)
     if run.runtime.on_gpu:

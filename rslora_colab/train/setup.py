@@ -47,6 +47,7 @@ import torch
 from ..config import FinetuneConfig
 from ..data import (
     TokenLengths,
+    check_prompt_room,
     check_truncation,
     eval_fraction_for,
     hold_out,
@@ -55,6 +56,7 @@ from ..data import (
 from ..distributed import smallest, world_size
 from ..load import load_model, runtime_of
 from ..memory.catalog import model_spec, unsloth_maps_to_dynamic
+from ..memory.grpo import estimate_grpo_vram
 from ..memory.plan import (
     TrainPlan,
     plan_for_gpu,
@@ -119,6 +121,8 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     # batch_size x the longest row, padding-free ones the rows' own tokens (the batch_size longest rows at most)
     seq = lengths.longest(cap) if lengths is not None and not (config.packing and config.method == "sft") else cap
     padding_free = config.padding_free is True and not config.packing and config.method == "sft"
+    if config.method == "grpo":  # the longest prompt plus a whole completion (GRPO's lengths are the prompts')
+        seq = min(cap, lengths.longest(cap) + config.max_completion_length) if lengths is not None else cap
     gpu = config.gpu if world_size() == 1 else smallest(resolve_budget_gib(config.gpu))  # every process one plan
     plan = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=gpu, batch_size=config.batch_size,
                         grad_accum=config.grad_accum, max_micro_batch=config.batch_size,
@@ -156,6 +160,8 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     if kwargs["sequences_per_row"] > 1:
         notes.append(f"DPO: {kwargs['sequences_per_row']} sequences per row (chosen + rejected go through the "
                      "model together)")
+    if config.method == "grpo":  # the plan sized one SFT-like step; GRPO adds generation (the KV cache) to it
+        notes.append(_grpo_note(spec, config, plan, seq, kwargs))
     logger.info(f"memory plan ({runtime.backend}, uncalibrated): {plan.message}" + "".join(f"; {n}" for n in notes))
     keep = cap if plan.max_seq_length >= seq else plan.max_seq_length  # the cap stays unless the plan had to cut
     if lengths is not None and keep < cap:
@@ -209,6 +215,24 @@ def choose_batches(config: FinetuneConfig, runtime: Runtime,
     return dataclasses.replace(config, padding_free=True), PADDING_FREE_DEFAULT
 
 
+def _grpo_note(spec: Any, config: FinetuneConfig, plan: TrainPlan, seq: int, kwargs: dict) -> str:
+    """The GRPO step's estimate at the plan's batch shape (:func:`~rslora_colab.memory.estimate_grpo_vram`);
+    raises the planner's kind of ``ValueError`` when it does not fit the budget."""
+    prompt = max(seq - config.max_completion_length, 1)
+    est = estimate_grpo_vram(spec, r=config.r, num_generations=config.num_generations, prompt_length=prompt,
+                             max_completion_length=config.max_completion_length, batch_size=plan.micro_batch,
+                             grad_accum=plan.grad_accum, target_modules=kwargs["target_modules"],
+                             load_in_4bit=kwargs["load_in_4bit"], optimizer=kwargs["optimizer"],
+                             gradient_checkpointing=kwargs["gradient_checkpointing"], dtype_bytes=kwargs["dtype_bytes"])
+    said = (f"GRPO step ~{est.total_gib:.1f} GiB (generation {est.generation_gib:.1f}: {est.generation_batch} "
+            f"completions of {prompt} + {config.max_completion_length} tokens; training {est.train_gib:.1f})")
+    if est.total_gib > plan.budget_gib:
+        raise ValueError(f"{said}: does not fit {plan.budget_gib:.2f} GiB. Suggestion: lower max_completion_length, "
+                         "num_generations or grad_accum (fewer completions sampled at once). Or pass plan=False to try "
+                         "anyway (the estimate is not yet calibrated on a GPU).")
+    return said
+
+
 def _planned_length_note(lengths: TokenLengths, cap: int, seq: int) -> str:
     """One line on where the planned length comes from, e.g. "your longest row is 612 tokens; planning for 612"."""
     sample = f" (in an evenly spaced sample of {len(lengths.rows):,} rows)" if lengths.sampled else ""
@@ -248,7 +272,10 @@ def check_lengths(tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig
     if tokenizer is None:
         return None
     lengths = token_lengths(dataset, fmt, tokenizer, config.method)
-    check_truncation(lengths, config.max_seq_length, source, _rows_word(config), _splits(config, fmt))
+    if config.method == "grpo":  # prompts only: TRL neither cuts nor drops them, so say which leave no room
+        check_prompt_room(lengths, config.max_seq_length, config.max_completion_length, source)
+    else:
+        check_truncation(lengths, config.max_seq_length, source, _rows_word(config), _splits(config, fmt))
     return lengths
 
 
@@ -273,6 +300,11 @@ def split_eval(dataset: Any, config: FinetuneConfig, eval_dataset: Any = None,
     The returned config records the fraction used. Evaluation settings that
     cannot work with the result raise ``ValueError`` here.
     """
+    if config.method == "grpo" and eval_dataset is not None:
+        raise ValueError("eval_dataset with method='grpo': the kit does not evaluate GRPO runs on held-out prompts "
+                         "yet (TRL would sample and score completions for them); leave it out.")
+    if config.method == "grpo" and config.eval_fraction is None:
+        config = dataclasses.replace(config, eval_fraction=0.0)  # nothing held out by default: see above
     if eval_dataset is not None and config.eval_fraction:
         raise ValueError(f"eval_fraction={config.eval_fraction} and an eval_dataset: pass one of them (the "
                          "eval_dataset is used whole; eval_fraction holds rows out of the training data).")

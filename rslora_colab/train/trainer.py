@@ -26,6 +26,7 @@ from ..load import runtime_of
 from ..resilience.checkpoints import checkpoint_args, make_checkpoints_atomic
 from ..settings import RunSettings
 from .evaluation import eval_args, eval_callbacks
+from .grpo import grpo_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ def embedding_optimizer(model: Any, args: Any, embedding_lr: float):
 
 def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list | None = None,
                   eval_dataset: Any = None):
-    """TRL's ``SFTTrainer`` (``DPOTrainer`` for ``method="dpo"``) over an adapted model and validated data.
+    """TRL's ``SFTTrainer`` (``DPOTrainer`` for ``method="dpo"``, ``GRPOTrainer`` for ``"grpo"``: :mod:`.grpo`) over an
+    adapted model and validated data.
 
     ``eval_dataset`` (validated, the same format; ``run.eval_rows`` rows) goes to the trainer's own
     ``eval_dataset``, so TRL shapes and masks it exactly like the training rows.
@@ -154,6 +156,8 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSe
     callbacks = [*(callbacks or []), *eval_callbacks(run)]
     if run.config.method == "dpo":
         trainer = _dpo_trainer(model, tokenizer, dataset, fmt, run, callbacks, eval_dataset)
+    elif run.config.method == "grpo":  # prompts and reward functions: rslora_colab.train.grpo
+        trainer = grpo_trainer(model, tokenizer, dataset, fmt, run, callbacks, trainer_args(run))
     else:
         from trl import SFTTrainer
 

@@ -1,0 +1,157 @@
+"""GRPO: TRL's ``GRPOTrainer`` over an rsLoRA-adapted model, read from :class:`RunSettings`.
+
+``quick_finetune(model, prompts, method="grpo", reward_funcs=[...])`` samples ``num_generations`` completions
+per prompt, scores each with the reward functions, and moves the adapter towards the completions that scored
+above their group's mean (Shao et al. 2024, arXiv:2402.03300). What the kit sets, and TRL would otherwise
+default to (``GRPOConfig``, TRL 1.15/1.16):
+
+* **precision**: ``fp16`` / ``bf16`` passed explicitly from the runtime (fp16 below compute capability 8: a
+  T4). ``GRPOConfig`` turns bf16 on unless fp16 is set, which fails on a T4.
+* **no vLLM** (``use_vllm=False``, TRL's default too): TRL generates with the training model itself. vLLM on a
+  T4 needs versions that conflict with the kit's pins.
+* **sizes for a T4**: ``num_generations=4`` and ``max_completion_length=256`` (TRL: 8 and 512). A step takes
+  ``batch_size * grad_accum`` completions, all of a prompt's in one step (checked by
+  :class:`~rslora_colab.FinetuneConfig`).
+* **beta** 0.0 (TRL's default): no reference model, no KL term. With ``beta > 0`` the reference is the base
+  with the adapter disabled (TRL does this itself for a PEFT model), so no second copy is loaded; an adapter
+  already trained by SFT is then pulled towards the bare base, not towards the SFT model.
+* **learning rate**: ``lr_for_rank(r, "grpo")`` (:mod:`rslora_colab.presets`, sources there).
+* **rewards**: checked on sample completions before the trainer is built and wrapped so a failure names the
+  function (:mod:`rslora_colab.rewards`); :class:`NoSignalCallback` warns when the rewards stop telling the
+  completions apart.
+* ``max_length`` (the SFT/DPO truncation) is not a ``GRPOConfig`` argument: TRL neither cuts nor drops a prompt,
+  so the kit checks before loading that each prompt leaves ``max_completion_length`` tokens of
+  ``max_seq_length`` (:func:`~rslora_colab.data.check_prompt_room`).
+
+Unsloth: on a GPU, ``import unsloth`` swaps TRL's ``GRPOTrainer`` for its own, which the same call builds. Its CPU
+backend (2026.10.9) only patches ``GRPOConfig``'s defaults and leaves TRL's ``GRPOTrainer`` in place; that
+trainer runs there (``tests/test_grpo.py`` trains on both).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ..data import row_label, to_grpo_dataset
+from ..load import input_device, runtime_of
+from ..rewards import check_rewards, named_rewards, reward_arguments
+from ..settings import RunSettings
+
+logger = logging.getLogger(__name__)
+
+NOT_GRPO_ARGS = ("max_length",)
+"""Arguments SFT and DPO share that ``GRPOConfig`` does not take (see the module docstring)."""
+NO_SIGNAL_STEPS = 10
+"""Logged steps in a row with no reward spread before :class:`NoSignalCallback` warns."""
+
+
+class NoSignalCallback(TrainerCallback):
+    """Warns once when, for :data:`NO_SIGNAL_STEPS` logged steps in a row, every prompt's completions scored
+    alike (TRL's ``frac_reward_zero_std`` = 1): GRPO's advantages are then all zero and the adapter does not
+    move. A reward that always says 0 (too hard) or always 1 (too easy) does that, and so does a model whose
+    completions collapsed to one answer. A warning, not a stop: it can pass (the sampling is random)."""
+
+    def __init__(self, steps: int = NO_SIGNAL_STEPS) -> None:
+        self.steps, self.flat, self.warned = steps, 0, False
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs or "frac_reward_zero_std" not in logs:
+            return
+        self.flat = self.flat + 1 if logs["frac_reward_zero_std"] >= 1.0 else 0
+        if self.flat >= self.steps and not self.warned:
+            self.warned = True
+            logger.warning(f"steps {state.global_step - self.steps + 1}-{state.global_step}: every prompt's "
+                           f"completions got the same reward (mean {logs.get('reward', float('nan')):.3g}), so GRPO "
+                           "has nothing to learn from: check that the rewards can tell completions apart (a partial "
+                           "score, a format reward beside the correctness one), or that the task is neither far too "
+                           "hard nor already solved.")
+
+
+def check_rewards_before_loading(config: Any, dataset: Any, fmt: str, tokenizer: Any, source: str = "dataset") -> None:
+    """GRPO runs: every reward function once on sample completions of the first rows, before any weights load
+    (:func:`~rslora_colab.rewards.check_rewards`, rows named as the data checks name them); nothing otherwise."""
+    if config.method == "grpo":
+        check_rewards(config.reward_funcs, dataset, fmt, tokenizer, source, row_label=functools.partial(row_label, source))
+
+
+def grpo_args(run: RunSettings, shared: dict) -> dict:
+    """``GRPOConfig``'s arguments: those SFT and DPO share (``shared``, ``trainer_args(run)``: precision, batch,
+    schedule, checkpoints) less :data:`NOT_GRPO_ARGS`, plus the generation settings, beta and no vLLM."""
+    c = run.config
+    args = {key: value for key, value in shared.items() if key not in NOT_GRPO_ARGS}
+    return {**args, "num_generations": c.num_generations, "max_completion_length": c.max_completion_length,
+            "beta": c.beta, "use_vllm": False}
+
+
+def grpo_config(run: RunSettings, shared: dict):
+    """TRL's ``GRPOConfig`` from :func:`grpo_args`."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(**grpo_args(run, shared))
+
+
+def grpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list,
+                 shared: dict):
+    """TRL's ``GRPOTrainer`` over an rsLoRA-adapted model and validated prompt data (``fmt``: ``"prompt"`` or
+    ``"prompt_chat"``); the reward functions are checked on the data first (:func:`~rslora_colab.rewards.check_rewards`)."""
+    from trl import GRPOTrainer
+
+    funcs = run.config.reward_funcs
+    check_rewards(funcs, dataset, fmt, tokenizer)  # again here: train_adapter's path, and a cheap one
+    return GRPOTrainer(model=model, reward_funcs=named_rewards(funcs), args=grpo_config(run, shared),
+                       train_dataset=to_grpo_dataset(dataset, fmt, tokenizer), processing_class=tokenizer,
+                       callbacks=[*callbacks, NoSignalCallback()])
+
+
+def mean_reward(model: Any, tokenizer: Any, dataset: Any, reward_funcs: Any, num_generations: int = 4,
+                max_new_tokens: int = 64, temperature: float = 1.0, seed: int = 0) -> float:
+    """The mean summed reward of ``num_generations`` completions sampled for every prompt of ``dataset``.
+
+    Measures a GRPO run on prompts it did not train on, before and after: the completions are sampled as
+    training samples them (``temperature`` 1, at most ``max_new_tokens``), with ``seed`` fixed so two
+    measurements differ only by the model. ``dataset`` is prompt data (a ``prompt`` column, text or chat
+    turns, plus the columns the rewards read); rewards of None count as 0. On Unsloth the model is switched to
+    ``for_inference`` and back, as :func:`~rslora_colab.chat` does.
+    """
+    import torch
+
+    from ..data import load_and_validate
+
+    rows, fmt = load_and_validate(dataset, "grpo")
+    funcs = named_rewards(reward_funcs if isinstance(reward_funcs, (list, tuple)) else [reward_funcs])
+    was_training, fast = model.training, None
+    if runtime_of(model).backend == "unsloth":
+        from unsloth import FastLanguageModel as fast
+
+        fast.for_inference(model)
+    model.eval()
+    total, count = 0.0, 0
+    try:
+        with torch.random.fork_rng():  # the caller's random state is left as it was (CUDA's too)
+            torch.manual_seed(seed)
+            for row in rows:
+                if fmt == "prompt_chat":
+                    inputs = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True,
+                                                           return_tensors="pt", return_dict=True)
+                else:
+                    inputs = tokenizer(row["prompt"], return_tensors="pt")
+                inputs = {k: v.to(input_device(model)) for k, v in inputs.items()}
+                with torch.no_grad():
+                    out = model.generate(**inputs, do_sample=True, temperature=temperature,
+                                         max_new_tokens=max_new_tokens, num_return_sequences=num_generations,
+                                         pad_token_id=tokenizer.pad_token_id)
+                texts = tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                kwargs = reward_arguments(row, fmt, tokenizer, texts)  # what TRL passes the rewards in training
+                scores = [sum(0.0 if v is None else float(v) for v in values)
+                          for values in zip(*(func(**kwargs) for func in funcs))]
+                total, count = total + sum(scores), count + len(scores)
+    finally:
+        if was_training and fast is not None:
+            fast.for_training(model)
+        elif was_training:
+            model.train()
+    return total / count if count else float("nan")
