@@ -8,7 +8,9 @@ import json
 import math
 
 import pytest
+import torch
 from simulated_gpu import GPUS
+from transformers import TrainerCallback
 
 from rslora_colab import (
     FinetuneConfig,
@@ -27,7 +29,7 @@ from rslora_colab import (
     tag_format,
 )
 from rslora_colab.demo import DEMO_REWARD_CHARS, demo_training
-from rslora_colab.resilience.guard import judge_step
+from rslora_colab.resilience.guard import judge_reward, judge_step
 from rslora_colab.settings import resolve_run
 from rslora_colab.train import trainer_args
 from rslora_colab.train.grpo import grpo_args, grpo_config
@@ -60,6 +62,7 @@ def test_grpo_raises_the_mean_reward_on_held_out_prompts(demo_path, tmp_path, cp
     assert "kl" not in steps[0]  # beta = 0: no reference model, no KL term
     first, last = (sum(h["reward"] for h in part) / 5 for part in (steps[:5], steps[-5:]))
     assert last > first + 0.3
+    assert not [h for h in result.history if "event" in h]  # a reward rising 0.2 -> 0.9 is no collapse
     assert sum(h["completion_length"] for h in steps[-5:]) < sum(h["completion_length"] for h in steps[:5])
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["settings"]["reward_funcs"] == ["length_penalty"] and "reward/length_penalty" in saved["history"][-1]
@@ -232,6 +235,59 @@ def test_the_guard_judges_grpo_losses_only_for_nan_and_overflow():
     assert judge_step(2.5, 1.0, [], lambda: True, start=None, precision="fp32") == ("ok", "")
     assert judge_step(float("nan"), 1.0, [], lambda: True, start=None)[0] == "diverged"
     assert judge_step(0.1, float("inf"), [], lambda: True, start=None, precision="bf16")[0] == "diverged"
+
+
+RISING = [0.05, 0.22, 0.26, 0.38, 0.15, 0.23, 0.27, 0.2, 0.24, 0.42, 0.38, 0.41, 0.41, 0.53, 0.62, 0.53, 0.8]
+"""The demo run's first 17 step rewards (length_penalty(60), lr 1e-3): noisy, rising."""
+
+
+def test_a_reward_is_low_only_far_below_the_runs_recent_level():
+    seen = (min(RISING), max(RISING))
+    assert judge_reward(0.0, RISING[:9], seen) == ""  # fewer than 10 steps known: not judged
+    assert judge_reward(0.0, RISING, seen).startswith("reward 0 is 0.38 below the median 0.38")
+    assert judge_reward(0.15, RISING, seen) == ""  # the noisiest early steps are this low: noise, not a collapse
+    # a 0/1 reward at p = 0.5, 8 completions a step (one completion's spread 0.5): 0.05 is low, 0.3 is not
+    coin = [0.5, 0.625, 0.375, 0.5, 0.5, 0.625, 0.5, 0.375, 0.5, 0.625]
+    assert judge_reward(0.05, coin, (0.375, 0.625)) and not judge_reward(0.3, coin, (0.375, 0.625))
+    # steps that all score alike (no noise): the range floor (25%) leaves a small dip alone
+    assert judge_reward(0.95, [1.0] * 10, (0.6, 1.0)) == "" and judge_reward(0.5, [1.0] * 10, (0.6, 1.0))
+
+
+class Scramble(TrainerCallback):
+    """Adds unit noise to every lora_B weight after ``step``: the adapter breaks, the completions ramble."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            noise = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if "lora_B" in name:
+                        param.add_(torch.randn(param.shape, generator=noise))
+
+
+def test_the_guard_rolls_a_collapsed_reward_back_and_it_recovers(demo_path, tmp_path):
+    # the demo run (reward 0.05 -> 0.93 by step 24), its adapter scrambled at step 24: reward 0 from step 25
+    result = _run(demo_path, demo_prompts().select(range(64)), tmp_path, callbacks=[Scramble(24)])
+    events = [h for h in result.history if "event" in h]
+    assert [(h["event"], h["step"], h["restored_step"]) for h in events] == [("rollback", 27, 20)]
+    assert events[0]["reason"].startswith("the reward collapsed, 3 logged steps in a row far below")
+    steps = {h["step"]: h for h in result.history if "loss" in h}
+    assert max(steps[s]["reward"] for s in (25, 26, 27)) < 0.1  # the three low steps, sampled by the broken adapter
+    assert min(steps[s]["reward"] for s in range(28, 41)) > 0.7  # step 20's adapter back: the reward with it
+    assert len(steps) == 40 and steps[28]["lr"] == pytest.approx(steps[27]["lr"] * 0.5, rel=0.2)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [h for h in saved if "event" in h] == events
+
+
+def test_a_noisy_grpo_run_that_does_not_learn_is_not_rolled_back(demo_path, tmp_path):
+    # the preset lr (1e-5 at r=16): the reward wanders around 0.2 for 40 steps, step to step by up to 0.3
+    result = _run(demo_path, demo_prompts().select(range(64)), tmp_path, lr=None)
+    rewards = [h["reward"] for h in result.history if "loss" in h]
+    assert len(rewards) == 40 and max(rewards) - min(rewards) > 0.15
+    assert not [h for h in result.history if "event" in h]
 
 
 def test_the_gpu_list_covers_a_t4_and_a_bf16_gpu():

@@ -256,7 +256,8 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
                          "tokens or more, so TRL drops them and nothing is left to evaluate on: raise "
                          "max_seq_length, hold out other rows (another seed), or pass an eval_dataset.")
     run = _layout_that_runs(run, trainer)
-    guard = (DivergenceGuard(config.max_rollbacks, recorder.history, loss_spikes=config.method != "grpo")
+    grpo = config.method == "grpo"  # a policy-gradient loss: no spike rules, and the reward is judged instead
+    guard = (DivergenceGuard(config.max_rollbacks, recorder.history, loss_spikes=not grpo, reward_collapse=grpo)
              .attach(trainer) if config.guard else None)
     quiet_progress(trainer)
     _announce(run, len(trainer.train_dataset), len(dataset), fmt, trainer.eval_dataset)
