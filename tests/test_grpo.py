@@ -462,3 +462,25 @@ def test_grpo_trains_data_parallel_under_torchrun(tmp_path, demo_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["settings"]["world_size"], saved["settings"]["batch_size"], saved["settings"]["grad_accum"]) == (2, 4, 1)
     assert [h["step"] for h in saved["history"] if "reward" in h] == [1, 2, 3, 4]
+
+
+def test_a_prompt_and_its_completions_are_logged_every_ten_steps(demo_path, tmp_path, caplog):
+    import ast
+    import logging
+
+    caplog.set_level(logging.INFO, logger="rslora_colab")
+    result = _run(demo_path, demo_prompts(n=16), tmp_path, max_steps=20)
+    blocks = [r.getMessage() for r in caplog.records if r.name == "rslora_colab.train.grpo"
+              and r.getMessage().startswith("step ")]
+    assert [b.split(",")[0] for b in blocks] == ["step 10", "step 20"]
+    lines = blocks[0].splitlines()
+    assert lines[0].endswith(": 4 completions, reward (sum of length_penalty)") and len(lines) == 5
+    prompt = ast.literal_eval(lines[0].split("prompt ", 1)[1].rsplit(": 4 completions", 1)[0])
+    assert prompt in [row["prompt"][-1]["content"] for row in demo_prompts(n=16)]
+    rewards = [float(line.split()[0]) for line in lines[1:]]
+    assert all(0.0 <= r <= 1.0 for r in rewards)  # length_penalty(60) of each completion shown
+    for line, reward in zip(lines[1:], rewards):  # the reward is that of the completion beside it
+        text = ast.literal_eval(line.split(None, 1)[1])
+        if not text.endswith("..."):
+            assert reward == pytest.approx(length_penalty(60)(completions=[text])[0], abs=0.006)
+    assert [h["step"] for h in result.history if "loss" in h] == list(range(1, 21))
