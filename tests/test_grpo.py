@@ -484,3 +484,47 @@ def test_a_prompt_and_its_completions_are_logged_every_ten_steps(demo_path, tmp_
         if not text.endswith("..."):
             assert reward == pytest.approx(length_penalty(60)(completions=[text])[0], abs=0.006)
     assert [h["step"] for h in result.history if "loss" in h] == list(range(1, 21))
+
+
+def test_a_grpo_cli_run_killed_after_a_checkpoint_resumes_with_every_step_once(tmp_path, demo_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from rslora_colab import latest_valid_checkpoint
+    from rslora_colab.demo import demo_data
+
+    out, steps = tmp_path / "run", 30
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "rslora_colab", "train", "--method", "grpo", "--max-steps", str(steps),
+               "--rank", "16", "--checkpoint-every", "5", "--sample", "", "--out", str(out), "--resume"]
+
+    def newest() -> int:
+        return max((int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")), default=0)
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    while newest() < 10 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a step or two past checkpoint 10 (~0.15 s a step), or in the middle of writing 15
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not (out / "metrics.json").exists()
+    killed_at = latest_valid_checkpoint(out).name
+    assert killed_at in ("checkpoint-10", "checkpoint-15")
+
+    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"resuming from {out / killed_at}" in final.stdout + final.stderr
+    history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
+    assert [h["step"] for h in history] == list(range(1, steps + 1))  # every step once, in order
+    assert all("reward" in h and "reward/length_penalty" in h for h in history)
+    straight = quick_finetune(demo_path, demo_data("grpo"), r=16, method="grpo", **{
+        **demo_training("grpo"), "max_steps": steps, "checkpoint_every": 5, "output_dir": str(tmp_path / "straight")})
+    expected = [h for h in straight.history if "loss" in h]
+    # the checkpoint restores the RNG, so the resumed run samples the completions a run never killed samples
+    assert [h["reward"] for h in history] == pytest.approx([h["reward"] for h in expected], abs=1e-6)
