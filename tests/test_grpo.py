@@ -163,8 +163,9 @@ def test_grpo_settings_are_checked_together():
     text = str(err.value)
     for expected in ("reward_funcs=(): expected at least one reward function",
                      "num_generations=3: expected a divisor of batch_size * grad_accum = 8",
-                     "beta=-1.0: expected a number >= 0", "eval_fraction=0.1", "packing=True"):
+                     "beta=-1.0: expected a number >= 0", "packing=True"):
         assert expected in text, text
+    assert "eval_fraction" not in text  # held-out prompts are taken (test_held_out_prompts_...)
     with pytest.raises(ValueError, match="reward_funcs=.*only GRPO is trained by reward functions"):
         FinetuneConfig(reward_funcs=[length_penalty()])
     with pytest.raises(ValueError, match="beta=0.0: expected a positive number"):
@@ -528,3 +529,42 @@ def test_a_grpo_cli_run_killed_after_a_checkpoint_resumes_with_every_step_once(t
     expected = [h for h in straight.history if "loss" in h]
     # the checkpoint restores the RNG, so the resumed run samples the completions a run never killed samples
     assert [h["reward"] for h in history] == pytest.approx([h["reward"] for h in expected], abs=1e-6)
+
+
+def test_held_out_prompts_are_scored_before_during_and_after_training(demo_path, tmp_path):
+    rows = demo_prompts()
+    train, held = rows.select(range(64)), rows.select(range(64, 72))
+    plain = _run(demo_path, train, tmp_path / "plain")
+    result = _run(demo_path, train, tmp_path, eval_dataset=held, eval_every=10, save_best=True)
+    evals = result.eval_history
+    assert [h["step"] for h in evals] == [0, 10, 20, 30, 40]  # before the first step, every 10, at the end
+    assert all({"eval_reward", "eval_reward/length_penalty", "eval_completion_length"} <= set(h) for h in evals)
+    assert evals[0]["eval_reward"] < 0.4 and evals[-1]["eval_reward"] > evals[0]["eval_reward"] + 0.3
+    # seeded apart from training: the training completions (and rewards) are those of a run without evaluation
+    trained = [h["reward"] for h in result.history if "loss" in h]
+    assert trained == pytest.approx([h["reward"] for h in plain.history if "loss" in h], abs=1e-6)
+    # save_best: the adapter kept is the evaluation with the highest held-out reward (not a lower loss)
+    best = max(evals[1:], key=lambda h: h["eval_reward"])
+    assert result.adapter_step == best["step"] and result.best_eval == best
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (saved["first_eval_reward"], saved["best_eval_reward"]) == (evals[0]["eval_reward"], best["eval_reward"])
+    assert [h["step"] for h in saved["history"] if "eval_reward" in h] == [0, 10, 20, 30, 40]
+    assert (f"on 8 held-out prompts: reward {evals[0]['eval_reward']:.3f} (step 0) -> "
+            f"{evals[-1]['eval_reward']:.3f} (step 40)") in result.report()
+    axes = result.plot().axes  # the held-out reward beside the training reward
+    assert "reward (held-out prompts)" in [line.get_label() for line in axes[1].lines]
+
+
+def test_eval_fraction_holds_prompts_out_and_early_stopping_watches_the_held_out_reward(demo_path, tmp_path):
+    result = _run(demo_path, demo_prompts(n=40), tmp_path, max_steps=12, eval_fraction=0.2, eval_every=2,
+                  early_stopping_patience=2)
+    assert result.settings["eval_rows"] == 8 and len(result.eval_dataset) == 8
+    held = {str(row["prompt"]) for row in result.eval_dataset}
+    assert len({str(row["prompt"]) for row in demo_prompts(n=40)} - held) == 32  # 8 of the 40 held out
+    evals = result.eval_history
+    assert evals[0]["step"] == 0 and all(h["step"] % 2 == 0 for h in evals)
+    best = max(evals[1:], key=lambda h: h["eval_reward"])
+    assert result.adapter_step == best["step"]  # early stopping keeps the best held-out reward's adapter
+    trained = [h["step"] for h in result.history if "loss" in h]
+    if trained[-1] < 12:  # stopped early (CPU lane: at step 10): two evaluations in a row did not beat the best
+        assert evals[-1]["step"] == trained[-1] and evals[-3]["step"] == best["step"]

@@ -139,6 +139,8 @@ class LivePlotCallback(HistoryCallback):
     def _eval_text(self) -> str:
         """`` · eval loss X (step S)`` for the latest evaluation, or nothing before the first."""
         evals = eval_records(self.history)
+        if evals and "eval_reward" in evals[-1]:  # GRPO: the held-out reward, not its surrogate loss
+            return f" &middot; held-out reward {evals[-1]['eval_reward']:.3f} (step {evals[-1]['step']})"
         return f" &middot; eval loss {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})" if evals else ""
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -149,6 +151,9 @@ class LivePlotCallback(HistoryCallback):
         evals, best = eval_records(self.history), best_eval(self.history)
         held = (f" &middot; eval loss {evals[0]['eval_loss']:.3f} &rarr; {evals[-1]['eval_loss']:.3f}, lowest "
                 f"{best['eval_loss']:.3f} at step {best['step']}") if evals and best else ""
+        if evals and best and "eval_reward" in best:  # GRPO
+            held = (f" &middot; held-out reward {evals[0]['eval_reward']:.3f} &rarr; {evals[-1]['eval_reward']:.3f}, "
+                    f"highest {best['eval_reward']:.3f} at step {best['step']}")
         n = min(5, len(losses(self.history)))
         grpo = any("reward" in h for h in self.history)
         reward = (f" &middot; reward {mean_value(self.history, 'reward', True):.3f} &rarr; "

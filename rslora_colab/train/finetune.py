@@ -331,7 +331,8 @@ def _announce(run: RunSettings, kept: int, rows: int, fmt: str, eval_rows: Any =
     if eval_rows is not None:
         dropped = f" of {run.eval_rows}" if len(eval_rows) != run.eval_rows else ""
         how = f"held out ({c.eval_fraction:.0%})" if c.eval_fraction else "from eval_dataset"
-        held = f", eval loss on {len(eval_rows)}{dropped} rows {how}"
+        measure = "held-out reward" if c.method == "grpo" else "eval loss"
+        held = f", {measure} on {len(eval_rows)}{dropped} rows {how}"
     where = f"{run.runtime.device} x {run.world_size} processes" if run.world_size > 1 else run.runtime.device
     batches = {"packed": f", packed into {kept} sequences of at most {c.max_seq_length} tokens",
                "padding-free": ", padding-free batches", "padded": ", padded batches" if run.batches_why else ""

@@ -133,6 +133,44 @@ class CompletionSamples(TrainerCallback):
         return repr(text if len(text) <= self.chars else text[:self.chars] + "...")
 
 
+class SeededEvaluation(TrainerCallback):
+    """Every evaluation samples the held-out completions from the same seed, and training's random state is
+    left as it was: so two evaluations differ only by the adapter (as :func:`mean_reward` measures), and a run
+    with evaluation samples its training completions as one without.
+
+    TRL's ``GRPOTrainer`` samples eval completions from torch's global generator. This seeds it when an
+    evaluation is due (``on_step_end`` sees ``control.should_evaluate``, which transformers' flow callback, first
+    in the list, has set; ``on_train_begin`` sees ``eval_on_start``) and puts the saved state back in
+    ``on_evaluate``, before any checkpoint saves the state."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.saved = seed, None
+
+    def _seed(self) -> None:
+        import torch
+
+        self.saved = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        torch.manual_seed(self.seed)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.eval_on_start:  # after EvalOnFreshStart (earlier in the list) decided
+            self._seed()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_evaluate:
+            self._seed()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        import torch
+
+        if self.saved is not None:
+            cpu, cuda = self.saved
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+            self.saved = None
+
+
 def check_rewards_before_loading(config: Any, dataset: Any, fmt: str, tokenizer: Any, source: str = "dataset") -> None:
     """GRPO runs: every reward function once on sample completions of the first rows, before any weights load
     (:func:`~rslora_colab.rewards.check_rewards`, rows named as the data checks name them); nothing otherwise."""
@@ -157,17 +195,20 @@ def grpo_config(run: RunSettings, shared: dict):
 
 
 def grpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list,
-                 shared: dict):
+                 shared: dict, eval_dataset: Any = None):
     """TRL's ``GRPOTrainer`` over an rsLoRA-adapted model and validated prompt data (``fmt``: ``"prompt"`` or
-    ``"prompt_chat"``); the reward functions are checked on the data first (:func:`~rslora_colab.rewards.check_rewards`)."""
+    ``"prompt_chat"``); the reward functions are checked on the data first (:func:`~rslora_colab.rewards.check_rewards`).
+    With ``eval_dataset`` (held-out prompts, validated the same way) TRL samples and scores completions for
+    them at every evaluation (``evaluation.GRPO_BEST_METRIC``), seeded by :class:`SeededEvaluation`."""
     from trl import GRPOTrainer
 
     funcs, samples = run.config.reward_funcs, CompletionSamples()
     check_rewards(funcs, dataset, fmt, tokenizer)  # again here: train_adapter's path, and a cheap one
+    held = [] if eval_dataset is None else [SeededEvaluation(run.config.seed)]
     return GRPOTrainer(model=model, reward_funcs=named_rewards(funcs, samples.observe),
                        args=grpo_config(run, shared), train_dataset=to_grpo_dataset(dataset, fmt, tokenizer),
-                       processing_class=tokenizer,
-                       callbacks=[*callbacks, NoSignalCallback(), samples])
+                       eval_dataset=None if eval_dataset is None else to_grpo_dataset(eval_dataset, fmt, tokenizer),
+                       processing_class=tokenizer, callbacks=[*callbacks, *held, NoSignalCallback(), samples])
 
 
 def mean_reward(model: Any, tokenizer: Any, dataset: Any, reward_funcs: Any, num_generations: int = 4,
