@@ -167,14 +167,16 @@ class LossInBarCallback(ProgressCallback):
     per log."""
 
     eval_loss: float | None = None
+    eval_name = "eval"
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "eval_loss" in logs:
-            self.eval_loss = logs["eval_loss"]
+        if logs and "eval_loss" in logs:  # GRPO: the held-out reward (its eval loss is a surrogate near 0)
+            self.eval_name, key = ("held-out reward", "eval_reward") if "eval_reward" in logs else ("eval", "eval_loss")
+            self.eval_loss = logs[key]
         if self.training_bar is not None and logs and "loss" in logs:
             shown = {"loss": f"{logs['loss']:.3f}", "lr": f"{logs.get('learning_rate', 0):.2e}"}
             if self.eval_loss is not None:
-                shown["eval"] = f"{self.eval_loss:.3f}"
+                shown[self.eval_name] = f"{self.eval_loss:.3f}"
             self.training_bar.set_postfix(shown, refresh=False)
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):

@@ -305,7 +305,7 @@ class DivergenceGuard(TrainerCallback):
         else:
             self._skips = 0
         low = False
-        if verdict != "diverged" and self.reward_collapse and "reward" in logs:
+        if verdict != "diverged" and self.reward_collapse and logs.get("reward") is not None:
             verdict, reason, low = self._judge_reward(float(logs["reward"]))
         if verdict == "diverged":
             self._low = []

@@ -78,10 +78,12 @@ def eval_steps(config: FinetuneConfig) -> int | float:
 def check_evaluation(config: FinetuneConfig, has_eval_rows: bool) -> None:
     """Raise ``ValueError`` (before any model loads) for evaluation settings that cannot work with this data."""
     if config.early_stopping_patience is not None and not has_eval_rows:
-        raise ValueError(f"early_stopping_patience={config.early_stopping_patience}: early stopping watches the eval "
-                         "loss, and this run has no eval rows; pass eval_fraction (e.g. 0.1) or an eval_dataset.")
+        watched = "held-out reward" if config.method == "grpo" else "eval loss"
+        raise ValueError(f"early_stopping_patience={config.early_stopping_patience}: early stopping watches the "
+                         f"{watched}, and this run has no eval rows; pass eval_fraction (e.g. 0.1) or an eval_dataset.")
+    best = "highest held-out reward" if config.method == "grpo" else "lowest eval loss"
     if config.save_best and not has_eval_rows:
-        raise ValueError("save_best=True: the best adapter is the one with the lowest eval loss, and this run has "
+        raise ValueError(f"save_best=True: the best adapter is the one with the {best}, and this run has "
                          "no eval rows; pass eval_fraction (e.g. 0.1) or an eval_dataset, or leave save_best unset.")
     every, checkpoint = config.eval_every, config.checkpoint_every
     if has_eval_rows and config.keeps_best and every and checkpoint and checkpoint % every:
