@@ -568,3 +568,18 @@ def test_eval_fraction_holds_prompts_out_and_early_stopping_watches_the_held_out
     trained = [h["step"] for h in result.history if "loss" in h]
     if trained[-1] < 12:  # stopped early (CPU lane: at step 10): two evaluations in a row did not beat the best
         assert evals[-1]["step"] == trained[-1] and evals[-3]["step"] == best["step"]
+
+
+def test_a_resumed_grpo_run_evaluates_each_step_once_and_as_a_run_never_stopped(demo_path, tmp_path):
+    from callbacks import StopAt
+
+    train, held = demo_prompts(n=16), demo_prompts().select(range(64, 68))
+    settings = {"max_steps": 6, "checkpoint_every": 2, "eval_every": 2, "eval_dataset": held}
+    straight = _run(demo_path, train, tmp_path / "straight", **settings)
+    _run(demo_path, train, tmp_path, callbacks=[StopAt(3)], **settings)  # cut off after step 3: checkpoint 2
+    result = _run(demo_path, train, tmp_path, resume=True, **settings)
+    assert [h["step"] for h in result.eval_history] == [0, 2, 4, 6]  # step 0 not again on resuming, step 2 once
+    assert [h["eval_reward"] for h in result.eval_history] == pytest.approx(
+        [h["eval_reward"] for h in straight.eval_history], abs=1e-6)
+    assert [h["reward"] for h in result.history if "loss" in h] == pytest.approx(
+        [h["reward"] for h in straight.history if "loss" in h], abs=1e-6)
