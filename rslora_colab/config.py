@@ -298,7 +298,7 @@ def as_reward_tuple(reward_funcs: Any) -> Any:
 
 def grpo_checks(config: Any) -> list[tuple[bool, str, str]]:
     """``problems()`` entries for ``beta`` and the GRPO settings (``num_generations``, ``max_completion_length``,
-    ``reward_funcs``), and for what GRPO does not take (packing, held-out evaluation)."""
+    ``reward_funcs``), and for what GRPO does not take (packing)."""
     grpo, funcs = config.method == "grpo", config.reward_funcs
     batch = config.batch_size * config.grad_accum if is_int(config.batch_size) and is_int(config.grad_accum) else None
     generations_ok = is_int(config.num_generations) and config.num_generations >= 2
@@ -321,10 +321,6 @@ def grpo_checks(config: Any) -> list[tuple[bool, str, str]]:
          "prompt's completions in one step (change grad_accum or num_generations)"),
         (not grpo or not (config.packing is True or config.padding_free is True), "packing",
          "False with method='grpo': packing and padding_free are for SFT rows (TRL's SFTTrainer)"),
-        (not grpo or not config.eval_fraction, "eval_fraction",
-         "0 or None with method='grpo': the kit does not evaluate GRPO runs on held-out rows yet"),
-        (not grpo or config.early_stopping_patience is None, "early_stopping_patience",
-         "None with method='grpo': early stopping needs an eval loss, which GRPO runs do not measure here"),
     ]
 
 

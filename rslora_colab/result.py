@@ -90,6 +90,10 @@ class FinetuneResult:
         evaluation = {} if not self.eval_history else {
             "first_eval_loss": self.first_eval_loss, "final_eval_loss": self.final_eval_loss,
             "best_eval_loss": best["eval_loss"] if best else None, "best_step": best["step"] if best else None}
+        if self.eval_history and "eval_reward" in self.eval_history[0]:  # GRPO: "best" is the highest reward
+            evaluation.update(first_eval_reward=self.eval_history[0]["eval_reward"],
+                              final_eval_reward=self.eval_history[-1]["eval_reward"],
+                              best_eval_reward=best["eval_reward"] if best else None)
         return {"adapter_path": str(self.adapter_path), "settings": self.settings, "history": self.history,
                 "wall_time_s": self.wall_time_s, "tokens_per_s": self.tokens_per_s,
                 "peak_gpu_memory_gib": self.peak_gpu_memory_gib,
@@ -109,6 +113,10 @@ class FinetuneResult:
                          f"({self._window('reward')}; {', '.join(per_function)}), completion length "
                          f"{self.mean_of('completion_length', True):.1f} -> "
                          f"{self.mean_of('completion_length', False):.1f} tokens")
+            held = [h for h in self.eval_history if "eval_reward" in h]
+            if held:
+                lines.append(f"on {self.settings['eval_rows']} held-out prompts: reward {held[0]['eval_reward']:.3f} "
+                             f"(step {held[0]['step']}) -> {held[-1]['eval_reward']:.3f} (step {held[-1]['step']})")
             return "\n".join(lines)
         if self.settings.get("method") != "dpo":
             return lines[0]

@@ -31,7 +31,10 @@ REWARD_KEY = ("rewards/", "/mean")
 EVAL_KEYS = {"eval_loss": "eval_loss", "eval_mean_token_accuracy": "eval_token_accuracy",
              # DPO on held-out pairs: how often the chosen answer out-scores the rejected one, and by how much
              "eval_rewards/accuracies": "eval_reward_accuracy", "eval_rewards/margins": "eval_reward_margin",
-             "eval_rewards/chosen": "eval_reward_chosen", "eval_rewards/rejected": "eval_reward_rejected"}
+             "eval_rewards/chosen": "eval_reward_chosen", "eval_rewards/rejected": "eval_reward_rejected",
+             # GRPO on held-out prompts: the mean reward of completions sampled for them (each function's too)
+             "eval_reward": "eval_reward", "eval_reward_std": "eval_reward_std",
+             "eval_completions/mean_length": "eval_completion_length"}
 """Evaluation logs the history keeps (one record per evaluation), and their names there."""
 
 
@@ -66,8 +69,9 @@ def history_record(step: int, logs: dict) -> dict:
     keys = EVAL_KEYS if "eval_loss" in logs else HISTORY_KEYS
     record = {"step": step, **{short: float(logs[key]) for key, short in keys.items() if key in logs}}
     start, end = REWARD_KEY
-    per_function = {f"reward/{key[len(start):-len(end)]}": float(value) for key, value in logs.items()
-                    if key.startswith(start) and key.endswith(end) and "eval_loss" not in logs}
+    prefix = "eval_" if "eval_loss" in logs else ""
+    per_function = {f"{prefix}reward/{key[len(prefix + start):-len(end)]}": float(value) for key, value in logs.items()
+                    if key.startswith(prefix + start) and key.endswith(end) and value is not None}
     return {**record, **per_function}
 
 
@@ -128,13 +132,22 @@ def eval_records(history: list[dict]) -> list[dict]:
 
 
 def best_eval(history: list[dict]) -> dict | None:
-    """The evaluation with the lowest finite eval loss after training began (the first of equals), or None.
+    """The evaluation with the lowest finite eval loss after training began (the first of equals), or None;
+    for GRPO (evaluations with ``eval_reward``) the one with the highest held-out reward.
 
-    This is transformers' own rule for ``metric_for_best_model="eval_loss"``: strictly lower wins, and the
+    This is transformers' own rule for ``metric_for_best_model``: strictly better wins, and the
     evaluation before the first step (``eval_on_start``) is not a candidate.
     """
-    candidates = [h for h in eval_records(history) if h["step"] > 0 and math.isfinite(h["eval_loss"])]
-    return min(candidates, key=lambda h: h["eval_loss"], default=None)
+    key = best_key(history)
+    candidates = [h for h in eval_records(history) if h["step"] > 0 and math.isfinite(h.get(key, math.nan))]
+    if key == "eval_reward":
+        return max(candidates, key=lambda h: h[key], default=None)  # max keeps the first of equals too
+    return min(candidates, key=lambda h: h[key], default=None)
+
+
+def best_key(history: list[dict]) -> str:
+    """What "best" means in this history: ``eval_reward`` (higher is better) for GRPO, else ``eval_loss``."""
+    return "eval_reward" if any("eval_reward" in h for h in eval_records(history)) else "eval_loss"
 
 
 def mean_value(history: list[dict], key: str, first: bool, n: int = 5) -> float:
@@ -154,14 +167,16 @@ class LossInBarCallback(ProgressCallback):
     per log."""
 
     eval_loss: float | None = None
+    eval_name = "eval"
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "eval_loss" in logs:
-            self.eval_loss = logs["eval_loss"]
+        if logs and "eval_loss" in logs:  # GRPO: the held-out reward (its eval loss is a surrogate near 0)
+            self.eval_name, key = ("held-out reward", "eval_reward") if "eval_reward" in logs else ("eval", "eval_loss")
+            self.eval_loss = logs[key]
         if self.training_bar is not None and logs and "loss" in logs:
             shown = {"loss": f"{logs['loss']:.3f}", "lr": f"{logs.get('learning_rate', 0):.2e}"}
             if self.eval_loss is not None:
-                shown["eval"] = f"{self.eval_loss:.3f}"
+                shown[self.eval_name] = f"{self.eval_loss:.3f}"
             self.training_bar.set_postfix(shown, refresh=False)
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
@@ -255,10 +270,10 @@ def plot_loss(history: list[dict], path: str | Path | None = None, title: str = 
     if margins:  # DPO: the number to watch is the reward margin (chosen - rejected), beside the loss
         plot_margins(fig.add_subplot(1, 2, 2), history)
     elif rewards:  # GRPO: the mean reward of the sampled completions, each reward function's beside it
-        plot_rewards(fig.add_subplot(1, 2, 2), history)
+        plot_rewards(fig.add_subplot(1, 2, 2), history, adapter_step)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.plot(steps, [h["loss"] for h in history if "loss" in h], marker=".", color="tab:blue", label="training loss")
-    evals = eval_records(history)
+    evals = [] if rewards else eval_records(history)  # GRPO: the held-out reward is drawn beside, not its loss
     if evals:
         ax.plot([h["step"] for h in evals], [h["eval_loss"] for h in evals], marker="o", color="tab:red",
                 label="eval loss (held out)")
@@ -297,13 +312,22 @@ def plot_margins(ax, history: list[dict]) -> None:
     ax.legend(fontsize=8, loc="upper left")
 
 
-def plot_rewards(ax, history: list[dict]) -> None:
-    """GRPO's mean reward per logged step (summed over the reward functions), and each function's own."""
+def plot_rewards(ax, history: list[dict], adapter_step: int | None = None) -> None:
+    """GRPO's mean reward per logged step (summed over the reward functions), each function's own, and the
+    held-out reward per evaluation (a star on the kept adapter's when ``adapter_step`` names one)."""
     from matplotlib.ticker import MaxNLocator
 
     steps = [h for h in history if "reward" in h]
     ax.plot([h["step"] for h in steps], [h["reward"] for h in steps], marker=".", color="tab:green",
             label="reward (sum)")
+    held = [h for h in history if "eval_reward" in h]
+    if held:
+        ax.plot([h["step"] for h in held], [h["eval_reward"] for h in held], marker="o", color="tab:purple",
+                label="reward (held-out prompts)")
+        kept = next((h for h in held if h["step"] == adapter_step), None)
+        if kept is not None:
+            ax.plot([kept["step"]], [kept["eval_reward"]], marker="*", markersize=14, color="tab:purple",
+                    linestyle="", label=f"adapter kept (step {kept['step']})")
     names = sorted({key for h in steps for key in h if key.startswith("reward/")})
     if len(names) > 1:
         for key in names:

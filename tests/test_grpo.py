@@ -8,7 +8,9 @@ import json
 import math
 
 import pytest
+import torch
 from simulated_gpu import GPUS
+from transformers import TrainerCallback
 
 from rslora_colab import (
     FinetuneConfig,
@@ -27,7 +29,7 @@ from rslora_colab import (
     tag_format,
 )
 from rslora_colab.demo import DEMO_REWARD_CHARS, demo_training
-from rslora_colab.resilience.guard import judge_step
+from rslora_colab.resilience.guard import judge_reward, judge_step
 from rslora_colab.settings import resolve_run
 from rslora_colab.train import trainer_args
 from rslora_colab.train.grpo import grpo_args, grpo_config
@@ -60,6 +62,7 @@ def test_grpo_raises_the_mean_reward_on_held_out_prompts(demo_path, tmp_path, cp
     assert "kl" not in steps[0]  # beta = 0: no reference model, no KL term
     first, last = (sum(h["reward"] for h in part) / 5 for part in (steps[:5], steps[-5:]))
     assert last > first + 0.3
+    assert not [h for h in result.history if "event" in h]  # a reward rising 0.2 -> 0.9 is no collapse
     assert sum(h["completion_length"] for h in steps[-5:]) < sum(h["completion_length"] for h in steps[:5])
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved["settings"]["reward_funcs"] == ["length_penalty"] and "reward/length_penalty" in saved["history"][-1]
@@ -160,8 +163,9 @@ def test_grpo_settings_are_checked_together():
     text = str(err.value)
     for expected in ("reward_funcs=(): expected at least one reward function",
                      "num_generations=3: expected a divisor of batch_size * grad_accum = 8",
-                     "beta=-1.0: expected a number >= 0", "eval_fraction=0.1", "packing=True"):
+                     "beta=-1.0: expected a number >= 0", "packing=True"):
         assert expected in text, text
+    assert "eval_fraction" not in text  # held-out prompts are taken (test_held_out_prompts_...)
     with pytest.raises(ValueError, match="reward_funcs=.*only GRPO is trained by reward functions"):
         FinetuneConfig(reward_funcs=[length_penalty()])
     with pytest.raises(ValueError, match="beta=0.0: expected a positive number"):
@@ -232,6 +236,59 @@ def test_the_guard_judges_grpo_losses_only_for_nan_and_overflow():
     assert judge_step(2.5, 1.0, [], lambda: True, start=None, precision="fp32") == ("ok", "")
     assert judge_step(float("nan"), 1.0, [], lambda: True, start=None)[0] == "diverged"
     assert judge_step(0.1, float("inf"), [], lambda: True, start=None, precision="bf16")[0] == "diverged"
+
+
+RISING = [0.05, 0.22, 0.26, 0.38, 0.15, 0.23, 0.27, 0.2, 0.24, 0.42, 0.38, 0.41, 0.41, 0.53, 0.62, 0.53, 0.8]
+"""The demo run's first 17 step rewards (length_penalty(60), lr 1e-3): noisy, rising."""
+
+
+def test_a_reward_is_low_only_far_below_the_runs_recent_level():
+    seen = (min(RISING), max(RISING))
+    assert judge_reward(0.0, RISING[:9], seen) == ""  # fewer than 10 steps known: not judged
+    assert judge_reward(0.0, RISING, seen).startswith("reward 0 is 0.38 below the median 0.38")
+    assert judge_reward(0.15, RISING, seen) == ""  # the noisiest early steps are this low: noise, not a collapse
+    # a 0/1 reward at p = 0.5, 8 completions a step (one completion's spread 0.5): 0.05 is low, 0.3 is not
+    coin = [0.5, 0.625, 0.375, 0.5, 0.5, 0.625, 0.5, 0.375, 0.5, 0.625]
+    assert judge_reward(0.05, coin, (0.375, 0.625)) and not judge_reward(0.3, coin, (0.375, 0.625))
+    # steps that all score alike (no noise): the range floor (25%) leaves a small dip alone
+    assert judge_reward(0.95, [1.0] * 10, (0.6, 1.0)) == "" and judge_reward(0.5, [1.0] * 10, (0.6, 1.0))
+
+
+class Scramble(TrainerCallback):
+    """Adds unit noise to every lora_B weight after ``step``: the adapter breaks, the completions ramble."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step == self.step:
+            noise = torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for name, param in model.named_parameters():
+                    if "lora_B" in name:
+                        param.add_(torch.randn(param.shape, generator=noise))
+
+
+def test_the_guard_rolls_a_collapsed_reward_back_and_it_recovers(demo_path, tmp_path):
+    # the demo run (reward 0.05 -> 0.93 by step 24), its adapter scrambled at step 24: reward 0 from step 25
+    result = _run(demo_path, demo_prompts().select(range(64)), tmp_path, callbacks=[Scramble(24)])
+    events = [h for h in result.history if "event" in h]
+    assert [(h["event"], h["step"], h["restored_step"]) for h in events] == [("rollback", 27, 20)]
+    assert events[0]["reason"].startswith("the reward collapsed, 3 logged steps in a row far below")
+    steps = {h["step"]: h for h in result.history if "loss" in h}
+    assert max(steps[s]["reward"] for s in (25, 26, 27)) < 0.1  # the three low steps, sampled by the broken adapter
+    assert min(steps[s]["reward"] for s in range(28, 41)) > 0.7  # step 20's adapter back: the reward with it
+    assert len(steps) == 40 and steps[28]["lr"] == pytest.approx(steps[27]["lr"] * 0.5, rel=0.2)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    assert [h for h in saved if "event" in h] == events
+
+
+def test_a_noisy_grpo_run_that_does_not_learn_is_not_rolled_back(demo_path, tmp_path):
+    # the preset lr (1e-5 at r=16): the reward wanders around 0.2 for 40 steps, step to step by up to 0.3
+    result = _run(demo_path, demo_prompts().select(range(64)), tmp_path, lr=None)
+    rewards = [h["reward"] for h in result.history if "loss" in h]
+    assert len(rewards) == 40 and max(rewards) - min(rewards) > 0.15
+    assert not [h for h in result.history if "event" in h]
 
 
 def test_the_gpu_list_covers_a_t4_and_a_bf16_gpu():
@@ -406,3 +463,123 @@ def test_grpo_trains_data_parallel_under_torchrun(tmp_path, demo_path):
     saved = json.loads((out / "metrics.json").read_text())
     assert (saved["settings"]["world_size"], saved["settings"]["batch_size"], saved["settings"]["grad_accum"]) == (2, 4, 1)
     assert [h["step"] for h in saved["history"] if "reward" in h] == [1, 2, 3, 4]
+
+
+def test_a_prompt_and_its_completions_are_logged_every_ten_steps(demo_path, tmp_path, caplog):
+    import ast
+    import logging
+
+    caplog.set_level(logging.INFO, logger="rslora_colab")
+    result = _run(demo_path, demo_prompts(n=16), tmp_path, max_steps=20)
+    blocks = [r.getMessage() for r in caplog.records if r.name == "rslora_colab.train.grpo"
+              and r.getMessage().startswith("step ")]
+    assert [b.split(",")[0] for b in blocks] == ["step 10", "step 20"]
+    lines = blocks[0].splitlines()
+    assert lines[0].endswith(": 4 completions, reward (sum of length_penalty)") and len(lines) == 5
+    prompt = ast.literal_eval(lines[0].split("prompt ", 1)[1].rsplit(": 4 completions", 1)[0])
+    assert prompt in [row["prompt"][-1]["content"] for row in demo_prompts(n=16)]
+    rewards = [float(line.split()[0]) for line in lines[1:]]
+    assert all(0.0 <= r <= 1.0 for r in rewards)  # length_penalty(60) of each completion shown
+    for line, reward in zip(lines[1:], rewards):  # the reward is that of the completion beside it
+        text = ast.literal_eval(line.split(None, 1)[1])
+        if not text.endswith("..."):
+            assert reward == pytest.approx(length_penalty(60)(completions=[text])[0], abs=0.006)
+    assert [h["step"] for h in result.history if "loss" in h] == list(range(1, 21))
+
+
+def test_a_grpo_cli_run_killed_after_a_checkpoint_resumes_with_every_step_once(tmp_path, demo_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from rslora_colab import latest_valid_checkpoint
+    from rslora_colab.demo import demo_data
+
+    out, steps = tmp_path / "run", 30
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "rslora_colab", "train", "--method", "grpo", "--max-steps", str(steps),
+               "--rank", "16", "--checkpoint-every", "5", "--sample", "", "--out", str(out), "--resume"]
+
+    def newest() -> int:
+        return max((int(p.name.split("-")[1]) for p in out.glob("checkpoint-*")), default=0)
+
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    deadline = time.monotonic() + 120
+    while newest() < 10 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a step or two past checkpoint 10 (~0.15 s a step), or in the middle of writing 15
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL and not (out / "metrics.json").exists()
+    killed_at = latest_valid_checkpoint(out).name
+    assert killed_at in ("checkpoint-10", "checkpoint-15")
+
+    final = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert final.returncode == 0, final.stderr[-3000:]
+    assert f"resuming from {out / killed_at}" in final.stdout + final.stderr
+    history = [h for h in json.loads((out / "metrics.json").read_text())["history"] if "loss" in h]
+    assert [h["step"] for h in history] == list(range(1, steps + 1))  # every step once, in order
+    assert all("reward" in h and "reward/length_penalty" in h for h in history)
+    straight = quick_finetune(demo_path, demo_data("grpo"), r=16, method="grpo", **{
+        **demo_training("grpo"), "max_steps": steps, "checkpoint_every": 5, "output_dir": str(tmp_path / "straight")})
+    expected = [h for h in straight.history if "loss" in h]
+    # the checkpoint restores the RNG, so the resumed run samples the completions a run never killed samples
+    assert [h["reward"] for h in history] == pytest.approx([h["reward"] for h in expected], abs=1e-6)
+
+
+def test_held_out_prompts_are_scored_before_during_and_after_training(demo_path, tmp_path):
+    rows = demo_prompts()
+    train, held = rows.select(range(64)), rows.select(range(64, 72))
+    plain = _run(demo_path, train, tmp_path / "plain")
+    result = _run(demo_path, train, tmp_path, eval_dataset=held, eval_every=10, save_best=True)
+    evals = result.eval_history
+    assert [h["step"] for h in evals] == [0, 10, 20, 30, 40]  # before the first step, every 10, at the end
+    assert all({"eval_reward", "eval_reward/length_penalty", "eval_completion_length"} <= set(h) for h in evals)
+    assert evals[0]["eval_reward"] < 0.4 and evals[-1]["eval_reward"] > evals[0]["eval_reward"] + 0.3
+    # seeded apart from training: the training completions (and rewards) are those of a run without evaluation
+    trained = [h["reward"] for h in result.history if "loss" in h]
+    assert trained == pytest.approx([h["reward"] for h in plain.history if "loss" in h], abs=1e-6)
+    # save_best: the adapter kept is the evaluation with the highest held-out reward (not a lower loss)
+    best = max(evals[1:], key=lambda h: h["eval_reward"])
+    assert result.adapter_step == best["step"] and result.best_eval == best
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert (saved["first_eval_reward"], saved["best_eval_reward"]) == (evals[0]["eval_reward"], best["eval_reward"])
+    assert [h["step"] for h in saved["history"] if "eval_reward" in h] == [0, 10, 20, 30, 40]
+    assert (f"on 8 held-out prompts: reward {evals[0]['eval_reward']:.3f} (step 0) -> "
+            f"{evals[-1]['eval_reward']:.3f} (step 40)") in result.report()
+    axes = result.plot().axes  # the held-out reward beside the training reward
+    assert "reward (held-out prompts)" in [line.get_label() for line in axes[1].lines]
+
+
+def test_eval_fraction_holds_prompts_out_and_early_stopping_watches_the_held_out_reward(demo_path, tmp_path):
+    result = _run(demo_path, demo_prompts(n=40), tmp_path, max_steps=12, eval_fraction=0.2, eval_every=2,
+                  early_stopping_patience=2)
+    assert result.settings["eval_rows"] == 8 and len(result.eval_dataset) == 8
+    held = {str(row["prompt"]) for row in result.eval_dataset}
+    assert len({str(row["prompt"]) for row in demo_prompts(n=40)} - held) == 32  # 8 of the 40 held out
+    evals = result.eval_history
+    assert evals[0]["step"] == 0 and all(h["step"] % 2 == 0 for h in evals)
+    best = max(evals[1:], key=lambda h: h["eval_reward"])
+    assert result.adapter_step == best["step"]  # early stopping keeps the best held-out reward's adapter
+    trained = [h["step"] for h in result.history if "loss" in h]
+    if trained[-1] < 12:  # stopped early (CPU lane: at step 10): two evaluations in a row did not beat the best
+        assert evals[-1]["step"] == trained[-1] and evals[-3]["step"] == best["step"]
+
+
+def test_a_resumed_grpo_run_evaluates_each_step_once_and_as_a_run_never_stopped(demo_path, tmp_path):
+    from callbacks import StopAt
+
+    train, held = demo_prompts(n=16), demo_prompts().select(range(64, 68))
+    settings = {"max_steps": 6, "checkpoint_every": 2, "eval_every": 2, "eval_dataset": held}
+    straight = _run(demo_path, train, tmp_path / "straight", **settings)
+    _run(demo_path, train, tmp_path, callbacks=[StopAt(3)], **settings)  # cut off after step 3: checkpoint 2
+    result = _run(demo_path, train, tmp_path, resume=True, **settings)
+    assert [h["step"] for h in result.eval_history] == [0, 2, 4, 6]  # step 0 not again on resuming, step 2 once
+    assert [h["eval_reward"] for h in result.eval_history] == pytest.approx(
+        [h["eval_reward"] for h in straight.eval_history], abs=1e-6)
+    assert [h["reward"] for h in result.history if "loss" in h] == pytest.approx(
+        [h["reward"] for h in straight.history if "loss" in h], abs=1e-6)

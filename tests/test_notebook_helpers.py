@@ -52,6 +52,26 @@ def test_live_plot_from_a_plain_cell_and_saving_the_adapter(demo_path, tmp_path)
     assert saved == {"adapter": result.adapter_path} and (result.adapter_path / "adapter_config.json").exists()
 
 
+def test_the_live_view_of_a_grpo_run_shows_the_reward(demo_path, tmp_path):
+    from rslora_colab import demo_prompts
+    from rslora_colab.demo import demo_training
+    from rslora_colab.watch import plot_loss
+
+    watch = LivePlotCallback(every=2, min_interval_s=0)
+    labels = []
+    watch.label.observe(lambda change: labels.append(change["new"]), names="value")
+    settings = {**demo_training("grpo"), "max_steps": 4, "output_dir": str(tmp_path), "checkpoint_minutes": 0}
+    result = quick_finetune(demo_path, demo_prompts(n=8), r=8, method="grpo", callbacks=[watch], **settings)
+    steps = [h for h in result.history if "loss" in h]
+    assert f"step 4/4 &middot; loss {steps[-1]['loss']:.4f} &middot; reward {steps[-1]['reward']:.3f}" in labels[-2]
+    assert "done at step 4/4" in labels[-1] and " &middot; reward " in labels[-1]
+    assert watch.draws == 3 and watch.image.value[:4] == b"\x89PNG"  # steps 2, 4 and the end
+    # what the view draws: the loss, and beside it the reward of the sampled completions (per function too)
+    axes = plot_loss(watch.history).axes
+    assert axes[1].get_title().startswith("GRPO reward") and axes[1].lines[0].get_label() == "reward (sum)"
+    assert list(axes[1].lines[0].get_ydata()) == [h["reward"] for h in steps]
+
+
 def test_gpu_only_exports_are_refused_with_the_reason():
     cpu_run = SimpleNamespace(model=object(), settings={"backend": "transformers"}, adapter_path="outputs/x/adapter")
     with pytest.raises(ValueError, match="how='gguf' needs a GPU runtime with Unsloth"):

@@ -8,7 +8,7 @@ import time
 
 from ..distributed import is_main
 from ..resilience.drive import on_colab
-from ..watch import HistoryCallback, best_eval, eval_records, losses, mean_loss, plot_loss
+from ..watch import HistoryCallback, best_eval, eval_records, losses, mean_loss, mean_value, plot_loss
 
 
 def enable_colab_widgets() -> None:
@@ -127,6 +127,8 @@ class LivePlotCallback(HistoryCallback):
             self.redraw()
             return
         margin = f" &middot; reward margin {last['reward_margin']:.3f}" if "reward_margin" in last else ""
+        if "reward" in last:  # GRPO: the loss is a surrogate near 0; the reward is the number to watch
+            margin = f" &middot; reward {last['reward']:.3f}"
         self.label.value = (f"step {last['step']}/{state.max_steps} &middot; loss {last['loss']:.4f}{margin} "
                             f"&middot; lr {last.get('lr', math.nan):.2e}{self._eval_text()} &middot; "
                             f"{time.monotonic() - self._start:.0f} s")
@@ -137,6 +139,8 @@ class LivePlotCallback(HistoryCallback):
     def _eval_text(self) -> str:
         """`` · eval loss X (step S)`` for the latest evaluation, or nothing before the first."""
         evals = eval_records(self.history)
+        if evals and "eval_reward" in evals[-1]:  # GRPO: the held-out reward, not its surrogate loss
+            return f" &middot; held-out reward {evals[-1]['eval_reward']:.3f} (step {evals[-1]['step']})"
         return f" &middot; eval loss {evals[-1]['eval_loss']:.4f} (step {evals[-1]['step']})" if evals else ""
 
     def on_train_end(self, args, state, control, **kwargs):
@@ -147,8 +151,15 @@ class LivePlotCallback(HistoryCallback):
         evals, best = eval_records(self.history), best_eval(self.history)
         held = (f" &middot; eval loss {evals[0]['eval_loss']:.3f} &rarr; {evals[-1]['eval_loss']:.3f}, lowest "
                 f"{best['eval_loss']:.3f} at step {best['step']}") if evals and best else ""
+        if evals and best and "eval_reward" in best:  # GRPO
+            held = (f" &middot; held-out reward {evals[0]['eval_reward']:.3f} &rarr; {evals[-1]['eval_reward']:.3f}, "
+                    f"highest {best['eval_reward']:.3f} at step {best['step']}")
+        n = min(5, len(losses(self.history)))
+        grpo = any("reward" in h for h in self.history)
+        reward = (f" &middot; reward {mean_value(self.history, 'reward', True):.3f} &rarr; "
+                  f"{mean_value(self.history, 'reward', False):.3f}") if grpo else ""
         self.label.value = (f"{'done' if finished else 'stopped'} at step {state.global_step}/{state.max_steps} "
-                            f"&middot; loss {first:.3f} &rarr; {final:.3f} (mean of first/last "
-                            f"{min(5, len(losses(self.history)))}){held} &middot; "
+                            f"&middot; loss {first:.3f} &rarr; {final:.3f}{reward} (mean of first/last "
+                            f"{n}){held} &middot; "
                             f"{time.monotonic() - self._start:.0f} s")
         self.redraw()

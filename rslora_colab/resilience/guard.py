@@ -24,8 +24,24 @@ by default (``guard=False`` turns it off). It judges every logged step with
 * **GRPO: no spike rules** (``loss_spikes=False``). GRPO's loss is a policy-gradient surrogate (the
   advantage-weighted probability ratio), not a log-likelihood: it starts at 0 and its scale follows the
   rewards, so "3x the median" and "2 nats above the start" mean nothing there. Non-finite losses and gradient
-  norms are still caught, and a collapse of the reward shows in the history (``reward``); the kit's reward
+  norms are still caught, and a collapse of the reward has its own rule (next); the kit's reward
   wrapper raises on a NaN reward before it can reach the loss (:mod:`rslora_colab.rewards`).
+* **GRPO: a reward collapse** (``reward_collapse=True``, :func:`judge_reward`). Once ``min_history`` (10)
+  steps' mean rewards are known, a step is *low* when its mean reward is below the median of the last
+  ``window`` (20) healthy ones by more than ``collapse_noise`` (3) times the step-to-step noise *and* by more
+  than ``collapse_share`` (25%) of the range of step rewards the run has seen; ``collapse_steps`` (3) low steps
+  in a row are a collapse. The noise is the median absolute difference of consecutive step rewards divided by
+  0.954 (``0.6745 * sqrt(2)``: the standard deviation of one step's mean, were they normal): differences, so a
+  rising reward does not count as noise, and a median, so one odd step does not either. One normal step lies
+  3 sigma below the median with probability 1.3e-3, three in a row with 2e-9: that is not sampling. Not used:
+  TRL's ``reward_std``, one completion's spread, the wrong scale (a 0/1 reward at p=0.5 has 0.5, so "2 x
+  reward_std below" could never fire). The 25%-of-range floor keeps a run whose steps all score alike (noise
+  0) from rolling back over a small dip. The reward logged at step N is that of completions sampled with the
+  weights after step N-1, so a snapshot is only trusted once a step that is not low follows it, and the
+  weights restored are from before the first low step. fp16: a loss-scaler skip leaves the weights alone and
+  its completions were sampled before it, so its reward is judged as any other step's. Measured on the demo
+  (``tests/test_grpo.py``): a run rising 0.05 -> 0.93 and one wandering around 0.2 are never low for 3 steps;
+  the rising one with its adapter scrambled at step 24 (reward 0) is rolled back at step 27 to step 20.
 * **Not divergence: fp16 loss-scaler skips.** With fp16 (a T4), the loss
   scaler starts high and skips the optimizer step whenever the scaled
   gradients overflow — mostly in the first few steps. Such a step has a
@@ -106,6 +122,32 @@ def judge_step(loss: float, grad_norm: float | None, recent: list[float], weight
         return "diverged", (f"loss rose to {loss:.4g} in the first steps, over {early_factor:g}x the starting "
                             f"loss {start:.4g}")
     return "ok", ""
+
+
+def judge_reward(reward: float, recent: list[float], seen: tuple[float, float], collapse_noise: float = 3.0,
+                 collapse_share: float = 0.25, min_history: int = 10) -> str:
+    """Why a GRPO step's mean ``reward`` is *low* (far below the run's recent level), or ``""`` when it is not.
+
+    ``recent``: the last healthy steps' mean rewards, in order; ``seen``: the lowest and highest step reward of
+    the run so far. Low: below ``median(recent)`` by more than ``collapse_noise`` times the step-to-step noise
+    (``median |r[i] - r[i-1]| / 0.954``) and by more than ``collapse_share`` of ``seen``'s range (thresholds
+    argued in the module docstring).
+
+    >>> judge_reward(0.0, [0.5, 0.55, 0.6, 0.58, 0.62, 0.6, 0.65, 0.63, 0.7, 0.68], (0.1, 0.7))[:22]
+    'reward 0 is 0.61 below'
+    >>> judge_reward(0.45, [0.5, 0.55, 0.6, 0.58, 0.62, 0.6, 0.65, 0.63, 0.7, 0.68], (0.1, 0.7))
+    ''
+    """
+    if len(recent) < max(min_history, 2) or not math.isfinite(reward):
+        return ""
+    median = statistics.median(recent)
+    noise = statistics.median(abs(b - a) for a, b in zip(recent, recent[1:])) / (0.6745 * math.sqrt(2))
+    needed = max(collapse_noise * noise, collapse_share * (seen[1] - seen[0]))
+    if median - reward > needed:
+        return (f"reward {reward:.3g} is {median - reward:.3g} below the median {median:.3g} of the last "
+                f"{len(recent)} steps (more than {needed:.3g}: {collapse_noise:g}x the step-to-step noise "
+                f"{noise:.3g}, and {collapse_share:.0%} of the range {seen[0]:.3g}-{seen[1]:.3g} seen)")
+    return ""
 
 
 VERDICTS: tuple[Verdict, ...] = ("ok", "skip", "diverged")
@@ -190,7 +232,8 @@ class DivergenceGuard(TrainerCallback):
     def __init__(self, max_rollbacks: int = 3, history: list[dict] | None = None, lr_factor: float = 0.5,
                  spike_factor: float = 3.0, spike_margin: float = 1.0, window: int = 20, min_history: int = 10,
                  snapshot_every: int = 10, max_skips: int = 10, early_factor: float = 2.0,
-                 early_margin: float = 2.0, loss_spikes: bool = True) -> None:
+                 early_margin: float = 2.0, loss_spikes: bool = True, reward_collapse: bool = False,
+                 collapse_noise: float = 3.0, collapse_share: float = 0.25, collapse_steps: int = 3) -> None:
         self.max_rollbacks = max_rollbacks
         self.history = history if history is not None else []
         self.lr_factor, self.spike_factor, self.spike_margin = lr_factor, spike_factor, spike_margin
@@ -198,6 +241,13 @@ class DivergenceGuard(TrainerCallback):
         self.early_factor, self.early_margin = early_factor, early_margin
         self.loss_spikes = loss_spikes
         """Judge loss spikes (the spike and early rules); False for GRPO, whose loss is not a likelihood."""
+        self.reward_collapse = reward_collapse
+        """Judge GRPO's mean reward (:func:`judge_reward`): ``collapse_steps`` low steps in a row roll back."""
+        self.collapse_noise, self.collapse_share = collapse_noise, collapse_share
+        self.collapse_steps = collapse_steps
+        self._rewards: deque[float] = deque(maxlen=window)
+        self._seen: tuple[float, float] | None = None
+        self._low: list[float] = []  # the rewards of the current run of low steps
         self.rollbacks = 0
         self.failure: str | None = None
         self.precision = "fp32"
@@ -226,6 +276,10 @@ class DivergenceGuard(TrainerCallback):
         healthy = [h["loss"] for h in past if "loss" in h and math.isfinite(h["loss"])]
         self._recent.extend(healthy[-self.window:])
         self._start = healthy[0] if healthy else None
+        rewards = [h["reward"] for h in past if "reward" in h and "loss" in h and math.isfinite(h["reward"])]
+        self._rewards.extend(rewards[-self.window:])
+        self._seen = (min(rewards), max(rewards)) if rewards else None
+        self._low = []
         self._good, self._pending = Snapshot(state.global_step, model, optimizer), None
 
     @property
@@ -250,16 +304,43 @@ class DivergenceGuard(TrainerCallback):
                 verdict, reason = "diverged", f"the fp16 loss scaler skipped {self._skips} updates in a row"
         else:
             self._skips = 0
+        low = False
+        if verdict != "diverged" and self.reward_collapse and logs.get("reward") is not None:
+            verdict, reason, low = self._judge_reward(float(logs["reward"]))
         if verdict == "diverged":
+            self._low = []
             return self._recover(state, control, reason, model, optimizer, lr_scheduler)
         self._recent.append(loss)
         if self._start is None:
             self._start = loss
-        if self._pending is not None:  # this healthy loss was computed with the pending weights
+        if low:  # maybe a collapse starting: the pending weights are not trusted yet, and no new snapshot is taken
+            return control
+        if self._pending is not None:  # this healthy loss (and reward) was computed with the pending weights
             self._good, self._pending = self._pending, None
         if state.global_step - self._good.step >= self.snapshot_every:
             self._pending = Snapshot(state.global_step, model, optimizer)
         return control
+
+    def _judge_reward(self, reward: float) -> tuple[Verdict, str, bool]:
+        """``(verdict, reason, low)`` for a step's mean reward. The ``collapse_steps``-th low step in a row is
+        ``"diverged"``; a low step before that is held back (kept out of the window, ``low`` True); a healthy
+        step ends the run of low ones, which then join the window as noise."""
+        why = judge_reward(reward, list(self._rewards), self._seen or (reward, reward), self.collapse_noise,
+                           self.collapse_share, self.min_history)
+        collapsed = bool(why) and len(self._low) + 1 >= self.collapse_steps
+        verdict, reason = agreed_verdict("diverged" if collapsed else "ok", why)
+        if verdict == "diverged":
+            return verdict, (f"the reward collapsed, {len(self._low) + 1} logged steps in a row far below the run's "
+                             f"level: {reason}"), True
+        if why:
+            self._low.append(reward)
+            return "ok", "", True
+        for value in [*self._low, reward]:
+            self._rewards.append(value)
+            lo, hi = self._seen or (value, value)
+            self._seen = (min(lo, value), max(hi, value))
+        self._low = []
+        return "ok", "", False
 
     def _recover(self, state, control, reason: str, model, optimizer, lr_scheduler):
         step, lr = state.global_step, optimizer.param_groups[0]["lr"]

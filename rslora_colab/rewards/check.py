@@ -122,9 +122,10 @@ def _short(prompt: Any, limit: int = 60) -> str:
     return repr(text if len(text) <= limit else text[:limit] + "...")
 
 
-def named_reward(func: Callable) -> Callable:
+def named_reward(func: Callable, observe: Callable | None = None) -> Callable:
     """``func`` wrapped so a failure during training raises :class:`RewardError` naming it, the step and the
-    prompt; TRL sees the same name (``functools.wraps``), so its logs are unchanged."""
+    prompt; TRL sees the same name (``functools.wraps``), so its logs are unchanged. ``observe(name, kwargs,
+    rewards)``, when given, sees every checked call (the kit's completion samples, ``train/grpo.py``)."""
     name = reward_name(func)
 
     @functools.wraps(func)
@@ -141,12 +142,14 @@ def named_reward(func: Callable) -> Callable:
             problem, k = found
             shown = f" (prompt {_short(prompts[k])})" if k is not None and k < len(prompts) else ""
             raise RewardError(f"reward function {name!r} {problem} {where}{shown}")
+        if observe is not None:
+            observe(name, kwargs, rewards)
         return rewards
 
     reward.__name__ = name
     return reward
 
 
-def named_rewards(reward_funcs: Iterable[Callable]) -> list[Callable]:
+def named_rewards(reward_funcs: Iterable[Callable], observe: Callable | None = None) -> list[Callable]:
     """Every plain reward function wrapped by :func:`named_reward`; async ones and reward models as they are."""
-    return [named_reward(f) if is_plain(f) else f for f in reward_funcs]
+    return [named_reward(f, observe) if is_plain(f) else f for f in reward_funcs]

@@ -56,7 +56,7 @@ from transformers import EarlyStoppingCallback, TrainerCallback
 
 from ..config import FinetuneConfig
 from ..settings import RunSettings
-from ..watch import best_eval, eval_records
+from ..watch import best_eval, best_key, eval_records
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +64,10 @@ EVAL_RATIO = 0.2
 """With no ``eval_every`` and no ``checkpoint_every``: evaluate every 20% of the steps (5 times a run)."""
 BEST_METRIC = "eval_loss"
 """What "best" means: the lowest held-out loss (DPO's loss for ``method="dpo"``)."""
+GRPO_BEST_METRIC = "eval_reward"
+"""What "best" means for GRPO: the highest mean reward of completions sampled for the held-out prompts (TRL's
+``GRPOTrainer`` evaluates by sampling ``num_generations`` completions per prompt and scoring them as in
+training; its eval loss is the policy-gradient surrogate, about 0, and says nothing)."""
 
 
 def eval_steps(config: FinetuneConfig) -> int | float:
@@ -74,10 +78,12 @@ def eval_steps(config: FinetuneConfig) -> int | float:
 def check_evaluation(config: FinetuneConfig, has_eval_rows: bool) -> None:
     """Raise ``ValueError`` (before any model loads) for evaluation settings that cannot work with this data."""
     if config.early_stopping_patience is not None and not has_eval_rows:
-        raise ValueError(f"early_stopping_patience={config.early_stopping_patience}: early stopping watches the eval "
-                         "loss, and this run has no eval rows; pass eval_fraction (e.g. 0.1) or an eval_dataset.")
+        watched = "held-out reward" if config.method == "grpo" else "eval loss"
+        raise ValueError(f"early_stopping_patience={config.early_stopping_patience}: early stopping watches the "
+                         f"{watched}, and this run has no eval rows; pass eval_fraction (e.g. 0.1) or an eval_dataset.")
+    best = "highest held-out reward" if config.method == "grpo" else "lowest eval loss"
     if config.save_best and not has_eval_rows:
-        raise ValueError("save_best=True: the best adapter is the one with the lowest eval loss, and this run has "
+        raise ValueError(f"save_best=True: the best adapter is the one with the {best}, and this run has "
                          "no eval rows; pass eval_fraction (e.g. 0.1) or an eval_dataset, or leave save_best unset.")
     every, checkpoint = config.eval_every, config.checkpoint_every
     if has_eval_rows and config.keeps_best and every and checkpoint and checkpoint % every:
@@ -95,6 +101,9 @@ def eval_args(run: RunSettings) -> dict:
     steps = eval_steps(config)
     args = dict(eval_strategy="steps", eval_steps=steps, per_device_eval_batch_size=config.batch_size,
                 eval_on_start=True, metric_for_best_model=BEST_METRIC, greater_is_better=False)
+    if config.method == "grpo":  # a whole step's completions at once: all of a prompt's in one batch, as TRL needs
+        args.update(per_device_eval_batch_size=config.batch_size * config.grad_accum,
+                    metric_for_best_model=GRPO_BEST_METRIC, greater_is_better=True)
     if config.keeps_best:
         args.update(load_best_model_at_end=True, save_steps=steps)
     if config.early_stopping_patience:
@@ -156,13 +165,15 @@ def load_best(trainer: Any) -> None:
 
 def describe_best(history: list[dict], adapter_at: int | None, last_step: int) -> str | None:
     """One line about the held-out loss: where it went, and which step's adapter is kept; None without evals."""
-    evals = [h for h in eval_records(history) if math.isfinite(h["eval_loss"])]
+    key = best_key(history)
+    evals = [h for h in eval_records(history) if math.isfinite(h.get(key, math.nan))]
     if not evals:
         return None
     first, last = evals[0], evals[-1]
     best = best_eval(history) or last
-    line = (f"eval loss {first['eval_loss']:.3f} (step {first['step']}) -> {last['eval_loss']:.3f} (step "
-            f"{last['step']}), lowest {best['eval_loss']:.3f} at step {best['step']}")
+    name, most = ("held-out reward", "highest") if key == "eval_reward" else ("eval loss", "lowest")
+    line = (f"{name} {first[key]:.3f} (step {first['step']}) -> {last[key]:.3f} (step "
+            f"{last['step']}), {most} {best[key]:.3f} at step {best['step']}")
     if adapter_at is not None and adapter_at != last_step:
-        line += f"; the adapter kept is step {adapter_at}'s (lowest eval loss), not the last step {last_step}'s"
+        line += f"; the adapter kept is step {adapter_at}'s ({most} {name}), not the last step {last_step}'s"
     return line

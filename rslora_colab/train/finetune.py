@@ -256,7 +256,8 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
                          "tokens or more, so TRL drops them and nothing is left to evaluate on: raise "
                          "max_seq_length, hold out other rows (another seed), or pass an eval_dataset.")
     run = _layout_that_runs(run, trainer)
-    guard = (DivergenceGuard(config.max_rollbacks, recorder.history, loss_spikes=config.method != "grpo")
+    grpo = config.method == "grpo"  # a policy-gradient loss: no spike rules, and the reward is judged instead
+    guard = (DivergenceGuard(config.max_rollbacks, recorder.history, loss_spikes=not grpo, reward_collapse=grpo)
              .attach(trainer) if config.guard else None)
     quiet_progress(trainer)
     _announce(run, len(trainer.train_dataset), len(dataset), fmt, trainer.eval_dataset)
@@ -330,7 +331,8 @@ def _announce(run: RunSettings, kept: int, rows: int, fmt: str, eval_rows: Any =
     if eval_rows is not None:
         dropped = f" of {run.eval_rows}" if len(eval_rows) != run.eval_rows else ""
         how = f"held out ({c.eval_fraction:.0%})" if c.eval_fraction else "from eval_dataset"
-        held = f", eval loss on {len(eval_rows)}{dropped} rows {how}"
+        measure = "held-out reward" if c.method == "grpo" else "eval loss"
+        held = f", {measure} on {len(eval_rows)}{dropped} rows {how}"
     where = f"{run.runtime.device} x {run.world_size} processes" if run.world_size > 1 else run.runtime.device
     batches = {"packed": f", packed into {kept} sequences of at most {c.max_seq_length} tokens",
                "padding-free": ", padding-free batches", "padded": ", padded batches" if run.batches_why else ""

@@ -18,7 +18,7 @@ default to (``GRPOConfig``, TRL 1.15/1.16):
 * **learning rate**: ``lr_for_rank(r, "grpo")`` (:mod:`rslora_colab.presets`, sources there).
 * **rewards**: checked on sample completions before the trainer is built and wrapped so a failure names the
   function (:mod:`rslora_colab.rewards`); :class:`NoSignalCallback` warns when the rewards stop telling the
-  completions apart.
+  completions apart; :class:`CompletionSamples` logs a prompt and its completions every 10 steps.
 * ``max_length`` (the SFT/DPO truncation) is not a ``GRPOConfig`` argument: TRL neither cuts nor drops a prompt,
   so the kit checks before loading that each prompt leaves ``max_completion_length`` tokens of
   ``max_seq_length`` (:func:`~rslora_colab.data.check_prompt_room`).
@@ -71,6 +71,106 @@ class NoSignalCallback(TrainerCallback):
                            "hard nor already solved.")
 
 
+SAMPLE_EVERY = 10
+"""Logged steps between two completion samples in the log (:class:`CompletionSamples`)."""
+SAMPLE_CHARS = 160
+"""A sampled completion is cut to this many characters in the log."""
+
+
+class CompletionSamples(TrainerCallback):
+    """Every :data:`SAMPLE_EVERY` steps, one prompt of the step and its completions, each with its reward, in
+    the log (``logging.getLogger("rslora_colab.train.grpo")``, INFO), so a user sees what the model says:
+
+    .. code-block:: text
+
+        step 10, prompt 'Give the heading for ...': 4 completions, reward (sum of length_penalty)
+          1.00  ''
+          0.45  'The "assert" statement is ...'
+
+    The kit's reward wrappers hand it each checked call (:func:`~rslora_colab.rewards.named_rewards`'s
+    ``observe``); it keeps the first prompt of the latest generation and its completions. Plain log lines
+    instead of TRL's ``log_completions`` (a rich table each logging step, or a wandb table): one short block
+    every 10 steps reads in a terminal and a notebook alike, and the level silences it. Rank 0 logs.
+    """
+
+    def __init__(self, every: int = SAMPLE_EVERY, chars: int = SAMPLE_CHARS) -> None:
+        self.every, self.chars = every, chars
+        self.latest: dict | None = None
+        """The newest sample: ``{"step", "prompt", "completions", "rewards": {name: [...]}}``."""
+        self.logged: list[int] = []
+        """The steps whose sample was logged."""
+
+    def observe(self, name: str, kwargs: dict, rewards: list) -> None:
+        """One reward function's checked call on a generation (the step it trains is the next one)."""
+        prompts, completions = kwargs.get("prompts") or [], kwargs.get("completions") or []
+        state = kwargs.get("trainer_state")
+        if not prompts or state is None:
+            return
+        step = state.global_step + 1
+        if self.latest is None or self.latest["step"] != step:
+            first = [k for k, prompt in enumerate(prompts) if prompt == prompts[0]]
+            self.latest = {"step": step, "prompt": prompts[0], "indices": first,
+                           "completions": [completions[k] for k in first], "rewards": {}}
+        self.latest["rewards"][name] = [rewards[k] for k in self.latest["indices"]]
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        sample = self.latest
+        if (not logs or "loss" not in logs or sample is None or sample["step"] != state.global_step
+                or state.global_step % self.every or not state.is_world_process_zero):
+            return
+        names = list(sample["rewards"])
+        totals = [sum(0.0 if v is None else float(v) for v in values)
+                  for values in zip(*sample["rewards"].values())]
+        lines = [f"step {state.global_step}, prompt {self._short(sample['prompt'])}: {len(totals)} completions, "
+                 f"reward (sum of {', '.join(names)})"]
+        lines += [f"  {total:5.2f}  {self._short(text)}" for total, text in zip(totals, sample["completions"])]
+        logger.info("\n".join(lines))
+        self.logged.append(state.global_step)
+
+    def _short(self, text: Any) -> str:
+        if not isinstance(text, str):  # chat turns: the last turn's text
+            text = text[-1].get("content", "") if text else ""
+        return repr(text if len(text) <= self.chars else text[:self.chars] + "...")
+
+
+class SeededEvaluation(TrainerCallback):
+    """Every evaluation samples the held-out completions from the same seed, and training's random state is
+    left as it was: so two evaluations differ only by the adapter (as :func:`mean_reward` measures), and a run
+    with evaluation samples its training completions as one without.
+
+    TRL's ``GRPOTrainer`` samples eval completions from torch's global generator. This seeds it when an
+    evaluation is due (``on_step_end`` sees ``control.should_evaluate``, which transformers' flow callback, first
+    in the list, has set; ``on_train_begin`` sees ``eval_on_start``) and puts the saved state back in
+    ``on_evaluate``, before any checkpoint saves the state."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self.saved = seed, None
+
+    def _seed(self) -> None:
+        import torch
+
+        self.saved = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+        torch.manual_seed(self.seed)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if args.eval_on_start:  # after EvalOnFreshStart (earlier in the list) decided
+            self._seed()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_evaluate:
+            self._seed()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        import torch
+
+        if self.saved is not None:
+            cpu, cuda = self.saved
+            torch.set_rng_state(cpu)
+            if cuda is not None:
+                torch.cuda.set_rng_state_all(cuda)
+            self.saved = None
+
+
 def check_rewards_before_loading(config: Any, dataset: Any, fmt: str, tokenizer: Any, source: str = "dataset") -> None:
     """GRPO runs: every reward function once on sample completions of the first rows, before any weights load
     (:func:`~rslora_colab.rewards.check_rewards`, rows named as the data checks name them); nothing otherwise."""
@@ -95,16 +195,20 @@ def grpo_config(run: RunSettings, shared: dict):
 
 
 def grpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list,
-                 shared: dict):
+                 shared: dict, eval_dataset: Any = None):
     """TRL's ``GRPOTrainer`` over an rsLoRA-adapted model and validated prompt data (``fmt``: ``"prompt"`` or
-    ``"prompt_chat"``); the reward functions are checked on the data first (:func:`~rslora_colab.rewards.check_rewards`)."""
+    ``"prompt_chat"``); the reward functions are checked on the data first (:func:`~rslora_colab.rewards.check_rewards`).
+    With ``eval_dataset`` (held-out prompts, validated the same way) TRL samples and scores completions for
+    them at every evaluation (``evaluation.GRPO_BEST_METRIC``), seeded by :class:`SeededEvaluation`."""
     from trl import GRPOTrainer
 
-    funcs = run.config.reward_funcs
+    funcs, samples = run.config.reward_funcs, CompletionSamples()
     check_rewards(funcs, dataset, fmt, tokenizer)  # again here: train_adapter's path, and a cheap one
-    return GRPOTrainer(model=model, reward_funcs=named_rewards(funcs), args=grpo_config(run, shared),
-                       train_dataset=to_grpo_dataset(dataset, fmt, tokenizer), processing_class=tokenizer,
-                       callbacks=[*callbacks, NoSignalCallback()])
+    held = [] if eval_dataset is None else [SeededEvaluation(run.config.seed)]
+    return GRPOTrainer(model=model, reward_funcs=named_rewards(funcs, samples.observe),
+                       args=grpo_config(run, shared), train_dataset=to_grpo_dataset(dataset, fmt, tokenizer),
+                       eval_dataset=None if eval_dataset is None else to_grpo_dataset(eval_dataset, fmt, tokenizer),
+                       processing_class=tokenizer, callbacks=[*callbacks, *held, NoSignalCallback(), samples])
 
 
 def mean_reward(model: Any, tokenizer: Any, dataset: Any, reward_funcs: Any, num_generations: int = 4,

@@ -300,11 +300,8 @@ def split_eval(dataset: Any, config: FinetuneConfig, eval_dataset: Any = None,
     The returned config records the fraction used. Evaluation settings that
     cannot work with the result raise ``ValueError`` here.
     """
-    if config.method == "grpo" and eval_dataset is not None:
-        raise ValueError("eval_dataset with method='grpo': the kit does not evaluate GRPO runs on held-out prompts "
-                         "yet (TRL would sample and score completions for them); leave it out.")
-    if config.method == "grpo" and config.eval_fraction is None:
-        config = dataclasses.replace(config, eval_fraction=0.0)  # nothing held out by default: see above
+    if config.method == "grpo" and config.eval_fraction is None:  # an evaluation samples completions: opt-in
+        config = dataclasses.replace(config, eval_fraction=0.0)
     if eval_dataset is not None and config.eval_fraction:
         raise ValueError(f"eval_fraction={config.eval_fraction} and an eval_dataset: pass one of them (the "
                          "eval_dataset is used whole; eval_fraction holds rows out of the training data).")

@@ -157,7 +157,7 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSe
     if run.config.method == "dpo":
         trainer = _dpo_trainer(model, tokenizer, dataset, fmt, run, callbacks, eval_dataset)
     elif run.config.method == "grpo":  # prompts and reward functions: rslora_colab.train.grpo
-        trainer = grpo_trainer(model, tokenizer, dataset, fmt, run, callbacks, trainer_args(run))
+        trainer = grpo_trainer(model, tokenizer, dataset, fmt, run, callbacks, trainer_args(run), eval_dataset)
     else:
         from trl import SFTTrainer
 
