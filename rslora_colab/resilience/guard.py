@@ -135,7 +135,7 @@ def judge_reward(reward: float, recent: list[float], seen: tuple[float, float], 
 
     >>> judge_reward(0.0, [0.5, 0.55, 0.6, 0.58, 0.62, 0.6, 0.65, 0.63, 0.7, 0.68], (0.1, 0.7))[:22]
     'reward 0 is 0.61 below'
-    >>> judge_reward(0.45, [0.5, 0.55, 0.6, 0.58, 0.62, 0.6, 0.65, 0.63, 0.7, 0.68], (0.1, 0.7))
+    >>> judge_reward(0.5, [0.5, 0.55, 0.6, 0.58, 0.62, 0.6, 0.65, 0.63, 0.7, 0.68], (0.1, 0.7))
     ''
     """
     if len(recent) < max(min_history, 2) or not math.isfinite(reward):
