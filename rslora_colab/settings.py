@@ -53,8 +53,9 @@ class RunSettings:
     eval_rows: int = 0
     """Rows the eval loss is measured on (held out with ``eval_fraction``, or an ``eval_dataset``); 0: no evaluation."""
     batches_why: str = ""
-    """Why the micro-batches are laid out as they are (``batches``), for the start line: what was asked, or the
-    kit's choice for the backend (:func:`~rslora_colab.train.setup.choose_batches`)."""
+    """Why the micro-batches are laid out as they are (``batches``), for the start line: the kit's choice for the
+    backend, made from the rows' measured lengths (:func:`~rslora_colab.train.setup.choose_batches`); "" when the
+    layout is as asked (or DPO/GRPO's)."""
 
     @property
     def global_batch(self) -> int:

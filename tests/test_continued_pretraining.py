@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rslora_colab import FinetuneConfig, add_rslora, estimate_vram, load_adapter, quick_finetune
+from rslora_colab import FinetuneConfig, add_rslora, detect_runtime, estimate_vram, load_adapter, quick_finetune
 from rslora_colab.adapt import embedding_modules, ties_embeddings
 from rslora_colab.demo import demo_glossary, demo_manual_text
 from rslora_colab.settings import resolve_run
@@ -117,7 +117,7 @@ def test_embedding_settings_are_checked():
     with pytest.raises(ValueError, match="embedding_lr=1e-05: expected None unless train_embeddings=True"):
         FinetuneConfig(embedding_lr=1e-5)
     run = resolve_run(FinetuneConfig(r=16, train_embeddings=True, output_dir="unused"),
-                      __import__("rslora_colab").detect_runtime())
+                      detect_runtime())
     assert run.config.embedding_lr == pytest.approx(2e-4 * 0.2) and run.manifest()["train_embeddings"] is True
 
 

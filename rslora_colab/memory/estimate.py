@@ -265,6 +265,11 @@ class VramEstimate:
     """Their fp32 gradients and optimizer state."""
 
     @property
+    def trained_embeddings_total_gib(self) -> float:
+        """Everything continued pretraining adds: the fp32 copies, their gradients and optimizer state."""
+        return self.trained_embeddings_gib + self.trained_embeddings_state_gib
+
+    @property
     def static_gib(self) -> float:
         """Reserved after loading and adding LoRA, before the first step (``max_memory_reserved`` then).
 

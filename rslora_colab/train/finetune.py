@@ -72,7 +72,6 @@ from ..watch import HistoryCallback, quiet_progress
 from .evaluation import adapter_step, describe_best, load_best
 from .grpo import check_rewards_before_loading
 from .setup import (
-    PADDING_FREE_DEFAULT,
     check_lengths,
     choose_batches,
     fit_to_gpu,
@@ -157,12 +156,13 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
         measured = [lengths]
         if eval_dataset is not None:
             measured.append(check_lengths(tokenizer, held, fmt, config, source_name(eval_dataset, "eval_dataset")))
+        asked_layout = config.padding_free
         config, why = choose_batches(config, runtime_before_load(model, config.backend), *measured)
         check_rewards_before_loading(config, dataset, fmt, tokenizer, source)  # GRPO: each reward function, once
         if lengths is not None:
             check_padding_free(config, lengths, source)  # before the model loads
         planned, plan = fit_to_gpu(model, config, lengths, source,  # before any weights load; raises if it won't fit
-                                   chosen=config.padding_free is True and why == PADDING_FREE_DEFAULT)
+                                   chosen=asked_layout is None and config.padding_free is True)
         if planned.padding_free != config.padding_free:
             why = (f"padded: the memory plan cut max_seq_length to {planned.max_seq_length}, and padding-free rows "
                    "are never truncated")
@@ -238,8 +238,8 @@ def _train(model: Any, tokenizer: Any, dataset: Any, fmt: str, config: FinetuneC
     runtime = runtime_of(model)
     if not batches_why:  # train_adapter: the kit's choice of batch layout, from the rows as TRL will build them
         measure = config.method == "sft" and config.padding_free is None and runtime.backend != "unsloth"
-        measured = [token_lengths(rows, fmt, tokenizer) for rows in (dataset, eval_dataset) if rows is not None
-                    and measure]
+        measured = [token_lengths(rows, fmt, tokenizer) for rows in (dataset, eval_dataset)
+                    if rows is not None] if measure else []
         config, batches_why = choose_batches(config, runtime, *measured)
     run = resolve_run(config, runtime, gpu_plan, world_size(),
                       len(eval_dataset) if eval_dataset is not None else 0, batches_why)

@@ -66,6 +66,7 @@ from ..memory.plan import (
 )
 from ..runtime import Runtime, detect_runtime, trains_as
 from .evaluation import check_evaluation
+from .trainer import packing_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -130,9 +131,7 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
                         **kwargs)
     if plan.fits and padding_free and lengths is not None and plan.max_seq_length < seq:
         # the plan must cut the rows, and nothing truncates padding-free rows (check_padding_free)
-        if chosen:
-            logger.info(f"padded batches after all: the memory plan cuts max_seq_length to {plan.max_seq_length}, "
-                        "and padding-free rows are never truncated")
+        if chosen:  # the start line gives the reason (quick_finetune)
             return fit_to_gpu(model, dataclasses.replace(config, padding_free=False), lengths, source)
         raise ValueError(f"padding_free=True: {plan.message}, shorter than the longest row ({seq} tokens), and TRL "
                          "does not truncate padding-free rows. Pass packing=True (which truncates), or "
@@ -140,12 +139,10 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
     if not plan.fits:
         cost = ""
         if config.train_embeddings:
-            est = plan.estimate
             plain = plan_for_gpu(spec, r=config.r, max_seq_length=seq, gpu=gpu, batch_size=config.batch_size,
                                  grad_accum=config.grad_accum, max_micro_batch=config.batch_size,
                                  **{**kwargs, "train_embeddings": False})
-            needs = est.trained_embeddings_gib + est.trained_embeddings_state_gib
-            cost = (f" train_embeddings alone needs ~{needs:.2f} GiB here (embed_tokens and lm_head in fp32, their "
+            cost = (f" train_embeddings alone needs ~{plan.estimate.trained_embeddings_total_gib:.2f} GiB here (embed_tokens and lm_head in fp32, their "
                     f"gradients and optimizer state); without it the run {plain.message}.")
         raise ValueError(f"{plan.message}. Suggestion: {plan.suggestion}{cost} Or pass plan=False to try anyway "
                          f"(the estimate is not yet calibrated on a GPU).")
@@ -156,7 +153,7 @@ def fit_to_gpu(model: Any, config: FinetuneConfig, lengths: TokenLengths | None 
         notes.append(_planned_length_note(lengths, cap, seq))
     if config.train_embeddings:
         notes.append(f"train_embeddings: embed_tokens and lm_head in fp32 with their gradients and optimizer state "
-                     f"(~{plan.estimate.trained_embeddings_gib + plan.estimate.trained_embeddings_state_gib:.2f} GiB)")
+                     f"(~{plan.estimate.trained_embeddings_total_gib:.2f} GiB)")
     if kwargs["sequences_per_row"] > 1:
         notes.append(f"DPO: {kwargs['sequences_per_row']} sequences per row (chosen + rejected go through the "
                      "model together)")
@@ -282,7 +279,7 @@ def check_lengths(tokenizer: Any, dataset: Any, fmt: str, config: FinetuneConfig
 def _splits(config: FinetuneConfig, fmt: str) -> bool:
     """True when TRL splits long rows into pieces instead of truncating them: packed ``text`` rows
     (:func:`~rslora_colab.train.trainer.packing_strategy`)."""
-    return config.packing and config.method == "sft" and fmt == "text"
+    return config.packing and config.method == "sft" and packing_strategy(fmt) == "bfd_split"
 
 
 def _rows_word(config: FinetuneConfig) -> str:

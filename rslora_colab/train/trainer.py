@@ -161,20 +161,19 @@ def build_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSe
     else:
         from trl import SFTTrainer
 
+        # a padding-free layout the caller asked for is checked here; the kit's own choice (run.batches_why) was
+        # made from these rows' lengths already (choose_batches)
         for rows, name in ((dataset, "dataset"), (eval_dataset, "eval_dataset")):
-            if rows is not None and run.config.padding_free and not run.config.packing:
+            if rows is not None and run.config.padding_free and not run.config.packing and not run.batches_why:
                 check_padding_free(run.config, token_lengths(rows, fmt, tokenizer), name)
         train_dataset, extra = to_trainer_dataset(dataset, fmt, tokenizer)
         shaped_eval = None if eval_dataset is None else to_trainer_dataset(eval_dataset, fmt, tokenizer)[0]
         if run.config.packing:
             extra["packing_strategy"] = packing_strategy(fmt)
         args = sft_config(run, **extra)
+        optimizers = (None, None)  # the trainer builds its own; keep_adapter_fp32 below casts the embedding copies too
         if run.config.train_embeddings:
-            if not runtime_of(model).unsloth_gpu:
-                keep_adapter_fp32(model)  # the embedding copies too, before the optimizer holds them
             optimizers = (embedding_optimizer(model, args, run.config.embedding_lr), None)
-        else:
-            optimizers = (None, None)
         trainer = SFTTrainer(model=model, args=args, train_dataset=train_dataset, eval_dataset=shaped_eval,
                              processing_class=tokenizer, callbacks=callbacks, optimizers=optimizers)
     check_trainer_world(trainer.args)  # a launcher's processes that would each train alone: say so now
