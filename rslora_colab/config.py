@@ -18,6 +18,7 @@ from .memory.plan import GPU_BUDGETS
 from .presets import MAX_RANK, METHODS, MIN_RANK
 from .resilience.drive import default_output_dir
 from .runtime import BACKENDS
+from .trl_args import KIT_SETS, other_method_hint, split_trl_args, suggestion_names, trl_args_problems
 
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 HF_NAMES = {
@@ -161,6 +162,11 @@ class FinetuneConfig:
     embedding_lr: float | None = None
     """Learning rate of embed_tokens and lm_head with train_embeddings; None: lr x 0.2 (Unsloth's
     continued-pretraining notebooks, ``rslora_colab.presets.EMBEDDING_LR_FACTOR``)."""
+    trl_args: dict[str, Any] = field(default_factory=dict, hash=False)
+    """Fields of the method's TRL config (SFTConfig, DPOConfig, GRPOConfig) under TRL's own names, handed to it
+    untouched after the kit's arguments, e.g. {"neftune_noise_alpha": 5, "optim": "adamw_8bit"}; recorded in the
+    manifest. ``quick_finetune(..., neftune_noise_alpha=5)`` puts a TRL keyword here itself
+    (``rslora_colab.trl_args``: what the kit keeps, and why)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "target_modules", module_names(self.target_modules))
@@ -168,6 +174,8 @@ class FinetuneConfig:
             object.__setattr__(self, "output_dir", default_output_dir())
         object.__setattr__(self, "gpu", gpu_budget_value(self.gpu))
         object.__setattr__(self, "reward_funcs", as_reward_tuple(self.reward_funcs))
+        if isinstance(self.trl_args, dict):  # a copy of its own: the frozen config is not changed from outside
+            object.__setattr__(self, "trl_args", dict(self.trl_args))
         problems = self.problems()
         if problems:
             raise ValueError("Invalid fine-tuning settings:\n  " + "\n  ".join(problems))
@@ -241,7 +249,8 @@ class FinetuneConfig:
             (self.embedding_lr is None or self.train_embeddings is True, "embedding_lr",
              "None unless train_embeddings=True (it is the embeddings' own learning rate)"),
         ]
-        return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok]
+        return [f"{name}={getattr(self, name)!r}: expected {expected}" for ok, name, expected in checks if not ok
+                ] + trl_args_problems(self.trl_args, self.method)
 
     @property
     def keeps_best(self) -> bool:
@@ -250,13 +259,21 @@ class FinetuneConfig:
 
     @classmethod
     def from_overrides(cls, **overrides: Any) -> "FinetuneConfig":
-        """Build from keyword overrides; unknown keywords get a 'did you mean' error."""
+        """Build from keyword overrides: a field of the method's TRL config that is not the kit's goes to
+        ``trl_args`` under its own name; other unknown keywords get a 'did you mean' error."""
         known = [f.name for f in fields(cls)]
+        overrides, trl = split_trl_args(overrides, {*known, *HF_NAMES})
         unknown = [k for k in overrides if k not in known]
         if unknown:
-            hints = [f"{k!r}" + (f" (did you mean {m!r}?)" if (m := suggest_name(k, known)) else "") for k in unknown]
-            raise ValueError(f"Unknown setting(s) {', '.join(hints)}. Known settings: {', '.join(known)}.")
-        return cls(**overrides)
+            method = overrides.get("method", "sft")
+            candidates = [*known, *suggestion_names(method)]
+            hints = [f"{k!r}" + (f" (the kit sets it: {KIT_SETS[k]})" if k in KIT_SETS else
+                                 f" ({o})" if k not in HF_NAMES and (o := other_method_hint(k, method)) else
+                                 f" (did you mean {m!r}?)" if (m := suggest_name(k, candidates)) else "")
+                     for k in unknown]
+            raise ValueError(f"Unknown setting(s) {', '.join(hints)}. Known settings: {', '.join(known)}; and the "
+                             "fields of TRL's config for the method (SFTConfig, DPOConfig, GRPOConfig).")
+        return cls(**overrides, **({"trl_args": trl} if trl else {}))
 
 
 def _is_root(folder: str) -> bool:

@@ -69,8 +69,8 @@ class RunSettings:
 
     @property
     def optimizer(self) -> str:
-        """The transformers ``optim`` name (the runtime decides it)."""
-        return self.runtime.optimizer
+        """The transformers ``optim`` name: the runtime's choice, or the one passed through to TRL (``trl_args``)."""
+        return self.config.trl_args.get("optim", self.runtime.optimizer)
 
     def with_batch(self, batch_size: int, grad_accum: int) -> "RunSettings":
         """The same run with another micro-batch shape (after an out-of-memory error; effective batch kept)."""
@@ -96,7 +96,8 @@ class RunSettings:
                     "train_embeddings": config.train_embeddings, "embedding_lr": config.train_embeddings}
         fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if optional.get(name, True)}
         return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer,
-                "global_batch": self.global_batch, **({"reward_funcs": self.reward_names} if grpo else {})}
+                "global_batch": self.global_batch, **({"reward_funcs": self.reward_names} if grpo else {}),
+                **({"trl_args": dict(config.trl_args)} if config.trl_args else {})}
 
     @property
     def reward_names(self) -> list[str]:
@@ -125,6 +126,7 @@ class RunSettings:
             "packing": c.packing, "padding_free": bool(c.padding_free or c.packing), "batches": self.batches,
             "batches_why": self.batches_why,
             **({"train_embeddings": True, "embedding_lr": c.embedding_lr} if c.train_embeddings else {}),
+            **({"trl_args": dict(c.trl_args)} if c.trl_args else {}),
         }
 
     @property
@@ -147,7 +149,8 @@ def resolve_run(config: FinetuneConfig, runtime: Runtime, gpu_plan: str | None =
     preset = preset_for_rank(config.r, config.alpha, config.use_rslora, config.method)
     filled = dataclasses.replace(
         config, alpha=preset.alpha, lr=config.lr if config.lr is not None else preset.lr,
-        warmup_ratio=config.warmup_ratio if config.warmup_ratio is not None else preset.warmup_ratio,
+        warmup_ratio=config.warmup_ratio if config.warmup_ratio is not None or "warmup_steps" in config.trl_args
+        else preset.warmup_ratio,  # TRL's own warmup_steps, passed through, replaces the preset's ratio
         lr_scheduler=config.lr_scheduler or preset.lr_scheduler,
         beta=config.beta if config.beta is not None else BETA_DEFAULTS.get(config.method))
     if config.train_embeddings and config.embedding_lr is None:

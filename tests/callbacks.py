@@ -26,3 +26,13 @@ def batch_rows(kwargs) -> list[tuple[int, ...]]:
         starts = (positions == 0).nonzero().flatten().tolist() + [len(line)]
         rows += [tuple(line[a:b].tolist()) for a, b in zip(starts, starts[1:])]
     return rows
+
+
+class Recorder(TrainerCallback):
+    """Keeps the training arguments the trainer really runs with (``args`` at the start of training)."""
+
+    def __init__(self):
+        self.args = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.args = args

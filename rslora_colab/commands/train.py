@@ -24,6 +24,7 @@ examples:
 from __future__ import annotations
 
 import argparse
+import ast
 from dataclasses import fields
 
 from ..choices import GPU_DEFAULT_MODEL
@@ -33,8 +34,9 @@ from ..rewards import READY_REWARDS, ready_reward
 from .common import ALIASES, resolve_job
 from .options import config_parser, given
 
-SETTINGS = [f.name for f in fields(FinetuneConfig) if f.name not in ("use_rslora", "reward_funcs")]
-"""FinetuneConfig fields offered as options (--lora says use_rslora shorter; --reward names the reward functions)."""
+SETTINGS = [f.name for f in fields(FinetuneConfig) if f.name not in ("use_rslora", "reward_funcs", "trl_args")]
+"""FinetuneConfig fields offered as options (--lora says use_rslora shorter; --reward names the reward functions;
+--trl KEY=VALUE fills trl_args)."""
 SAMPLE_PROMPT = "Give the heading of the Python docs topic 'assert'."
 
 
@@ -56,9 +58,25 @@ def register(subparsers) -> None:
                         "compare the answer (inside <answer>...</answer> when there is one) with the data's 'answer' "
                         "column; answer_format rewards that format; length_penalty favours short completions "
                         "(default for the demo: length_penalty with 60 characters)")
+    p.add_argument("--trl", action="append", metavar="KEY=VALUE", type=trl_setting,
+                   help="a field of TRL's config for the method (SFTConfig, DPOConfig, GRPOConfig) under TRL's own "
+                        "name, handed to it untouched and recorded in the manifest; repeat for several, e.g. --trl "
+                        "neftune_noise_alpha=5 --trl optim=adamw_8bit. The value is read as a Python literal (5, "
+                        "0.1, True, ['a']), else as text")
     p.add_argument("--sample", default=SAMPLE_PROMPT, help="prompt for the before/after sample ('' to skip; after "
                                                            "training, one eval row is asked too)")
     p.set_defaults(func=run)
+
+
+def trl_setting(text: str) -> tuple[str, object]:
+    """``--trl KEY=VALUE`` as ``(key, value)``: the value as a Python literal when it is one, else the text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. neftune_noise_alpha=5")
+    try:
+        return key.strip(), ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key.strip(), value
 
 
 def held_out_question(result, max_chars: int = 120) -> tuple[object, str] | None:
@@ -81,6 +99,8 @@ def run(args) -> int:
 
     start()  # several processes (torchrun, accelerate launch): join them before the first message
     settings = given(args, SETTINGS)
+    if args.trl:
+        settings["trl_args"] = dict(args.trl)
     if args.reward:
         settings["reward_funcs"] = tuple(ready_reward(name) for name in args.reward)
     method = settings.get("method", "sft")

@@ -40,6 +40,7 @@ from ..data import row_label, to_grpo_dataset
 from ..load import input_device, runtime_of
 from ..rewards import check_rewards, named_rewards, reward_arguments
 from ..settings import RunSettings
+from ..trl_args import trl_config
 
 logger = logging.getLogger(__name__)
 
@@ -188,10 +189,8 @@ def grpo_args(run: RunSettings, shared: dict) -> dict:
 
 
 def grpo_config(run: RunSettings, shared: dict):
-    """TRL's ``GRPOConfig`` from :func:`grpo_args`."""
-    from trl import GRPOConfig
-
-    return GRPOConfig(**grpo_args(run, shared))
+    """TRL's ``GRPOConfig`` from :func:`grpo_args`, then the user's ``trl_args``."""
+    return trl_config("grpo", grpo_args(run, shared), run.config.trl_args)
 
 
 def grpo_trainer(model: Any, tokenizer: Any, dataset: Any, fmt: str, run: RunSettings, callbacks: list,

@@ -25,6 +25,7 @@ from ..distributed import check_trainer_world, timeout_s
 from ..load import runtime_of
 from ..resilience.checkpoints import checkpoint_args, make_checkpoints_atomic
 from ..settings import RunSettings
+from ..trl_args import trl_config
 from .evaluation import eval_args, eval_callbacks
 from .grpo import grpo_trainer
 
@@ -69,20 +70,19 @@ def trainer_args(run: RunSettings) -> dict:
 
 
 def sft_config(run: RunSettings, **extra: Any):
-    """TRL's ``SFTConfig`` for this run (``extra`` adds e.g. ``assistant_only_loss``).
+    """TRL's ``SFTConfig`` for this run (``extra`` adds e.g. ``assistant_only_loss``; the user's ``trl_args`` go
+    over both, :func:`~rslora_colab.trl_args.trl_config`).
 
     ``packing`` and ``padding_free`` pass through under TRL's names. TRL truncates
     only when it packs: padding-free batches without packing get ``max_length=None``
     (:func:`check_padding_free` has made sure every row fits).
     """
-    from trl import SFTConfig
-
     config, args = run.config, trainer_args(run)
     if config.packing:
         args.update(packing=True, padding_free=True)  # TRL's "bfd" packing is padding-free
     elif config.padding_free:
         args.update(padding_free=True, max_length=None)
-    return SFTConfig(**args, **extra)
+    return trl_config("sft", {**args, **extra}, config.trl_args)
 
 
 def packing_strategy(fmt: str) -> str:
@@ -107,10 +107,8 @@ def check_padding_free(config: Any, lengths: Any, source: str = "dataset") -> No
 
 
 def dpo_config(run: RunSettings):
-    """TRL's ``DPOConfig``: the arguments SFT uses too, plus ``beta``."""
-    from trl import DPOConfig
-
-    return DPOConfig(**trainer_args(run), beta=run.config.beta)
+    """TRL's ``DPOConfig``: the arguments SFT uses too, plus ``beta``, then the user's ``trl_args``."""
+    return trl_config("dpo", {**trainer_args(run), "beta": run.config.beta}, run.config.trl_args)
 
 
 def attach_adapter(model: Any, run: RunSettings):
