@@ -24,16 +24,24 @@ from .config import FinetuneConfig
 from .presets import BETA_DEFAULTS, EMBEDDING_LR_FACTOR, adapter_scale, preset_for_rank
 from .runtime import Runtime
 
-MANIFEST_FIELDS = ("r", "alpha", "use_rslora", "target_modules", "lr", "lr_scheduler", "warmup_ratio",
-                   "max_seq_length", "max_steps", "epochs", "seed", "load_in_4bit", "weight_decay",
-                   "max_grad_norm", "dropout", "method", "beta", "eval_fraction", "early_stopping_patience",
-                   "early_stopping_threshold", "packing", "padding_free", "train_embeddings", "embedding_lr",
-                   "num_generations", "max_completion_length")
-"""Resolved settings a resumed run must share with the run it continues (plus the optimizer and the global batch:
-how it is split into processes, micro-batches and accumulation may change, as after an out-of-memory error);
-``beta`` only for DPO and GRPO, the generation settings only for GRPO (with the reward functions' names),
-``eval_fraction`` only when rows are held out, early stopping's only when it is on (a
-resume restores its counter with the saved patience)."""
+RESUME_MAY_CHANGE = ("batch_size", "grad_accum", "output_dir", "backend", "gradient_checkpointing", "plan", "gpu",
+                     "logging_steps", "guard", "max_rollbacks", "checkpoint_minutes", "checkpoint_every",
+                     "keep_checkpoints", "eval_every", "save_best", "report_to")
+"""``FinetuneConfig`` fields a resumed run may change: how the global batch is split into micro-batches and
+accumulation (the global batch itself is in the manifest: an out-of-memory error halves the micro-batch), where
+and with what it runs (the folder may move with Drive; the plan may fit another GPU), and how the run is watched,
+saved and reported. Every other field is in the manifest (:meth:`RunSettings.manifest`), so a new one is held
+by a resume without a line here."""
+
+
+def _applies(config: FinetuneConfig) -> dict[str, bool]:
+    """Fields that only mean something for some runs, and whether they do for ``config``'s: absent otherwise from
+    the manifest and the settings shown (``beta`` only for DPO and GRPO, the generation settings and the reward
+    functions only for GRPO, the embeddings' only when trained, ``trl_args`` only when given)."""
+    grpo = config.method == "grpo"
+    return {"beta": config.method in BETA_DEFAULTS, "num_generations": grpo, "max_completion_length": grpo,
+            "reward_funcs": grpo, "train_embeddings": config.train_embeddings,
+            "embedding_lr": config.train_embeddings, "trl_args": bool(config.trl_args)}
 
 
 @dataclass(frozen=True)
@@ -85,19 +93,29 @@ class RunSettings:
                                    batches_why=self.batches_why if why is None else why)
 
     def manifest(self) -> dict[str, Any]:
-        """The settings that shape training: a resume with any of them different is refused."""
+        """The settings that shape training: a resume with any of them different is refused.
+
+        Every field of the config but :data:`RESUME_MAY_CHANGE`, resolved, plus the optimizer and the global batch;
+        a field that does not apply to the run is absent (:func:`_applies`), and so are ``eval_fraction`` when no
+        rows are held out, early stopping's when it is off (a resume restores its counter with the saved
+        patience), ``packing`` and ``padding_free`` when off (as in manifests written before they existed).
+        """
         config = self.config
         stopping = config.early_stopping_patience is not None
-        grpo = config.method == "grpo"
-        optional = {"beta": config.method in BETA_DEFAULTS, "num_generations": grpo, "max_completion_length": grpo,
-                    "eval_fraction": bool(config.eval_fraction),
-                    "early_stopping_patience": stopping, "early_stopping_threshold": stopping,
-                    "packing": config.packing, "padding_free": config.padding_free,  # absent when off, as before
-                    "train_embeddings": config.train_embeddings, "embedding_lr": config.train_embeddings}
-        fields = {name: getattr(config, name) for name in MANIFEST_FIELDS if optional.get(name, True)}
-        return {**fields, "target_modules": list(config.target_modules), "optimizer": self.optimizer,
-                "global_batch": self.global_batch, **({"reward_funcs": self.reward_names} if grpo else {}),
-                **({"trl_args": dict(config.trl_args)} if config.trl_args else {})}
+        applies = {**_applies(config), "eval_fraction": bool(config.eval_fraction),
+                   "early_stopping_patience": stopping, "early_stopping_threshold": stopping,
+                   "packing": config.packing, "padding_free": config.padding_free}
+        return {**self._fields(exclude=RESUME_MAY_CHANGE, applies=applies), "optimizer": self.optimizer,
+                "global_batch": self.global_batch}
+
+    def _fields(self, exclude: tuple[str, ...] = (), applies: dict[str, bool] | None = None) -> dict[str, Any]:
+        """The config's fields as plain values (lists, reward functions by name), less ``exclude`` and those
+        ``applies`` says do not apply."""
+        applies = _applies(self.config) if applies is None else applies
+        shown = {"target_modules": list(self.config.target_modules), "reward_funcs": self.reward_names,
+                 "trl_args": dict(self.config.trl_args)}
+        return {f.name: shown.get(f.name, getattr(self.config, f.name)) for f in dataclasses.fields(self.config)
+                if f.name not in exclude and applies.get(f.name, True)}
 
     @property
     def reward_names(self) -> list[str]:
@@ -107,26 +125,16 @@ class RunSettings:
         return [reward_name(func) for func in self.config.reward_funcs]
 
     def as_dict(self) -> dict[str, Any]:
-        """What ``FinetuneResult.settings`` and ``metrics.json`` show: backend, precision, r, alpha, scale, lr, ..."""
+        """What ``FinetuneResult.settings`` and ``metrics.json`` show: every config field that applies to the run
+        (resolved), with the runtime (backend, precision, device), the scale, the optimizer, the global batch, the
+        memory plan's verdict, the eval rows and the batch layout."""
         c, rt = self.config, self.runtime
         return {
-            "backend": rt.backend, "precision": rt.precision, "device": rt.device,
-            "r": c.r, "alpha": c.alpha, "use_rslora": c.use_rslora, "scale": self.scale, "lr": c.lr,
-            "warmup_ratio": c.warmup_ratio, "lr_scheduler": c.lr_scheduler, "optimizer": self.optimizer,
-            "batch_size": c.batch_size, "grad_accum": c.grad_accum, "world_size": self.world_size,
-            "global_batch": self.global_batch, "max_seq_length": c.max_seq_length,
-            "max_steps": c.max_steps, "epochs": c.epochs, "seed": c.seed, "target_modules": list(c.target_modules),
-            "load_in_4bit": c.load_in_4bit, "method": c.method,
-            **({"beta": c.beta} if c.method in BETA_DEFAULTS else {}),
-            **({"num_generations": c.num_generations, "max_completion_length": c.max_completion_length,
-                "reward_funcs": self.reward_names} if c.method == "grpo" else {}),
-            "gpu_plan": self.gpu_plan, "eval_fraction": c.eval_fraction, "eval_rows": self.eval_rows,
-            "eval_every": c.eval_every, "save_best": c.keeps_best, "early_stopping_patience": c.early_stopping_patience,
-            "early_stopping_threshold": c.early_stopping_threshold, "report_to": c.report_to,
-            "packing": c.packing, "padding_free": bool(c.padding_free or c.packing), "batches": self.batches,
-            "batches_why": self.batches_why,
-            **({"train_embeddings": True, "embedding_lr": c.embedding_lr} if c.train_embeddings else {}),
-            **({"trl_args": dict(c.trl_args)} if c.trl_args else {}),
+            **self._fields(),
+            "backend": rt.backend, "precision": rt.precision, "device": rt.device, "scale": self.scale,
+            "optimizer": self.optimizer, "world_size": self.world_size, "global_batch": self.global_batch,
+            "gpu_plan": self.gpu_plan, "eval_rows": self.eval_rows, "save_best": c.keeps_best,
+            "padding_free": bool(c.padding_free or c.packing), "batches": self.batches, "batches_why": self.batches_why,
         }
 
     @property

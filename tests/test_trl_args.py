@@ -103,3 +103,18 @@ def test_the_command_line_passes_trl_settings_through(tmp_path, capsys):
     settings = json.loads((out / "metrics.json").read_text())["settings"]
     assert settings["trl_args"] == {"neftune_noise_alpha": 5, "optim": "sgd"}
     assert settings["optimizer"] == "sgd"
+
+
+def test_a_setting_is_recorded_and_held_by_a_resume_from_its_field_alone():
+    """One place per setting: every FinetuneConfig field is in the manifest of a run it applies to (or is one a
+    resume may change, RESUME_MAY_CHANGE), and in the settings shown, with no list of names to extend."""
+    from rslora_colab.settings import RESUME_MAY_CHANGE
+
+    runtime, every = detect_runtime(), {f.name for f in dataclasses.fields(FinetuneConfig)}
+    sft = FinetuneConfig(packing=True, padding_free=True, train_embeddings=True, eval_fraction=0.1,
+                         early_stopping_patience=2, trl_args={"neftune_noise_alpha": 5.0})
+    grpo = FinetuneConfig(method="grpo", reward_funcs=[length_penalty(60)])
+    runs = [resolve_run(config, runtime, eval_rows=4) for config in (sft, grpo)]
+    held = set().union(*(run.manifest() for run in runs))
+    assert every - held == set(RESUME_MAY_CHANGE) and not set(RESUME_MAY_CHANGE) & held
+    assert every <= set().union(*(run.as_dict() for run in runs))
