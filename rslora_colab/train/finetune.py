@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from ..config import FinetuneConfig
-from ..data import load_and_validate, load_eval_dataset, source_name, token_lengths
+from ..data import token_lengths
 from ..distributed import gather, run_on_main, start, world_size
 from ..load import load_tokenizer, runtime_of
 from ..logs import library_bars_off
@@ -70,17 +70,8 @@ from ..save import (
 from ..settings import RunSettings, resolve_run
 from ..watch import HistoryCallback, quiet_progress
 from .evaluation import adapter_step, describe_best, load_best
-from .grpo import check_rewards_before_loading
-from .setup import (
-    check_lengths,
-    choose_batches,
-    fit_to_gpu,
-    load_pair,
-    runtime_before_load,
-    share_batch,
-    split_eval,
-)
-from .trainer import attach_adapter, build_trainer, check_padding_free
+from .setup import choose_batches, fit_before_loading, load_pair, read_rows, share_batch, split_eval
+from .trainer import attach_adapter, build_trainer
 
 logger = logging.getLogger(__name__)
 
@@ -143,34 +134,17 @@ def quick_finetune(model: Any, dataset: Any, r: int = 64, callbacks: list | None
     >>> result = quick_finetune("demo", demo_dataset(), r=16, max_steps=20)  # doctest: +SKIP
     """
     start()  # several processes: join them now (the lock and the manifest need it); nothing with one
-    config = share_batch(FinetuneConfig.from_overrides(r=r, **overrides))
-    source = source_name(dataset)
-    dataset, fmt = load_and_validate(dataset, config.method)
-    held = None if eval_dataset is None else load_eval_dataset(eval_dataset, fmt, config.method)
-    config, train_rows, held = split_eval(dataset, config, held, source)
+    config = share_batch(FinetuneConfig.from_overrides(r=r, **overrides))  # 1. every setting checked
+    config, rows = read_rows(dataset, eval_dataset, config)  # 2. every row checked, the eval rows held out
     with run_lock(config.output_dir), library_bars_off():  # a writable folder, no other live run in it
         check_no_foreign_files(config.output_dir)  # and no file of the user's that the run would overwrite
-        # the tokenizer only: the rows TRL would drop, held-out ones included, named by the file's own lines
         tokenizer = load_tokenizer(model, config.backend, config.load_in_4bit)
-        lengths = check_lengths(tokenizer, dataset, fmt, config, source)
-        measured = [lengths]
-        if eval_dataset is not None:
-            measured.append(check_lengths(tokenizer, held, fmt, config, source_name(eval_dataset, "eval_dataset")))
-        asked_layout = config.padding_free
-        config, why = choose_batches(config, runtime_before_load(model, config.backend), *measured)
-        check_rewards_before_loading(config, dataset, fmt, tokenizer, source)  # GRPO: each reward function, once
-        if lengths is not None:
-            check_padding_free(config, lengths, source)  # before the model loads
-        planned, plan = fit_to_gpu(model, config, lengths, source,  # before any weights load; raises if it won't fit
-                                   chosen=asked_layout is None and config.padding_free is True)
-        if planned.padding_free != config.padding_free:
-            why = (f"padded: the memory plan cut max_seq_length to {planned.max_seq_length}, and padding-free rows "
-                   "are never truncated")
-        config = planned
-        model, tokenizer = load_pair(model, config)
-        result = _train(model, tokenizer, train_rows, fmt, config, callbacks, resume,
-                        plan.message if plan else None, saves_outputs=True, eval_dataset=held, batches_why=why)
-        save_final_outputs(result, tokenizer, config.output_dir)
+        fitted = fit_before_loading(model, tokenizer, rows, config)  # 3. lengths, layout, rewards, memory plan
+        model, tokenizer = load_pair(model, fitted.config)  # 4. the weights (the adapter: in _train)
+        # 5-6. resolve the run, add the adapter, train (with every extra in one callback list)
+        result = _train(model, tokenizer, rows.train, rows.fmt, fitted.config, callbacks, resume, fitted.plan,
+                        saves_outputs=True, eval_dataset=rows.held, batches_why=fitted.batches_why)
+        save_final_outputs(result, tokenizer, fitted.config.output_dir)  # 7. adapter, metrics.json, loss.png
     return result
 
 

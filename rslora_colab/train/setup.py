@@ -51,6 +51,9 @@ from ..data import (
     check_truncation,
     eval_fraction_for,
     hold_out,
+    load_and_validate,
+    load_eval_dataset,
+    source_name,
     token_lengths,
 )
 from ..distributed import smallest, world_size
@@ -66,7 +69,8 @@ from ..memory.plan import (
 )
 from ..runtime import Runtime, detect_runtime, trains_as
 from .evaluation import check_evaluation
-from .trainer import packing_strategy
+from .grpo import check_rewards_before_loading
+from .trainer import check_padding_free, packing_strategy
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +312,68 @@ def split_eval(dataset: Any, config: FinetuneConfig, eval_dataset: Any = None,
         dataset, eval_dataset = hold_out(dataset, fraction, config.seed, source)
     check_evaluation(config, eval_dataset is not None)
     return config, dataset, eval_dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class Rows:
+    """A run's data, read and every row checked, before any weights load (:func:`read_rows`)."""
+
+    fmt: str
+    """The format detected from the columns (``"alpaca"``, ``"chat"``, ``"preference_chat"``, ``"prompt"``, ...)."""
+    every: Any
+    """Every row of ``dataset``, held-out ones included (what the length check names by the file's own lines)."""
+    train: Any
+    """The rows trained on."""
+    held: Any
+    """The eval rows (held out with ``eval_fraction``, or the ``eval_dataset``), or None."""
+    source: str
+    """How messages name the data (the file, or "dataset")."""
+    eval_source: str | None = None
+    """How messages name an ``eval_dataset``; None when the eval rows (if any) are held out of ``dataset``."""
+
+
+def read_rows(dataset: Any, eval_dataset: Any, config: FinetuneConfig) -> tuple[FinetuneConfig, Rows]:
+    """Read and check every row (and every eval row, in the same format), then hold out the eval rows: the config
+    with the ``eval_fraction`` used, and the rows (:func:`split_eval`)."""
+    source = source_name(dataset)
+    every, fmt = load_and_validate(dataset, config.method)
+    given = None if eval_dataset is None else load_eval_dataset(eval_dataset, fmt, config.method)
+    config, train, held = split_eval(every, config, given, source)
+    named = None if eval_dataset is None else source_name(eval_dataset, "eval_dataset")
+    return config, Rows(fmt, every, train, held, source, named)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    """What the run will be, decided before any weights load (:func:`fit_before_loading`)."""
+
+    config: FinetuneConfig
+    """The config with the batch shape the memory plan chose and the batch layout the kit chose."""
+    plan: str | None
+    """The memory plan's verdict in one line; None without a plan (a CPU, or ``plan=False``)."""
+    batches_why: str
+    """Why the batches are laid out as they are, for the start line ("" when as asked)."""
+
+
+def fit_before_loading(model: Any, tokenizer: Any, rows: Rows, config: FinetuneConfig) -> Fitted:
+    """Everything decided from the tokenizer and the model's architecture alone, in order: the rows TRL would
+    drop (:func:`check_lengths`, eval rows too), the batch layout (:func:`choose_batches`), GRPO's reward
+    functions once on sample completions, a padding-free layout asked for that the rows would not fit, and the
+    memory plan at the rows' real lengths (:func:`fit_to_gpu`: raises when nothing fits)."""
+    lengths = check_lengths(tokenizer, rows.every, rows.fmt, config, rows.source)
+    measured = [lengths]
+    if rows.eval_source is not None:
+        measured.append(check_lengths(tokenizer, rows.held, rows.fmt, config, rows.eval_source))
+    asked = config.padding_free
+    config, why = choose_batches(config, runtime_before_load(model, config.backend), *measured)
+    check_rewards_before_loading(config, rows.every, rows.fmt, tokenizer, rows.source)
+    if lengths is not None:
+        check_padding_free(config, lengths, rows.source)
+    planned, plan = fit_to_gpu(model, config, lengths, rows.source, chosen=asked is None and config.padding_free is True)
+    if planned.padding_free != config.padding_free:
+        why = (f"padded: the memory plan cut max_seq_length to {planned.max_seq_length}, and padding-free rows "
+               "are never truncated")
+    return Fitted(planned, plan.message if plan else None, why)
 
 
 def runtime_before_load(model: Any, backend: str) -> Runtime:
