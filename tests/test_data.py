@@ -241,10 +241,11 @@ def test_data_with_no_row_left_after_truncation_fails_before_the_model_loads(dem
                     {"role": "assistant", "content": "One."}, {"role": "user", "content": LONG},
                     {"role": "assistant", "content": "Two."}]}], "sft"),
     (demo_dataset("text", n=6), "sft"),
+    (demo_dataset("sharegpt", n=6), "sft"),
     ([{"prompt": "Heading of 'assert'? ", "completion": ANSWER}, {"prompt": LONG, "completion": ANSWER}], "sft"),
     (demo_preferences("chat", n=6), "dpo"),
     (demo_preferences("text", n=6), "dpo"),
-], ids=["alpaca", "multi-turn-chat", "text", "prompt-completion", "dpo-chat", "dpo-text"])
+], ids=["alpaca", "multi-turn-chat", "text", "sharegpt", "prompt-completion", "dpo-chat", "dpo-text"])
 def test_token_lengths_are_what_trl_builds(demo_pair, rows, method):
     model, tokenizer = demo_pair
     model = add_rslora(model, r=8)
