@@ -130,3 +130,15 @@ def test_an_error_while_a_progress_bar_is_open_starts_its_own_line(capsys):
     err = capsys.readouterr().err
     assert re.search(r"(^|[\r\n])error: the disk is full\n", err), repr(err)
     assert not re.search(r"\]error:", err)
+
+
+def test_generated_options_default_to_not_given_and_say_what_no_flag_does():
+    """The options come from HfArgumentParser, through argparse's public add_argument (commands/options.py): if
+    transformers stopped calling it, nothing typed would be told from a default, and this fails."""
+    from rslora_colab import FinetuneConfig
+    from rslora_colab.commands.options import config_parser, given
+
+    parser = config_parser(FinetuneConfig, ["r", "guard", "max_steps"])
+    assert given(parser.parse_args([]), ["r", "guard", "max_steps"]) == {}
+    assert given(parser.parse_args(["--r", "8", "--no-guard"]), ["r", "guard", "max_steps"]) == {"r": 8, "guard": False}
+    assert "turn guard off" in parser.format_help()

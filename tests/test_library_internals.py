@@ -5,7 +5,6 @@ the trainer's ``optimizers`` argument)."""
 
 from __future__ import annotations
 
-import argparse
 import inspect
 
 import torch
@@ -39,12 +38,6 @@ def test_bitsandbytes_can_undo_its_cpu_repacking():
     import bitsandbytes.functional as F
 
     assert _params(F._convert_weight_packed_for_cpu_inverse)[:2] == ["packed_weight", "quant_state"]
-
-
-def test_argparse_keeps_its_actions_where_the_options_help_is_set():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--x")
-    assert [a.dest for a in parser._actions] == ["help", "x"]
 
 
 def test_a_forward_hook_with_always_call_runs_when_the_forward_raises():

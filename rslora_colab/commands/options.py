@@ -91,12 +91,17 @@ def config_parser(cls: type, names: Iterable[str], aliases: Mapping[str, str] | 
     """
     from transformers import HfArgumentParser
 
-    parser = HfArgumentParser(_cli_dataclass(cls, list(names), aliases or {}), add_help=False)
-    for action in parser._actions:  # argparse's list of the options it made
-        action.default = NOT_GIVEN
-        if isinstance(action, argparse._StoreFalseAction):  # HfArgumentParser's --no-<flag> for a True default
-            action.help = f"turn {action.option_strings[-1].removeprefix('--no-')} off"
-    return parser
+    class OptionsParser(HfArgumentParser):
+        """``HfArgumentParser`` whose options default to "not given", and whose ``--no-<flag>`` says what it does:
+        both through argparse's public ``add_argument``, which ``HfArgumentParser`` calls once per option."""
+
+        def add_argument(self, *names, **kwargs):
+            kwargs["default"] = NOT_GIVEN
+            if kwargs.get("action") == "store_false":  # HfArgumentParser's --no-<flag> for a True default
+                kwargs["help"] = f"turn {names[-1].removeprefix('--no-')} off"
+            return super().add_argument(*names, **kwargs)
+
+    return OptionsParser(_cli_dataclass(cls, list(names), aliases or {}), add_help=False)
 
 
 def given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
