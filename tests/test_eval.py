@@ -345,3 +345,15 @@ def test_the_guard_gives_up_keeping_the_adapter_with_the_lowest_eval_loss(demo_p
     assert f"The adapter with the lowest eval loss (step {best}) is saved in {tmp_path / 'last_good_adapter'}" \
         in str(err.value)
     assert _same_weights(tmp_path / "last_good_adapter", tmp_path / f"checkpoint-{best}")
+
+
+def test_resuming_a_run_that_had_ended_keeps_its_best_adapter(demo_path, tmp_path):
+    """Nothing is left to train, so train() does not run and cannot load the best checkpoint: the kit does."""
+    settings = {**OVERFIT, "early_stopping_patience": 3}
+    first = quick_finetune(demo_path, _headings(), output_dir=str(tmp_path), **settings)
+    last = max(h["step"] for h in first.history if "loss" in h)
+    assert first.adapter_step < last  # early stopping kept an earlier step's adapter
+    (tmp_path / "adapter").rename(tmp_path / "adapter_first")
+    again = quick_finetune(demo_path, _headings(), output_dir=str(tmp_path), resume=True, **settings)
+    assert again.adapter_step == first.adapter_step
+    assert _same_weights(tmp_path / "adapter", tmp_path / f"checkpoint-{first.adapter_step}")

@@ -18,20 +18,24 @@ def _params(func) -> list[str]:
 def test_the_transformers_trainer_internals_the_kit_uses_are_there_with_their_signatures():
     assert _params(Trainer._save_checkpoint)[:3] == ["self", "model", "trial"]  # atomic checkpoints
     assert _params(Trainer._get_output_dir)[:2] == ["self", "trial"]  # where a checkpoint is staged
-    assert _params(Trainer._load_from_checkpoint)[:2] == ["self", "resume_from_checkpoint"]  # best across moves
-    assert _params(Trainer._load_best_model) == ["self"]  # the best adapter after a resume that had ended
     source = inspect.getsource(Trainer)
     assert "self._train_batch_size" in source  # what get_train_dataloader batches by (OOM recovery)
     assert "self._tr_loss" in source  # the running loss sum the guard clears after a NaN
 
 
-def test_the_scheduler_logs_the_lr_it_keeps_in_last_lr():
-    """The guard halves the lr and sets ``_last_lr``, which ``get_last_lr()`` (what the trainer logs) returns."""
+def test_a_lambda_schedule_stepped_again_at_the_same_step_takes_scaled_base_lrs():
+    """What the guard's lr cut relies on (``resilience.guard.scale_lr``): ``LambdaLR.step()`` computes base_lr x
+    lambda(last_epoch) afresh, so setting ``last_epoch`` back one and stepping gives the same step's lr, scaled."""
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([param], lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
-    scheduler._last_lr = [5e-4]
-    assert scheduler.get_last_lr() == [5e-4]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    optimizer.step()
+    scheduler.step()
+    assert scheduler.get_last_lr() == [5e-4] and scheduler.last_epoch == 1
+    scheduler.base_lrs = [lr * 0.5 for lr in scheduler.base_lrs]
+    scheduler.last_epoch -= 1
+    scheduler.step()
+    assert scheduler.get_last_lr() == [2.5e-4] == [optimizer.param_groups[0]["lr"]] and scheduler.last_epoch == 1
 
 
 def test_bitsandbytes_can_undo_its_cpu_repacking():

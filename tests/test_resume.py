@@ -271,7 +271,12 @@ def test_a_failed_final_save_is_resumed_not_retrained(demo_path, tmp_path, capsy
     assert (out / "checkpoint-6").is_dir()  # not deleted
     assert main([*args, "--resume"]) == 0
     assert "nothing left to train" in capsys.readouterr().out
-    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    from safetensors.torch import load_file
+
+    saved, trained = (load_file(str(folder / "adapter_model.safetensors")) for folder in (out / "adapter",
+                                                                                           out / "checkpoint-6"))
+    assert saved.keys() == trained.keys() and all(torch.equal(saved[k], trained[k]) for k in saved)  # step 6's
+    assert any(saved[k].abs().sum() > 0 for k in saved if "lora_B" in k)  # a trained adapter, not a fresh one
     assert json.loads((out / "run_manifest.json").read_text())["final_save"] == "done"
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["step"] for h in history if "loss" in h] == list(range(1, 7))

@@ -315,6 +315,18 @@ def checkpoint_progress(path: str | Path) -> tuple[int, int]:
     return int(state.global_step), int(state.max_steps)
 
 
+def load_checkpoint_adapter(trainer: Any, checkpoint: str | Path) -> None:
+    """Load ``checkpoint``'s adapter weights into the trainer's model, trainable, with PEFT's public
+    ``PeftModel.load_adapter``: what transformers' ``Trainer`` itself does for a PEFT model when it resumes or
+    loads the best checkpoint. Raises ``ValueError`` naming the folder when adapter weights are missing there."""
+    model = trainer.model
+    adapter = model.active_adapters[0]
+    result = model.load_adapter(str(checkpoint), adapter, is_trainable=True)
+    if result is not None and result.missing_keys:
+        raise ValueError(f"{checkpoint}: the checkpoint lacks {len(result.missing_keys)} of the adapter's weights "
+                         f"(e.g. {result.missing_keys[0]}); it is not this run's adapter.")
+
+
 def resume_training(trainer: Any, checkpoint: str | Path | None,
                     train: Callable[[str | None], Any] | None = None) -> tuple[Any, int]:
     """``train(checkpoint)`` (default ``trainer.train(resume_from_checkpoint=...)``): ``(what it returned, steps trained)``.
@@ -330,7 +342,7 @@ def resume_training(trainer: Any, checkpoint: str | Path | None,
     step, total = checkpoint_progress(checkpoint)
     if step >= total:
         logger.info(f"{checkpoint} is the end of the run (step {step} of {total}); nothing left to train")
-        trainer._load_from_checkpoint(str(checkpoint))
+        load_checkpoint_adapter(trainer, checkpoint)
         trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE))  # its step, its best
         return None, 0
     outcome = train(str(checkpoint))

@@ -199,13 +199,21 @@ class Snapshot:
 
 
 def scale_lr(optimizer: Any, scheduler: Any, factor: float) -> float:
-    """Multiply the current learning rate and the scheduler's ``base_lrs`` by ``factor``; returns the new lr."""
+    """Multiply the current learning rate and the scheduler's ``base_lrs`` by ``factor``; returns the new lr.
+
+    transformers' schedules are ``LambdaLR`` (lr = base_lr x lambda(step)): with ``base_lrs`` scaled, the
+    scheduler recomputes the current step's lr through its public ``step()`` (``last_epoch`` set back one first, so
+    it is the same step), which sets the optimizer's lr and what ``get_last_lr()`` (the lr the trainer logs) says.
+    """
     last = scheduler.get_last_lr() if scheduler is not None and hasattr(scheduler, "get_last_lr") else None
     for i, group in enumerate(optimizer.param_groups):
         group["lr"] = (last[i] if last else group["lr"]) * factor
-    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
         scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]  # what the trainer logs next
+        scheduler.last_epoch -= 1
+        scheduler.step()
+    elif scheduler is not None and hasattr(scheduler, "base_lrs"):  # another schedule: the later steps' base
+        scheduler.base_lrs = [lr * factor for lr in scheduler.base_lrs]
     return optimizer.param_groups[0]["lr"]
 
 

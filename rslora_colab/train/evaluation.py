@@ -55,6 +55,7 @@ from typing import Any
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from ..config import FinetuneConfig
+from ..resilience.checkpoints import load_checkpoint_adapter
 from ..settings import RunSettings
 from ..watch import best_eval, best_key, eval_records
 
@@ -159,8 +160,9 @@ def adapter_step(trainer: Any) -> int:
 def load_best(trainer: Any) -> None:
     """Load the best checkpoint's adapter, as transformers does at the end of ``train()`` (for a run whose last
     checkpoint is its end: resuming it trains nothing, so ``train()`` never gets there)."""
-    if _best_checkpoint(trainer):
-        trainer._load_best_model()
+    best = _best_checkpoint(trainer)
+    if best:
+        load_checkpoint_adapter(trainer, best)
 
 
 def describe_best(history: list[dict], adapter_at: int | None, last_step: int) -> str | None:
