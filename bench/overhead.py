@@ -4,8 +4,9 @@ Both train the demo model (fp32, no 4-bit: plain PEFT cannot train bitsandbytes'
 kit unpacks first) with a rank-64 rsLoRA adapter on all attention and MLP projections, on the demo's 71
 training questions, for the same optimizer steps at batch 8, padding-free, lr 1e-3, gradient checkpointing:
 
-* **plain**: ``AutoModelForCausalLM`` -> ``gradient_checkpointing_enable`` -> ``get_peft_model(LoraConfig(
-  use_rslora=True))`` -> TRL's ``SFTTrainer(SFTConfig(...))`` -> ``train()``, as PEFT's and TRL's docs write it;
+* **plain**: ``AutoModelForCausalLM`` -> ``get_peft_model(LoraConfig(use_rslora=True))`` -> TRL's
+  ``SFTTrainer(SFTConfig(..., gradient_checkpointing=True))`` -> ``train()``, as PEFT's and TRL's docs write it
+  (non-reentrant checkpointing, as the kit's);
 * **kit**: ``quick_finetune`` with its defaults: the divergence guard (a snapshot of the adapter each step), the
   step history, the checkpoint timer, Ctrl-C handling, out-of-memory recovery, the run manifest.
 
@@ -47,8 +48,6 @@ def plain(path: str, out: str) -> float:
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.enable_input_require_grads()
     torch.manual_seed(SEED)
     model = get_peft_model(model, LoraConfig(r=R, lora_alpha=R, use_rslora=True, target_modules=list(DEFAULT_TARGETS),
                                              lora_dropout=0.0, bias="none", task_type="CAUSAL_LM"))
@@ -56,7 +55,8 @@ def plain(path: str, out: str) -> float:
     args = SFTConfig(output_dir=out, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
                      learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0.05, max_steps=STEPS,
                      weight_decay=0.01, optim="adamw_torch", padding_free=True, max_length=None, use_cpu=True,
-                     logging_steps=1, save_strategy="no", report_to=[], seed=SEED, **extra)
+                     logging_steps=1, save_strategy="no", report_to=[], seed=SEED, gradient_checkpointing=True,
+                     gradient_checkpointing_kwargs={"use_reentrant": False}, **extra)  # the kit's checkpointing
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
     began = time.perf_counter()
     trainer.train()
