@@ -91,11 +91,6 @@ def timeout_s() -> int:
     return max(1, _env_int(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
 
 
-def cuda_index() -> int:
-    """The CUDA device this process trains on: its local rank under a launcher, else 0."""
-    return local_rank() if world_size() > 1 else 0
-
-
 def die_with_launcher(sig: int = signal.SIGTERM) -> bool:
     """Ask Linux to send ``sig`` to this process when its launcher dies; True when set.
 
