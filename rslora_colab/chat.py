@@ -10,7 +10,6 @@ from transformers import TrainerCallback
 from .config import is_number
 from .data.rows import ROLES, turn_problems
 from .data.sft import check_chat_template
-from .distributed import is_main
 from .load import input_device, runtime_of
 from .result import model_and_tokenizer
 
@@ -87,7 +86,7 @@ class SampleCallback(TrainerCallback):
         self.prompt, self.max_new_tokens, self.shown = prompt, max_new_tokens, False
 
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kwargs):
-        if self.shown or not is_main():  # train() starts again after an out-of-memory recovery; rank 0 talks
+        if self.shown or not state.is_world_process_zero:  # train() starts again after an OOM recovery; rank 0 talks
             return
         self.shown = True
         when = f"At step {state.global_step} (resumed)" if state.global_step else "Before training"

@@ -5,17 +5,25 @@ with ``torchrun --nproc_per_node N -m rslora_colab train ...`` or
 ``accelerate launch --multi_gpu --num_processes N -m rslora_colab train ...``,
 every process loads the 4-bit base on its own GPU, adds the same adapter and
 trains on its share of every global batch; the gradients are averaged across
-processes before each optimizer step, so the adapters stay identical. The kit
-only adds what its own features need (``docs/scale-out.md``):
+processes before each optimizer step, so the adapters stay identical.
 
-* **who am I** — :func:`rank`, :func:`world_size`, :func:`local_rank` from the
-  launcher's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``: torchrun,
-  ``accelerate launch --multi_gpu`` and ``accelerate.notebook_launcher`` all set
-  them), so they work before any process group exists;
-* :func:`start` — the process group before the trainer exists (the kit needs
-  barriers before it: the lock, the manifest), with a collective timeout;
-  messages and progress bars silenced on every process but rank 0; every process
-  dies with its launcher (:func:`die_with_launcher`);
+The processes' state and collectives are accelerate's too: :func:`start`
+creates its ``PartialState`` (which joins the process group and puts the
+process on its GPU: ``torch.cuda.current_device()`` is then this process's
+GPU), and the decisions below go through ``accelerate.utils``
+(``broadcast_object_list``, ``gather_object``, ``reduce``). The kit keeps only
+what accelerate lacks (``docs/scale-out.md``):
+
+* **who am I, before any process group** — :func:`rank`, :func:`world_size`
+  read the launcher's environment (``RANK``, ``WORLD_SIZE``: torchrun,
+  ``accelerate launch --multi_gpu`` and ``accelerate.notebook_launcher`` set
+  them, and accelerate reads the same), because creating a ``PartialState``
+  creates the process group, with the timeout of whoever creates it first;
+* :func:`start` — the state before the trainer exists (the kit needs
+  collectives before it: the lock, the manifest), with a collective timeout
+  (:func:`timeout_s`), the launch checks, messages and progress bars silenced
+  on every process but rank 0, every process dying with its launcher
+  (:func:`die_with_launcher`);
 * **rank 0 writes** — :func:`run_on_main` runs a function on rank 0 only and
   hands its result, or its exception, to every process;
 * **one decision** — :func:`agree` (true on every process when true on any),
@@ -24,8 +32,8 @@ only adds what its own features need (``docs/scale-out.md``):
   recovery decide through them, because a decision one process takes alone
   leaves the others waiting in a collective until the timeout.
 
-With one process (no launcher) every function here returns at once and
-changes nothing.
+With one process (no launcher) every function here returns at once, changes
+nothing and creates no ``PartialState``.
 """
 
 from __future__ import annotations
@@ -58,13 +66,6 @@ def _env_int(name: str, default: int) -> int:
         return default
 
 
-def _group() -> bool:
-    """True when a process group of more than one process exists."""
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 def world_size() -> int:
     """How many processes train this run: the launcher's ``WORLD_SIZE`` (1 without a launcher)."""
     return _env_int("WORLD_SIZE", 1)
@@ -88,11 +89,6 @@ def is_main() -> bool:
 def timeout_s() -> int:
     """Seconds a collective waits for the other processes: ``RSLORA_COLAB_DDP_TIMEOUT``, default 1800."""
     return max(1, _env_int(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-
-
-def cuda_index() -> int:
-    """The CUDA device this process trains on: its local rank under a launcher, else 0."""
-    return local_rank() if world_size() > 1 else 0
 
 
 def die_with_launcher(sig: int = signal.SIGTERM) -> bool:
@@ -187,30 +183,42 @@ def check_trainer_world(args: Any) -> None:
         raise ValueError(mismatch_message(args.world_size, f"parallel_mode {args.parallel_mode}"))
 
 
-def _device() -> torch.device:
+def _state() -> Any:
+    """accelerate's ``PartialState`` when a process group of more than one process exists, else None.
+
+    The check comes first, so that one process never creates the state (which would fix the device that
+    transformers' ``TrainingArguments`` then inherit). A group that exists without the state (a script's own
+    ``init_process_group``) gets one built on it, on the group's backend.
+    """
     import torch.distributed as dist
 
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    from accelerate import PartialState
+
+    state = PartialState(cpu=dist.get_backend() != "nccl")
+    if state.num_processes != dist.get_world_size():  # accelerate's helpers would do nothing: say so instead
+        raise ValueError(mismatch_message(state.num_processes, str(state.distributed_type)))
+    return state
 
 
-def _reduce(value: float, op: str) -> float:
-    if not _group():
+def _max(value: float) -> float:
+    state = _state()
+    if state is None:
         return value
-    import torch.distributed as dist
+    from accelerate.utils import reduce
 
-    tensor = torch.tensor([value], dtype=torch.float64, device=_device())
-    dist.all_reduce(tensor, op=getattr(dist.ReduceOp, op))
-    return float(tensor.item())
+    return float(reduce(torch.tensor([value], dtype=torch.float64, device=state.device), "max").item())
 
 
 def worst(value: int) -> int:
     """The largest ``value`` over all processes (every process must call it at the same point)."""
-    return int(_reduce(value, "MAX"))
+    return int(_max(value))
 
 
 def smallest(value: float) -> float:
     """The smallest ``value`` over all processes (every process must call it at the same point)."""
-    return _reduce(value, "MIN")
+    return -_max(-value)
 
 
 def agree(flag: bool) -> bool:
@@ -218,34 +226,13 @@ def agree(flag: bool) -> bool:
     return bool(worst(1 if flag else 0))
 
 
-def barrier() -> None:
-    """Wait until every process gets here."""
-    if _group():
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
-def broadcast(obj: T) -> T:
-    """Rank 0's ``obj`` on every process (pickled)."""
-    if not _group():
-        return obj
-    import torch.distributed as dist
-
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def gather(obj: Any) -> list:
     """Every process's ``obj``, in rank order, on every process."""
-    if not _group():
+    if _state() is None:
         return [obj]
-    import torch.distributed as dist
+    from accelerate.utils import gather_object
 
-    found: list = [None] * dist.get_world_size()
-    dist.all_gather_object(found, obj)
-    return found
+    return gather_object([obj])  # accelerate joins the processes' lists
 
 
 def _picklable(obj: Any) -> bool:
@@ -262,17 +249,22 @@ def run_on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)`` on rank 0 only; every process gets its result, or raises its exception.
 
     The other processes wait for rank 0, so nothing reads what rank 0 is
-    still writing. With one process it simply calls ``fn``.
+    still writing. With one process it simply calls ``fn``. (accelerate's
+    ``on_main_process`` runs ``fn`` on rank 0 and returns None elsewhere, and
+    rank 0's error would leave the others waiting until the timeout.)
     """
-    if not _group():
+    state = _state()
+    if state is None:
         return fn(*args, **kwargs)
+    from accelerate.utils import broadcast_object_list
+
     result, error = None, None
-    if is_main():
+    if state.is_main_process:
         try:
             result = fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - raised on every process below
             error = err if _picklable(err) else RuntimeError(f"{type(err).__name__}: {err}")
-    result, error = broadcast((result, error))
+    result, error = broadcast_object_list([(result, error)])[0]
     if error is not None:
         raise error
     return result

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 import torch
 
 from .demo import DEMO_NAME, demo_threads, resolve_model_name
-from .distributed import cuda_index
+from .distributed import start
 from .resilience.atomic import read_json_object
 from .runtime import Runtime, detect_runtime, trains_as
 
@@ -52,7 +52,7 @@ def load_transformers(name: str, load_in_4bit: bool, runtime: Runtime):
         name,
         quantization_config=quant,
         dtype=runtime.torch_dtype,
-        device_map={"": cuda_index()} if runtime.on_gpu else "cpu",  # under a launcher: this process's own GPU
+        device_map={"": torch.cuda.current_device()} if runtime.on_gpu else "cpu",  # this process's GPU (start)
     )
     tokenizer = AutoTokenizer.from_pretrained(name)
     return model, tokenizer
@@ -77,12 +77,15 @@ def load_model(
     Precision is automatic: bf16 on compute capability >= 8, fp16 on older GPUs
     (T4), fp32 on CPU; ``precision="fp16"`` forces T4 behaviour on a bigger GPU.
     The demo model on CPU trains with one torch thread (see :func:`demo_threads`).
+    Under a launcher it first joins the other processes
+    (:func:`~rslora_colab.distributed.start`), which puts each on its own GPU.
     Returns ``(model, tokenizer)``.
 
     >>> model, tokenizer = load_model("demo")  # doctest: +SKIP
     """
     if not isinstance(max_seq_length, int) or max_seq_length < 16:
         raise ValueError(f"max_seq_length={max_seq_length!r}: pass an integer >= 16, e.g. 2048.")
+    start()  # under a launcher: join the others first, so that accelerate puts this process on its own GPU
     runtime = detect_runtime(backend, precision)
     if model_name == DEMO_NAME and not runtime.on_gpu:
         demo_threads()

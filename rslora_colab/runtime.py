@@ -40,8 +40,6 @@ from typing import Literal
 
 import torch
 
-from .distributed import cuda_index
-
 logger = logging.getLogger(__name__)
 
 Backend = Literal["unsloth", "transformers"]
@@ -100,11 +98,12 @@ def unsloth_usable() -> tuple[bool, str]:
 
 
 def gpu_capability() -> tuple[int, int] | None:
-    """Compute capability of this process's CUDA device (:func:`~rslora_colab.distributed.cuda_index`), e.g.
-    ``(7, 5)`` for a T4; None without a CUDA GPU."""
+    """Compute capability of this process's CUDA device (torch's current one: under a launcher accelerate sets
+    it to the process's own GPU, :func:`~rslora_colab.distributed.start`), e.g. ``(7, 5)`` for a T4; None without
+    a CUDA GPU."""
     if not torch.cuda.is_available():
         return None
-    return tuple(torch.cuda.get_device_capability(cuda_index()))
+    return tuple(torch.cuda.get_device_capability())
 
 
 def has_native_bf16() -> bool:
@@ -191,7 +190,7 @@ def detect_runtime(backend: str = "auto", precision: str | None = None) -> Runti
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is not known: use one of {BACKENDS}.")
     cuda = torch.cuda.is_available()
-    device = torch.cuda.get_device_name(cuda_index()) if cuda else "cpu"
+    device = torch.cuda.get_device_name() if cuda else "cpu"
     if precision is not None:
         _check_precision(precision, cuda)
     precision = precision or detect_precision()

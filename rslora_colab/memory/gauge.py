@@ -54,9 +54,7 @@ def budget_and_device(gpu: Any = "auto") -> tuple[float, str]:
         import torch
 
         if torch.cuda.is_available():
-            from ..distributed import cuda_index
-
-            return budget, torch.cuda.get_device_name(cuda_index())
+            return budget, torch.cuda.get_device_name()  # this process's GPU (under a launcher: accelerate's pick)
         return budget, "a T4 (no GPU here)"
     return budget, "a T4" if budget == T4_GIB else f"a {budget:.2f} GiB GPU"
 

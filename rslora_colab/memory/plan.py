@@ -95,17 +95,15 @@ class CatalogRow:
 
 
 def _cuda_total_gib() -> float | None:
-    """Total memory of this process's CUDA device in GiB (device 0, or the local rank's under a launcher), or
-    None without a CUDA GPU."""
+    """Total memory of this process's CUDA device in GiB (torch's current one: device 0, or the local rank's
+    once a launcher's processes joined), or None without a CUDA GPU."""
     try:
         import torch
     except ImportError:
         return None
     if not torch.cuda.is_available():
         return None
-    from ..distributed import cuda_index
-
-    return torch.cuda.get_device_properties(cuda_index()).total_memory / 2**30
+    return torch.cuda.get_device_properties().total_memory / 2**30
 
 
 def resolve_budget_gib(gpu: Any = "auto") -> float:

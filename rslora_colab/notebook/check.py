@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from ..distributed import cuda_index
 from ..runtime import detect_runtime, gpu_capability, precision_reason
 
 logger = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ def check_runtime() -> RuntimeCheck:
     gpu = vram = shown = None
     capability = gpu_capability()
     if capability is not None:
-        props = torch.cuda.get_device_properties(cuda_index())
+        props = torch.cuda.get_device_properties()
         gpu, vram, shown = props.name, props.total_memory / 2**30, f"{capability[0]}.{capability[1]}"
     check = RuntimeCheck(gpu, vram, shown, runtime.precision, runtime.backend, runtime.reason, runtime.optimizer,
                          precision_reason(runtime.precision, capability), "" if gpu else CPU_NOTICE)

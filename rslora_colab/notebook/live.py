@@ -6,7 +6,6 @@ import io
 import math
 import time
 
-from ..distributed import is_main
 from ..resilience.drive import on_colab
 from ..watch import HistoryCallback, best_eval, eval_records, losses, mean_loss, mean_value, plot_loss
 
@@ -89,6 +88,7 @@ class LivePlotCallback(HistoryCallback):
         self.shows_progress = in_ipython()
         """True when this view is on screen: the trainer then shows no progress bar of its own (one bar a run)."""
         self._drawn_step, self._drawn_time, self._start, self._shown = 0, 0.0, 0.0, False
+        self._main = True  # the trainer's word from on_train_begin on: under several processes, rank 0 draws
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -98,7 +98,7 @@ class LivePlotCallback(HistoryCallback):
 
     def redraw(self) -> None:
         """Draw the loss curve of :attr:`history` into the view now (on rank 0 only, under several processes)."""
-        if not is_main():
+        if not self._main:
             return
         self.image.value = figure_png(plot_loss(self.history, None, self.title))
         self.image.layout.display = None  # shown from the first drawing on
@@ -107,11 +107,12 @@ class LivePlotCallback(HistoryCallback):
         self._drawn_time = time.monotonic()
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._main = state.is_world_process_zero
         self.history.clear()
         self.draws, self._drawn_step, self._start = 0, 0, time.monotonic()
         self.bar.max, self.bar.value, self.bar.bar_style = max(state.max_steps, 1), 0, "info"
         self.label.value = f"step 0/{state.max_steps}: starting"
-        if self.display and not self._shown and in_ipython() and is_main():
+        if self.display and not self._shown and in_ipython() and self._main:
             self._ipython_display_()
 
     def on_step_end(self, args, state, control, **kwargs):
