@@ -94,17 +94,17 @@ def keep_cpu_4bit_trainable(model: Any) -> None:
     That kernel has no autograd support: gradients through the repacked
     layers come out wrong (grad norm ~3x too small in our test), so training
     after a "before" sample silently learns less. Training needs the plain
-    layout; CPU inference just runs a little slower.
+    layout; CPU inference just runs a little slower. A layer that was repacked
+    already gets the plain layout back from its public ``state_dict()``, which
+    bitsandbytes unpacks first (its saved format is the plain one).
     """
-    from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
     from bitsandbytes.nn import Linear4bit
 
     for module in model.modules():
         if isinstance(module, Linear4bit):
             module.support_avx512bf16_for_cpu = False
             if getattr(module.weight.quant_state, "packing_format_for_cpu", False):
-                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(
-                    module.weight.data, module.weight.quant_state)
+                module.state_dict()  # bitsandbytes restores the plain layout before it saves
 
 
 def keep_adapter_fp32(model: Any) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 
+import pytest
 import torch
 from transformers import Trainer
 
@@ -38,10 +39,23 @@ def test_a_lambda_schedule_stepped_again_at_the_same_step_takes_scaled_base_lrs(
     assert scheduler.get_last_lr() == [2.5e-4] == [optimizer.param_groups[0]["lr"]] and scheduler.last_epoch == 1
 
 
-def test_bitsandbytes_can_undo_its_cpu_repacking():
-    import bitsandbytes.functional as F
+def test_a_4bit_layer_repacked_for_cpu_inference_gets_its_plain_layout_back_from_state_dict():
+    """What ``adapt.keep_cpu_4bit_trainable`` relies on: bitsandbytes repacks a ``Linear4bit`` weight the first time
+    it runs on CPU in eval mode without gradients, and its public ``state_dict()`` restores the plain layout (the
+    one training needs) before it saves."""
+    import bitsandbytes as bnb
 
-    assert _params(F._convert_weight_packed_for_cpu_inverse)[:2] == ["packed_weight", "quant_state"]
+    torch.manual_seed(0)
+    layer = bnb.nn.Linear4bit(64, 32, bias=False, compute_dtype=torch.float32, quant_type="nf4").to("cpu")
+    if not layer.support_avx512bf16_for_cpu:
+        pytest.skip("this CPU has no avx512bf16: bitsandbytes never repacks here")
+    plain = layer.weight.data.clone()
+    layer.eval()
+    with torch.no_grad():
+        layer(torch.randn(2, 64))
+    assert layer.weight.quant_state.packing_format_for_cpu and layer.weight.data.shape != plain.shape
+    layer.state_dict()
+    assert not layer.weight.quant_state.packing_format_for_cpu and torch.equal(layer.weight.data, plain)
 
 
 def test_a_forward_hook_with_always_call_runs_when_the_forward_raises():
