@@ -92,7 +92,7 @@ def test_killed_cli_runs_resume_to_the_full_run(tmp_path, demo_path):
     _wait_for(marker.exists, proc)
     assert marker.exists(), "the run never reached the save at step 10"
     printed = _kill(proc)
-    staged = out / ".staging-checkpoint-10" / "checkpoint-10"
+    staged = out / ".staging-checkpoint-10" / "run" / "checkpoint-10"  # inside, a folder named like the run
     assert (staged / "optimizer.pt").exists() and not (staged / "trainer_state.json").exists()  # half-written
     assert not (out / "checkpoint-10").exists()  # ... and never published
 
@@ -178,6 +178,16 @@ def good_checkpoint(tmp_path_factory, demo_path) -> Path:
     out = tmp_path_factory.mktemp("good")
     quick_finetune(demo_path, demo_dataset(n=16), output_dir=str(out), max_steps=4, checkpoint_every=4, **QUICK)
     return out / "checkpoint-4"
+
+
+def test_a_published_checkpoint_has_the_runs_model_card_and_arguments(good_checkpoint):
+    """Written inside a staging folder, published in the run's: TRL's model card beside it names the run (not the
+    staging folder), the checkpoint's ``training_args.bin`` names the run folder, and no staging folder is left."""
+    out = good_checkpoint.parent
+    card = (out / "README.md").read_text()
+    assert f"# Model Card for {out.name}\n" in card and ".staging" not in card
+    assert torch.load(good_checkpoint / "training_args.bin", weights_only=False).output_dir == str(out)
+    assert not list(out.glob(".staging-*"))
 
 
 @pytest.mark.parametrize("damage, expected", [

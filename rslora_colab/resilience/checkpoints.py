@@ -36,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from safetensors import SafetensorError
 from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import (
@@ -49,7 +50,11 @@ from ..distributed import agree, run_on_main, world_size
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
-"""Checkpoints are written into ``output_dir/.staging-checkpoint-<step>/`` and renamed when complete."""
+"""Checkpoints are written into ``output_dir/.staging-checkpoint-<step>/<run>/`` and renamed when complete."""
+MODEL_CARD = "README.md"
+"""TRL's model card, which its trainer writes into ``output_dir`` with each checkpoint."""
+TRAINING_ARGS = "training_args.bin"
+"""transformers' pickled ``TrainingArguments`` in each checkpoint."""
 NEVER = 2**31 - 1
 """``save_steps`` when only the timer and the end of training should save."""
 TRAINER_STATE = "trainer_state.json"
@@ -104,44 +109,57 @@ def make_checkpoints_atomic(trainer: Any) -> Any:
     """Make ``trainer`` write each checkpoint to a staging folder and rename it into place when complete.
 
     Wraps the trainer's own ``_save_checkpoint`` (so TRL's model cards and
-    every file transformers writes stay as they are) and then applies
-    ``save_total_limit`` in the real output folder. Returns ``trainer``.
+    every file transformers writes stay as they are). While it runs, the
+    trainer's public ``args.output_dir`` names a folder inside the staging
+    one that carries the run folder's name, so the checkpoint is written there
+    and TRL's model card names the run as it would in place; once complete,
+    the checkpoint is renamed into the run folder, the card moved beside it,
+    and ``save_total_limit`` applied there. The checkpoint's
+    ``training_args.bin`` records the run folder. Returns ``trainer``.
 
     Under several processes every process saves its part into the staging
     folder (rank 0 everything but the other processes' RNG files); rank 0
     checks that the checkpoint is complete for every process, renames it and
     rotates, while the others wait; a failure on any process stops all of them
-    with the same :class:`OutputWriteError`.
+    with the same :class:`OutputWriteError`. A hyperparameter search's trial
+    (which the kit never starts) saves as transformers does.
     """
     save = trainer._save_checkpoint
 
-    def publish(src: Path, dst: Path) -> None:
+    def publish(src: Path, dst: Path, staging: Path) -> None:
         missing = [name for name in rng_files(world_size()) if not (src / name).is_file()] if world_size() > 1 else []
         if missing:
             raise OSError(f"the checkpoint is incomplete: {', '.join(missing)} missing in {src}")
         _publish(src, dst)
-        shutil.rmtree(src.parent, ignore_errors=True)
+        if (src.parent / MODEL_CARD).is_file():
+            os.replace(src.parent / MODEL_CARD, dst.parent / MODEL_CARD)
+        shutil.rmtree(staging, ignore_errors=True)
         rotate_checkpoints(str(dst.parent), trainer.args.save_total_limit, trainer.state.best_model_checkpoint)
 
     def save_atomically(model, trial):
-        run_dir = Path(trainer._get_output_dir(trial))
-        name = f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
+        if trial is not None:
+            return save(model, trial)
+        output_dir = trainer.args.output_dir
+        run_dir, name = Path(output_dir), f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}"
         staging = run_dir / f"{STAGING_PREFIX}{name}"
+        written = staging / (run_dir.name or "output")  # transformers writes written/checkpoint-N, TRL its card
         try:
             run_on_main(shutil.rmtree, staging, ignore_errors=True)
-            trainer._get_output_dir = lambda trial=None: str(staging)  # transformers writes staging/checkpoint-N
             failed: BaseException | None = None
+            trainer.args.output_dir = str(written)
             try:
                 save(model, trial)
             except WRITE_ERRORS as err:
                 failed = err
             finally:
-                del trainer._get_output_dir  # back to the class's method
+                trainer.args.output_dir = output_dir
             if agree(failed is not None):  # each process wrote its own files: all go on, or all stop
                 raise failed or OSError("another process could not write its part of the checkpoint")
-            _best_in_published(trainer.state, staging, run_dir, staging / name / TRAINER_STATE,
+            if trainer.args.should_save and (written / name / TRAINING_ARGS).is_file():
+                torch.save(trainer.args, written / name / TRAINING_ARGS)  # as transformers saved them, in place
+            _best_in_published(trainer.state, written, run_dir, written / name / TRAINER_STATE,
                                write=trainer.args.should_save)  # every process's state; rank 0's file
-            run_on_main(publish, staging / name, run_dir / name)  # the others wait: nobody looks before the rename
+            run_on_main(publish, written / name, run_dir / name, staging)  # the others wait: nobody looks first
         except WRITE_ERRORS as err:
             run_on_main(shutil.rmtree, staging, ignore_errors=True)
             raise OutputWriteError(checkpoint_write_failure(run_dir, name, trainer.state.global_step, err)) from err
@@ -202,7 +220,6 @@ def rng_files(processes: int) -> list[str]:
 
 def _load_torch(path: Path) -> Any:
     """``torch.load`` of a checkpoint file as the Trainer loads it: tensors and plain containers only, on the CPU."""
-    import torch
     from transformers.trainer_pt_utils import (
         safe_globals,  # numpy's RNG state, as transformers allows it
     )
@@ -213,8 +230,6 @@ def _load_torch(path: Path) -> Any:
 
 def _non_finite(tree: Any, prefix: str = "") -> list[str]:
     """Names of the floating-point tensors in a (nested) state that hold NaN or inf."""
-    import torch
-
     if isinstance(tree, torch.Tensor):
         return [prefix or "tensor"] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
     if isinstance(tree, dict):

@@ -26,6 +26,7 @@ from ..settings import RunSettings
 from ..watch import history_record, is_history_log
 from .atomic import read_json_object, write_json
 from .checkpoints import (
+    MODEL_CARD,
     TRAINER_STATE,
     checkpoint_progress,
     latest_valid_checkpoint,
@@ -134,8 +135,6 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
     return latest if resume else None
 
 
-MODEL_CARD = "README.md"
-"""TRL's model card, which its trainer writes into ``output_dir``."""
 
 
 def run_file_names() -> tuple[str, ...]:
