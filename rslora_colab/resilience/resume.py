@@ -135,8 +135,6 @@ def prepare_run(output_dir: str | Path, manifest: dict, resume: bool) -> Path | 
     return latest if resume else None
 
 
-
-
 def run_file_names() -> tuple[str, ...]:
     """The names a run writes in ``output_dir`` (besides ``checkpoint-<step>`` folders and staging folders)."""
     from ..save import ADAPTER_DIR, LAST_GOOD_DIR, LOSS_PLOT_FILE, METRICS_FILE
