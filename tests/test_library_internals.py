@@ -5,7 +5,11 @@ the trainer's ``optimizers`` argument)."""
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import inspect
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +78,93 @@ def test_a_forward_hook_with_always_call_runs_when_the_forward_raises():
     except torch.OutOfMemoryError:
         pass
     assert seen == [None]
+
+
+def _unsloth_sources() -> dict[str, str]:
+    """Unsloth's and unsloth_zoo's sources by path (read, not imported: importing them needs a GPU), without
+    ``unsloth_zoo/mlx`` (the Apple-silicon trainer, which never runs transformers' Trainer)."""
+    found = {}
+    for package in ("unsloth", "unsloth_zoo"):
+        spec = importlib.util.find_spec(package)
+        if spec is None:
+            pytest.skip(f"{package} is not installed (the Colab lane has it)")
+        root = Path(spec.submodule_search_locations[0])
+        found.update({f"{package}/{p.relative_to(root)}": p.read_text() for p in sorted(root.rglob("*.py"))
+                      if "mlx" not in p.relative_to(root).parts})
+    return found
+
+
+def _loop_rewrites(sources: dict[str, str]) -> list[tuple[str, ast.FunctionDef, str]]:
+    """The functions that rewrite ``Trainer._inner_training_loop``'s source text and exec it (on a GPU)."""
+    rewrites = []
+    for path, source in sources.items():
+        if "getsource(Trainer._inner_training_loop)" not in source:
+            continue
+        for node in ast.walk(ast.parse(source)):
+            if (isinstance(node, ast.FunctionDef)
+                    and "getsource(Trainer._inner_training_loop)" in ast.get_source_segment(source, node)
+                    and not any(isinstance(inner, ast.FunctionDef) and "getsource(Trainer._inner_training_loop)"
+                                in ast.get_source_segment(source, inner) for inner in node.body)):
+                rewrites.append((path, node, source))
+    return rewrites
+
+
+INTERNALS = ("_tr_loss", "_train_batch_size", "_save_checkpoint")
+
+
+def _code_mentions(source: str, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(kind, name)`` for each attribute, name or string (not a docstring) in ``source`` that names one of
+    ``names``; code text that is exec'd later is a string, so strings count."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in names:
+            found.append(("attribute", node.attr))
+        elif isinstance(node, ast.Name) and node.id in names:
+            found.append(("name", node.id))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            found += [("string", name) for name in names if re.search(rf"\b{name}\b", node.value)]
+    return found
+
+
+def test_unsloths_gpu_rewrite_of_the_training_loop_leaves_what_the_kit_relies_on():
+    """On a GPU, Unsloth re-executes transformers' own ``_inner_training_loop`` source with a few text edits (its
+    banner, TPU stubs, a cache reset), so the kit's three internals run under Unsloth's loop, not beside it. Read
+    from Unsloth's source on the Colab pins: the edits touch none of the lines that create the running loss sum or
+    build the dataloader, and no other Unsloth code (its Apple-silicon trainer aside) names the three internals but
+    to read the micro-batch or refresh it from the arguments. A release that changes this fails here, not on a T4."""
+    sources = _unsloth_sources()
+    rewrites = _loop_rewrites(sources)
+    assert {path for path, _, _ in rewrites} == {"unsloth/models/llama.py", "unsloth_zoo/compiler.py"}
+    loop = inspect.getsource(Trainer._inner_training_loop)
+    for path, function, _ in rewrites:
+        touched: list[str] = []
+        for call in ast.walk(function):
+            if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
+                continue
+            target = call.args[0] if call.args else None
+            if call.func.attr == "replace" and getattr(call.func.value, "id", None) == "inner_training_loop":
+                if isinstance(target, ast.Constant):
+                    touched += [line for line in loop.splitlines() if target.value in line]
+                else:  # the banner: from its "Running training" log line to the next blank line
+                    assert getattr(target, "id", None) == "original_debug", (path, ast.dump(target))
+                    pattern = next(c.args[0].value for c in ast.walk(function) if isinstance(c, ast.Call)
+                                   and getattr(c.func, "attr", None) == "search" and c.args
+                                   and isinstance(c.args[0], ast.Constant) and "Running training" in c.args[0].value)
+                    start = re.search(pattern, loop).start()
+                    touched += loop[start:loop.find("\n\n", start)].splitlines()
+        assert touched, path  # the banner at least: Unsloth still edits this loop the way read here
+        for line in touched:
+            assert "_tr_loss" not in line and "get_train_dataloader" not in line, (path, line)
+            assert not re.search(r"self\._train_batch_size\s*=[^=]", line), (path, line)
+    # everywhere else in Unsloth's code (docstrings and comments aside), the three are named only where its
+    # Trainer.__init__ wrapper refreshes the micro-batch from the arguments (the formula resilience.oom uses) and
+    # where the two rewrites' banner text reads it; TRL's own uses (GRPO's dataloader reads _train_batch_size, each
+    # trainer's _save_checkpoint writes the model card and calls super()) run as they are in the kit's tests
+    named = {(path, kind, name) for path, source in sources.items() for kind, name in _code_mentions(source, INTERNALS)}
+    assert named == {("unsloth/models/_utils.py", "attribute", "_train_batch_size"),
+                     ("unsloth/models/llama.py", "string", "_train_batch_size"),
+                     ("unsloth_zoo/compiler.py", "string", "_train_batch_size")}
