@@ -94,28 +94,26 @@ def _unsloth_sources() -> dict[str, str]:
     return found
 
 
-def _loop_rewrites(sources: dict[str, str]) -> list[tuple[str, ast.FunctionDef, str]]:
-    """The functions that rewrite ``Trainer._inner_training_loop``'s source text and exec it (on a GPU)."""
-    rewrites = []
-    for path, source in sources.items():
-        if "getsource(Trainer._inner_training_loop)" not in source:
-            continue
-        for node in ast.walk(ast.parse(source)):
-            if (isinstance(node, ast.FunctionDef)
-                    and "getsource(Trainer._inner_training_loop)" in ast.get_source_segment(source, node)
-                    and not any(isinstance(inner, ast.FunctionDef) and "getsource(Trainer._inner_training_loop)"
-                                in ast.get_source_segment(source, inner) for inner in node.body)):
-                rewrites.append((path, node, source))
-    return rewrites
+def _loop_rewrites(source: str, tree: ast.Module) -> list[ast.FunctionDef]:
+    """The functions in ``source`` that rewrite ``Trainer._inner_training_loop``'s source text and exec it (on a
+    GPU): the innermost ones that read it."""
+    marker = "getsource(Trainer._inner_training_loop)"
+    if marker not in source:
+        return []
+    return [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)
+            and marker in ast.get_source_segment(source, node)
+            and not any(isinstance(inner, ast.FunctionDef) and marker in ast.get_source_segment(source, inner)
+                        for inner in node.body)]
 
 
-INTERNALS = ("_tr_loss", "_train_batch_size", "_save_checkpoint")
+# the three internals, and the trainer methods around them that must stay transformers' and TRL's on a GPU
+WATCHED = ("_tr_loss", "_train_batch_size", "_save_checkpoint", "_run_epoch", "_maybe_log_save_evaluate",
+           "get_train_dataloader")
 
 
-def _code_mentions(source: str, names: tuple[str, ...]) -> list[tuple[str, str]]:
-    """``(kind, name)`` for each attribute, name or string (not a docstring) in ``source`` that names one of
+def _code_mentions(tree: ast.Module, names: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(kind, name)`` for each attribute, name or string (not a docstring) in ``tree`` that names one of
     ``names``; code text that is exec'd later is a string, so strings count."""
-    tree = ast.parse(source)
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
                   and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
@@ -126,7 +124,8 @@ def _code_mentions(source: str, names: tuple[str, ...]) -> list[tuple[str, str]]
         elif isinstance(node, ast.Name) and node.id in names:
             found.append(("name", node.id))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
-            found += [("string", name) for name in names if re.search(rf"\b{name}\b", node.value)]
+            found += [("string", name) for name in names
+                      if name in node.value and re.search(rf"\b{name}\b", node.value)]
     return found
 
 
@@ -137,10 +136,12 @@ def test_unsloths_gpu_rewrite_of_the_training_loop_leaves_what_the_kit_relies_on
     build the dataloader, and no other Unsloth code (its Apple-silicon trainer aside) names the three internals but
     to read the micro-batch or refresh it from the arguments. A release that changes this fails here, not on a T4."""
     sources = _unsloth_sources()
-    rewrites = _loop_rewrites(sources)
-    assert {path for path, _, _ in rewrites} == {"unsloth/models/llama.py", "unsloth_zoo/compiler.py"}
+    trees = {path: ast.parse(source) for path, source in sources.items()  # only the files that name one of them
+             if any(name in source for name in (*WATCHED, "_inner_training_loop"))}
+    rewrites = [(path, function) for path, tree in trees.items() for function in _loop_rewrites(sources[path], tree)]
+    assert {path for path, _ in rewrites} == {"unsloth/models/llama.py", "unsloth_zoo/compiler.py"}
     loop = inspect.getsource(Trainer._inner_training_loop)
-    for path, function, _ in rewrites:
+    for path, function in rewrites:
         touched: list[str] = []
         for call in ast.walk(function):
             if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)):
@@ -160,11 +161,15 @@ def test_unsloths_gpu_rewrite_of_the_training_loop_leaves_what_the_kit_relies_on
         for line in touched:
             assert "_tr_loss" not in line and "get_train_dataloader" not in line, (path, line)
             assert not re.search(r"self\._train_batch_size\s*=[^=]", line), (path, line)
-    # everywhere else in Unsloth's code (docstrings and comments aside), the three are named only where its
-    # Trainer.__init__ wrapper refreshes the micro-batch from the arguments (the formula resilience.oom uses) and
-    # where the two rewrites' banner text reads it; TRL's own uses (GRPO's dataloader reads _train_batch_size, each
-    # trainer's _save_checkpoint writes the model card and calls super()) run as they are in the kit's tests
-    named = {(path, kind, name) for path, source in sources.items() for kind, name in _code_mentions(source, INTERNALS)}
+    # everywhere else in Unsloth's code (docstrings and comments aside), these are named only where its
+    # Trainer.__init__ wrapper refreshes the micro-batch from the arguments (the formula resilience.oom uses), where
+    # the two rewrites' banner text reads it, and where UNSLOTH_TOKEN_BALANCE=1 (off unless set) wraps the trainer's
+    # get_train_dataloader, calling the original; the epoch loop, the logging and the save are never rewritten.
+    # TRL's own uses (GRPO's dataloader reads _train_batch_size, each trainer's _save_checkpoint writes the model
+    # card and calls super()) run as they are in the kit's tests
+    named = {(path, kind, name) for path, tree in trees.items() for kind, name in _code_mentions(tree, WATCHED)}
     assert named == {("unsloth/models/_utils.py", "attribute", "_train_batch_size"),
                      ("unsloth/models/llama.py", "string", "_train_batch_size"),
-                     ("unsloth_zoo/compiler.py", "string", "_train_batch_size")}
+                     ("unsloth_zoo/compiler.py", "string", "_train_batch_size"),
+                     ("unsloth/utils/token_budget.py", "attribute", "get_train_dataloader"),
+                     ("unsloth/utils/token_budget.py", "name", "get_train_dataloader")}
